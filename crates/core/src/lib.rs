@@ -1,0 +1,31 @@
+//! Pure domain core of Postrider: no clock, no sockets, no disk.
+//!
+//! # Brief overview
+//! - [`Address`], [`Domain`], [`ReversePath`] and [`Envelope`]: who a message is from and for.
+//! - [`MessageId`] and [`Timestamp`]: identity and time, always handed in by the caller.
+//! - [`QueuedMessage`] and [`RecipientStatus`]: what the queue knows about a message, per recipient.
+//! - [`SmtpReply`] and [`classify_reply`]: what a remote server said and what it means for us.
+//! - [`RetryPolicy`]: when to try again and when to give up (RFC 5321 §4.5.4.1).
+//! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
+//!
+//! Everything here is deterministic: time and randomness are arguments, so the policy can be
+//! tested with whole tables of expected values.
+
+mod address;
+pub mod dsn;
+mod envelope;
+mod id;
+mod message;
+mod reply;
+mod retry;
+mod time;
+
+pub use address::{Address, AddressError, Domain, ReversePath};
+pub use envelope::{DsnRet, Envelope, EnvelopeError, NotifyFlags, RecipientRequest};
+pub use id::{MessageId, ParseMessageIdError};
+pub use message::{
+    MessageState, NewMessage, QueuedMessage, RecipientState, RecipientStatus, Source,
+};
+pub use reply::{EnhancedStatus, ReplyClass, SmtpPhase, SmtpReply, classify_reply};
+pub use retry::{Decision, InvalidRetryPolicy, RetryPolicy};
+pub use time::Timestamp;
