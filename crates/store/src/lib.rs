@@ -1,49 +1,58 @@
-//! Durable message queue of Postrider, on sled.
+//! Durable message queue of Postrider, on sled 0.34.
 //!
 //! # Brief overview
-//! [`Store`] is a cheap-to-clone handle over one sled database with these trees:
-//! - `messages`: message id → versioned [`QueuedMessage`] record,
+//! [`Store`] is a cheap-to-clone handle over one sled database with these trees
+//! (full layout: `migrations-free-data/README.md`):
+//! - `messages`: message id → versioned record (the [`QueuedMessage`] plus where its schedule entry is),
 //! - `bodies`: message id → the raw RFC 5322 message (written once, removed when finished),
-//! - `schedule`: `be_u64(next_attempt_ms) ‖ be_u64(id)` → `()`, so due work is a range scan.
+//! - `schedule`: `be_u64(due_ms) ‖ be_u64(id)` → `()`, so due work is a range scan,
+//! - `finished`: `be_u64(finished_ms) ‖ be_u64(id)` → `()`, for the retention purge,
+//! - `held`: message id → `()`, messages an operator put on hold,
+//! - `meta`: the data-directory format version.
 //!
-//! Every state change is one sled transaction across the trees it touches, and every call that
-//! returns `Ok` after a state change has been made durable by a shared (group-commit) flush.
+//! Every unfinished message that is not held has exactly one `schedule` entry: its next
+//! attempt, or while an attempt is in flight, its lease expiry. Every state change is one sled
+//! transaction across the trees it touches (planned outside, checked and applied inside: see
+//! `plan.rs`), and every async call that returns `Ok` after a state change has been made durable
+//! by a shared group-commit flush (see `commit.rs`; sled's `flush_async` is never used).
+//!
+//! # Typical use
+//! - Submission: [`Store::enqueue`] → answer `250` only on `Ok`; a [`StoreError`] with
+//!   [`StoreError::is_storage_failure`] becomes `451 4.3.0` / HTTP 503.
+//! - Scheduler: [`Store::lease_due`] → deliver → [`Store::record_attempt`]; sleep until
+//!   [`Store::next_due_at`] or [`Store::wait_for_work`].
+//! - Operators: [`Store::list`], [`Store::stats`], [`Store::retry_now`], [`Store::retry_all`],
+//!   [`Store::hold`], [`Store::release`], [`Store::delete`], [`Store::complete_without_lease`],
+//!   and periodically [`Store::purge_finished`].
+
+mod admin;
+mod codec;
+mod commit;
+mod error;
+mod keys;
+mod plan;
+mod queue;
+#[cfg(test)]
+mod test_support;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use postrider_core::{MessageId, NewMessage, QueuedMessage, Timestamp};
+use postrider_metrics::Metrics;
+use tokio::sync::Notify;
 
-/// Errors of the store. Any of them means the operation did not take effect durably.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// sled reported an error (I/O, disk full, corruption).
-    #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
-    /// A record could not be decoded.
-    #[error("corrupt {tree} record for key {key}: {reason}")]
-    Corrupt {
-        /// The tree holding the record.
-        tree: &'static str,
-        /// The key, printed in hex.
-        key: String,
-        /// What was wrong.
-        reason: String,
-    },
-    /// The data was written by a newer Postrider with a format this build cannot read.
-    #[error("data in {tree} uses format version {found}, newer than the {supported} this Postrider understands; upgrade Postrider")]
-    UnknownFormat {
-        /// The tree or file holding the record.
-        tree: &'static str,
-        /// The version found.
-        found: u32,
-        /// The newest version this build reads.
-        supported: u32,
-    },
-    /// The store is shutting down or its committer has stopped.
-    #[error("the store is closed")]
-    Closed,
-}
+pub use admin::{ListFilter, ListPage, MAX_LIST_LIMIT, MAX_LIST_SCAN, MAX_TOP_DOMAINS, QueueStats};
+pub use error::StoreError;
+
+use crate::codec::{DATA_FORMAT_VERSION, FORMAT_VERSION_KEY};
+use crate::commit::GroupCommit;
+use crate::error::Result;
+
+/// sled page-cache size (a soft limit on the store's memory use).
+const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A due message claimed by [`Store::lease_due`]: its schedule entry now points at the lease
 /// expiry, so if the process dies the message becomes due again without any recovery pass.
@@ -58,7 +67,10 @@ pub struct Lease {
 /// The result of an attempt, to be recorded atomically.
 #[derive(Debug, Clone)]
 pub struct AttemptUpdate {
-    /// The message with updated recipient states and attempt counters.
+    /// The message with updated recipient states and attempt counters. Its `id` is ignored
+    /// (the leased id is kept); `next_attempt_at`, `held` and `finished_at` are set by the store
+    /// from `next_attempt_at` below (`finished_at` is kept when the caller set it, else the
+    /// clock is read).
     pub message: QueuedMessage,
     /// When to try again; `None` when every recipient is final.
     pub next_attempt_at: Option<Timestamp>,
@@ -79,61 +91,198 @@ pub enum RecordOutcome {
     LeaseLost,
 }
 
-/// Handle to the queue.
+/// The trees of one data directory.
+#[derive(Debug)]
+pub(crate) struct Trees {
+    pub(crate) messages: sled::Tree,
+    pub(crate) bodies: sled::Tree,
+    pub(crate) schedule: sled::Tree,
+    pub(crate) finished: sled::Tree,
+    pub(crate) held: sled::Tree,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) trees: Trees,
+    pub(crate) commit: GroupCommit,
+    pub(crate) work: Notify,
+    pub(crate) pending: AtomicI64,
+    pub(crate) fail_writes: AtomicBool,
+    pub(crate) metrics: Metrics,
+    /// Declared last: dropped after the trees.
+    pub(crate) db: sled::Db,
+}
+
+/// Handle to the queue. Cloning is cheap; the database closes when the last clone is dropped.
 #[derive(Clone, Debug)]
-pub struct Store {}
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
 
 impl Store {
-    /// Opens (or creates) the data directory at `path`.
-    pub fn open(_path: &Path) -> Result<Store, StoreError> {
-        unimplemented!()
+    /// Opens (or creates) the data directory at `path`. Fails with
+    /// [`StoreError::UnknownFormat`] when the directory was written by a newer Postrider.
+    pub fn open(path: &Path, metrics: Metrics) -> Result<Store, StoreError> {
+        let config = sled::Config::new().path(path);
+        Store::open_config(config, metrics)
     }
 
-    /// Durably stores a new message and schedules its first attempt. Returns only after the
-    /// record, body and schedule entry are on disk.
-    pub async fn enqueue(&self, _msg: NewMessage) -> Result<MessageId, StoreError> {
-        unimplemented!()
+    /// A store in a fresh temporary directory (under `/dev/shm` when it exists), removed when
+    /// the last handle is dropped. For tests.
+    pub fn temporary(metrics: Metrics) -> Result<Store, StoreError> {
+        Store::open_config(sled::Config::new().temporary(true), metrics)
     }
 
-    /// Claims up to `limit` messages due at `now`, oldest first, moving each schedule entry to
-    /// `now + lease` in one transaction per message.
-    pub fn lease_due(&self, _now: Timestamp, _lease: Duration, _limit: usize) -> Result<Vec<Lease>, StoreError> {
-        unimplemented!()
+    fn open_config(config: sled::Config, metrics: Metrics) -> Result<Store> {
+        // Our group committer is the only flusher (see `commit`).
+        let db = config
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .flush_every_ms(None)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(FORMAT_VERSION_KEY)? {
+            Some(v) => {
+                codec::check_format_version(&v)?;
+            }
+            None => {
+                meta.insert(FORMAT_VERSION_KEY, &DATA_FORMAT_VERSION.to_be_bytes()[..])?;
+                meta.insert(
+                    "created_by",
+                    concat!("postrider-store ", env!("CARGO_PKG_VERSION")),
+                )?;
+                db.flush()?;
+            }
+        }
+        let trees = Trees {
+            messages: db.open_tree("messages")?,
+            bodies: db.open_tree("bodies")?,
+            schedule: db.open_tree("schedule")?,
+            finished: db.open_tree("finished")?,
+            held: db.open_tree("held")?,
+        };
+        let pending = queue::count_pending(&trees)?;
+        metrics.queue_messages.set(pending);
+        tracing::info!(recovered = db.was_recovered(), pending, "store opened");
+        let commit = GroupCommit::start(metrics.clone())?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                trees,
+                commit,
+                work: Notify::new(),
+                pending: AtomicI64::new(pending),
+                fail_writes: AtomicBool::new(false),
+                metrics,
+                db,
+            }),
+        })
     }
 
-    /// The earliest scheduled time, if anything is scheduled.
+    /// Test and operations hook: while `true`, every write path (enqueue, lease, record,
+    /// admin changes, flush) fails with [`StoreError::Injected`] before writing anything.
+    /// Lets other layers test their "storage unavailable" answers (`451 4.3.0`, HTTP 503).
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.inner.fail_writes.store(fail, Ordering::Relaxed);
+    }
+
+    /// Fails with [`StoreError::Injected`] when writes are switched off.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.inner.fail_writes.load(Ordering::Relaxed) {
+            Err(StoreError::Injected)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Messages accepted and not yet finished (held ones included).
+    pub fn pending_count(&self) -> u64 {
+        u64::try_from(self.inner.pending.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    pub(crate) fn add_pending(&self, delta: i64) {
+        if delta != 0 {
+            let now = self.inner.pending.fetch_add(delta, Ordering::Relaxed) + delta;
+            self.inner.metrics.queue_messages.set(now.max(0));
+        }
+    }
+
+    /// Makes every write so far durable (one shared flush).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.check_writable()?;
+        self.inner.commit.durable(&self.inner.db).await
+    }
+
+    /// Resolves when new work may be due (an enqueue, a new or earlier schedule entry, a
+    /// retry-now or a release). Wake-ups are stored when nobody waits, so a wake-up between
+    /// [`Store::lease_due`] and this call is not lost; meant for one scheduler task.
+    pub async fn wait_for_work(&self) {
+        self.inner.work.notified().await;
+    }
+
+    /// Wakes [`Store::wait_for_work`] (e.g. for an API "flush queue" request).
+    pub fn wake(&self) {
+        self.inner.work.notify_one();
+    }
+
+    /// Bytes the data directory uses on disk (sled never gives space back; export as a gauge).
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// The earliest scheduled time (a due time or a lease expiry), if anything is scheduled.
     pub fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        unimplemented!()
+        match self.inner.trees.schedule.first()? {
+            Some((key, _)) => Ok(keys::TimeKey::from_bytes(&key).map(|k| k.at)),
+            None => Ok(None),
+        }
     }
 
     /// The stored body of a message that is not finished.
-    pub fn body(&self, _id: MessageId) -> Result<Option<Vec<u8>>, StoreError> {
-        unimplemented!()
+    pub fn body(&self, id: MessageId) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = keys::id_key(id);
+        match self.inner.trees.bodies.get(key)? {
+            Some(v) => codec::decode_body(&key, &v).map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// The current record of a message (finished ones are kept for status queries).
-    pub fn message(&self, _id: MessageId) -> Result<Option<QueuedMessage>, StoreError> {
-        unimplemented!()
+    /// The current record of a message (finished ones are kept for status queries until purged).
+    pub fn message(&self, id: MessageId) -> Result<Option<QueuedMessage>, StoreError> {
+        Ok(self.record(id)?.map(|r| r.message))
     }
 
-    /// Records an attempt's outcome atomically: the updated record, the new schedule entry (or
-    /// none when finished; the body is then removed) and any notifications. Durable when `Ok`.
-    pub async fn record_attempt(&self, _lease: &Lease, _update: AttemptUpdate) -> Result<RecordOutcome, StoreError> {
-        unimplemented!()
+    /// The lease expiry when an attempt for the message is in flight.
+    pub fn leased_until(&self, id: MessageId) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self
+            .record(id)?
+            .filter(codec::StoredMessage::is_leased)
+            .and_then(|r| r.lease_until))
     }
 
-    /// Resolves when new work may be due (an enqueue or a reschedule to an earlier time).
-    pub async fn wait_for_work(&self) {
-        unimplemented!()
+    pub(crate) fn record(&self, id: MessageId) -> Result<Option<codec::StoredMessage>> {
+        let key = keys::id_key(id);
+        match self.inner.trees.messages.get(key)? {
+            Some(v) => codec::decode_message(&key, &v).map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// Messages accepted and not yet finished.
-    pub fn pending_count(&self) -> u64 {
-        unimplemented!()
+    /// Shared by the write paths: make durable and wake the scheduler when needed.
+    pub(crate) async fn durable(&self) -> Result<()> {
+        self.inner.commit.durable(&self.inner.db).await
     }
+}
 
-    /// Makes every write so far durable.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        unimplemented!()
-    }
+/// The wall clock as a [`Timestamp`] (used only where the caller gives no time).
+pub(crate) fn clock_now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp::from_millis(ms)
+}
+
+/// Lease expiry for a message claimed at `now` from the entry at `due`: strictly later than
+/// `due` so that the claimed entry and the lease are never the same key.
+pub(crate) fn lease_expiry(now: Timestamp, due: Timestamp, lease: Duration) -> Timestamp {
+    now.saturating_add(lease)
+        .max(Timestamp::from_millis(due.as_millis().saturating_add(1)))
 }

@@ -1,0 +1,307 @@
+//! Versioned value encodings. Every value starts with one format-version byte; readers decode
+//! every version ever written and refuse newer ones with [`StoreError::UnknownFormat`].
+//!
+//! | tree | version | layout |
+//! |---|---|---|
+//! | `messages` | 1 | `0x01 ‖ JSON(StoredMessage)` |
+//! | `bodies` | 1 | `0x01 ‖ raw RFC 5322 bytes` |
+//! | `meta` `format_version` | — | `be_u32` data-directory format version |
+
+use postrider_core::{QueuedMessage, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::keys::hex;
+
+/// The newest message-record version this build writes and reads.
+pub(crate) const MESSAGE_RECORD_VERSION: u8 = 1;
+/// The newest body-record version this build writes and reads.
+pub(crate) const BODY_RECORD_VERSION: u8 = 1;
+/// The data-directory format version stored in `meta` under [`FORMAT_VERSION_KEY`].
+pub(crate) const DATA_FORMAT_VERSION: u32 = 1;
+/// Key of the data-directory format version in the `meta` tree.
+pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+
+/// The stored form of a message record (version 1): the public [`QueuedMessage`] plus where its
+/// one schedule entry is, so admin operations can find it without scanning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredMessage {
+    /// Time of the message's entry in `schedule` (a retry time, or a lease expiry while
+    /// leased); `None` when it has none (held and not in flight, or finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) schedule_at: Option<Timestamp>,
+    /// Set while the schedule entry is a lease: its expiry (equal to `schedule_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) lease_until: Option<Timestamp>,
+    /// The message record as the rest of Postrider sees it.
+    pub(crate) message: QueuedMessage,
+}
+
+impl StoredMessage {
+    /// Whether the message's schedule entry is currently a lease (an attempt is in flight).
+    pub(crate) fn is_leased(&self) -> bool {
+        self.lease_until.is_some() && self.lease_until == self.schedule_at
+    }
+}
+
+/// Encodes a message record in the current version.
+pub(crate) fn encode_message(record: &StoredMessage) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(512);
+    out.push(MESSAGE_RECORD_VERSION);
+    serde_json::to_writer(&mut out, record).map_err(|e| StoreError::Corrupt {
+        tree: "messages",
+        key: record.message.id.to_string(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    Ok(out)
+}
+
+/// Decodes a message record of any known version.
+pub(crate) fn decode_message(key: &[u8], bytes: &[u8]) -> Result<StoredMessage> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree: "messages",
+        key: hex(key),
+        reason,
+    };
+    match bytes.split_first() {
+        None => Err(corrupt("empty value".into())),
+        Some((&1, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
+        }
+        Some((&0, _)) => Err(corrupt("format version 0 was never written".into())),
+        Some((&v, _)) => Err(StoreError::UnknownFormat {
+            tree: "messages",
+            found: u32::from(v),
+            supported: u32::from(MESSAGE_RECORD_VERSION),
+        }),
+    }
+}
+
+/// Encodes a body in the current version.
+pub(crate) fn encode_body(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    out.push(BODY_RECORD_VERSION);
+    out.extend_from_slice(raw);
+    out
+}
+
+/// Decodes a body of any known version, returning the raw message bytes.
+pub(crate) fn decode_body(key: &[u8], bytes: &[u8]) -> Result<Vec<u8>> {
+    match bytes.split_first() {
+        Some((&1, raw)) => Ok(raw.to_vec()),
+        Some((&0, _)) | None => Err(StoreError::Corrupt {
+            tree: "bodies",
+            key: hex(key),
+            reason: "missing or zero format version".into(),
+        }),
+        Some((&v, _)) => Err(StoreError::UnknownFormat {
+            tree: "bodies",
+            found: u32::from(v),
+            supported: u32::from(BODY_RECORD_VERSION),
+        }),
+    }
+}
+
+/// Decodes the data-directory format version and checks this build can read it.
+pub(crate) fn check_format_version(bytes: &[u8]) -> Result<u32> {
+    let raw: [u8; 4] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        tree: "meta",
+        key: hex(FORMAT_VERSION_KEY),
+        reason: format!("expected 4 bytes, found {}", bytes.len()),
+    })?;
+    match u32::from_be_bytes(raw) {
+        0 => Err(StoreError::Corrupt {
+            tree: "meta",
+            key: hex(FORMAT_VERSION_KEY),
+            reason: "format version 0 was never written".into(),
+        }),
+        v if v > DATA_FORMAT_VERSION => Err(StoreError::UnknownFormat {
+            tree: "meta",
+            found: v,
+            supported: DATA_FORMAT_VERSION,
+        }),
+        v => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::sample_record;
+
+    #[test]
+    fn message_round_trip() {
+        let rec = sample_record();
+        let bytes = encode_message(&rec).unwrap();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(decode_message(b"k", &bytes).unwrap(), rec);
+    }
+
+    #[test]
+    fn newer_or_broken_records_are_refused() {
+        let mut bytes = encode_message(&sample_record()).unwrap();
+        bytes[0] = 2;
+        let err = decode_message(&[0, 1], &bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::UnknownFormat {
+                    tree: "messages",
+                    found: 2,
+                    supported: 1
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade Postrider"));
+        bytes[0] = 1;
+        bytes.truncate(10);
+        assert!(matches!(
+            decode_message(&[0, 1], &bytes),
+            Err(StoreError::Corrupt {
+                tree: "messages",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode_message(&[0, 1], &[]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_message(&[0, 1], &[0, b'{', b'}']),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn body_round_trip_and_versions() {
+        let raw = b"Subject: x\r\n\r\nhi\r\n";
+        assert_eq!(decode_body(b"k", &encode_body(raw)).unwrap(), raw.to_vec());
+        assert!(matches!(
+            decode_body(b"k", &[7, 1]),
+            Err(StoreError::UnknownFormat {
+                tree: "bodies",
+                found: 7,
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode_body(b"k", &[]),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// Golden fixtures of every record version ever written. They are created once (run the
+    /// tests with `POSTRIDER_WRITE_FIXTURES=1` when adding a version), committed, and never
+    /// changed: this test proves today's reader still decodes them.
+    #[test]
+    fn golden_fixtures_decode() {
+        let dir = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../migrations-free-data/v1"
+        ));
+        let write = std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some();
+        let rec = sample_record();
+        let fixtures: [(&str, Vec<u8>); 4] = [
+            ("message-record.bin", encode_message(&rec).unwrap()),
+            (
+                "message-record.json",
+                serde_json::to_vec_pretty(&rec).unwrap(),
+            ),
+            (
+                "body-record.bin",
+                encode_body(b"Subject: golden\r\n\r\nhello\r\n"),
+            ),
+            ("meta-format-version.bin", 1u32.to_be_bytes().to_vec()),
+        ];
+        for (name, bytes) in &fixtures {
+            let path = dir.join(name);
+            if write && !path.exists() {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
+            })
+        };
+
+        let stored =
+            decode_message(&[0, 0, 0, 0, 0, 0, 0x12, 0x34], &read("message-record.bin")).unwrap();
+        let from_json: StoredMessage =
+            serde_json::from_slice(&read("message-record.json")).unwrap();
+        assert_eq!(
+            stored, from_json,
+            "the .json fixture documents the .bin payload"
+        );
+        assert_eq!(
+            stored.schedule_at,
+            Some(Timestamp::from_millis(1_795_411_800_000))
+        );
+        assert_eq!(stored.lease_until, stored.schedule_at);
+        assert!(stored.is_leased());
+        let m = &stored.message;
+        assert_eq!(m.id.to_string(), "0000000000001234");
+        assert_eq!(m.sender.to_string(), "sender@example.com");
+        assert_eq!(m.ret, Some(postrider_core::DsnRet::Hdrs));
+        assert_eq!(m.envid.as_deref(), Some("env-42"));
+        assert_eq!(m.source, postrider_core::Source::Http);
+        assert_eq!(m.received_at, Timestamp::from_millis(1_795_411_197_123));
+        assert_eq!(m.size, 26);
+        assert_eq!(m.attempts, 1);
+        assert_eq!(
+            m.next_attempt_at,
+            Some(Timestamp::from_millis(1_795_411_500_000))
+        );
+        assert!(!m.held);
+        assert_eq!(m.finished_at, None);
+        assert_eq!(m.tags, vec!["newsletter".to_string()]);
+        assert_eq!(m.metadata.get("campaign").map(String::as_str), Some("c-7"));
+        assert_eq!(m.recipients.len(), 2);
+        let (r0, r1) = (&m.recipients[0], &m.recipients[1]);
+        assert_eq!(r0.request.address.to_string(), "alice@example.net");
+        assert!(r0.request.wants_success_notice());
+        assert_eq!(
+            r0.request.orcpt.as_deref(),
+            Some("rfc822;alice@example.net")
+        );
+        assert_eq!(r0.state, postrider_core::RecipientState::Delivered);
+        assert_eq!(r0.last_reply.as_ref().map(|r| r.code), Some(250));
+        assert_eq!(r0.mx_host.as_deref(), Some("mx1.example.net"));
+        assert_eq!(
+            r0.last_attempt_at,
+            Some(Timestamp::from_millis(1_795_411_200_000))
+        );
+        assert_eq!(r1.request.address.to_string(), "bob@example.org");
+        assert_eq!(r1.request.notify, None);
+        assert_eq!(r1.state, postrider_core::RecipientState::Deferred);
+        assert_eq!(r1.last_reply.as_ref().map(|r| r.code), Some(451));
+
+        assert_eq!(
+            decode_body(b"k", &read("body-record.bin")).unwrap(),
+            b"Subject: golden\r\n\r\nhello\r\n".to_vec()
+        );
+        assert_eq!(
+            check_format_version(&read("meta-format-version.bin")).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn format_version_checks() {
+        assert_eq!(check_format_version(&1u32.to_be_bytes()).unwrap(), 1);
+        assert!(matches!(
+            check_format_version(&99u32.to_be_bytes()),
+            Err(StoreError::UnknownFormat { found: 99, .. })
+        ));
+        assert!(matches!(
+            check_format_version(&0u32.to_be_bytes()),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            check_format_version(b"abc"),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

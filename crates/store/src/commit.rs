@@ -1,0 +1,98 @@
+//! Group commit: many writers, one fsync at a time.
+//!
+//! sled 0.34's `flush_async` deadlocks with eight or more concurrent callers, so it is never
+//! used. Instead every writer, after its transaction committed, sends a oneshot to one committer
+//! over a bounded channel. The committer takes every waiter queued so far (up to [`MAX_BATCH`]),
+//! runs ONE blocking `Db::flush`, and answers all of them. Writers that arrive during a flush
+//! are served by the next one. sled's own background flusher is disabled
+//! (`flush_every_ms(None)`), so the committer is the only flusher.
+//!
+//! The committer is a dedicated OS thread rather than a task on the blocking pool of whichever
+//! runtime came first: it is started at open, needs no runtime, and keeps working whichever
+//! runtime (or how many) the callers use. It holds no database handle between batches (each
+//! request carries one), so dropping the last [`crate::Store`] really closes the database; the
+//! thread ends when the channel closes.
+
+use std::time::Instant;
+
+use postrider_metrics::Metrics;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Result, StoreError};
+
+/// Capacity of the request channel; writers wait (back-pressure) when it is full.
+const CHANNEL_CAPACITY: usize = 4096;
+/// Most waiters answered by one flush.
+const MAX_BATCH: usize = 4096;
+
+type Reply = oneshot::Sender<Result<(), sled::Error>>;
+
+struct Request {
+    db: sled::Db,
+    reply: Reply,
+}
+
+/// Handle to the committer thread.
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    tx: mpsc::Sender<Request>,
+}
+
+impl GroupCommit {
+    /// Starts the committer thread.
+    pub(crate) fn start(metrics: Metrics) -> Result<Self> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        std::thread::Builder::new()
+            .name("postrider-store-commit".into())
+            .spawn(move || run_committer(rx, &metrics))
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        Ok(GroupCommit { tx })
+    }
+
+    /// Returns once every write committed before this call is on disk.
+    pub(crate) async fn durable(&self, db: &sled::Db) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request {
+                db: db.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Sled(e)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
+fn run_committer(mut rx: mpsc::Receiver<Request>, metrics: &Metrics) {
+    let mut replies: Vec<Reply> = Vec::with_capacity(64);
+    while let Some(first) = rx.blocking_recv() {
+        let db = first.db;
+        replies.push(first.reply);
+        while replies.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(req) => replies.push(req.reply), // its `db` handle is dropped right here
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let result = db.flush().map(drop);
+        // Release the handle before answering, so a caller that drops its store afterwards
+        // really closes the database.
+        drop(db);
+        metrics
+            .store_flush_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.store_flush_batch.observe(replies.len() as f64);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, waiters = replies.len(), "store flush failed");
+        }
+        for reply in replies.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+    }
+    tracing::debug!("store committer stopped");
+}

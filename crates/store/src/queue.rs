@@ -1,0 +1,301 @@
+//! The delivery path: enqueue, lease due work, record attempt outcomes.
+
+use std::time::Duration;
+
+use postrider_core::{MessageId, NewMessage, QueuedMessage, Timestamp};
+use sled::IVec;
+
+use crate::codec::{self, StoredMessage};
+use crate::error::{Result, StoreError};
+use crate::keys::{TimeKey, id_key};
+use crate::plan::{Plan, Verdict};
+use crate::{AttemptUpdate, Lease, RecordOutcome, Store, Trees, clock_now, lease_expiry};
+
+/// Most messages claimed by one [`Store::lease_due`] call.
+pub(crate) const MAX_LEASE_BATCH: usize = 1024;
+/// How often a change is re-planned when the record changed underneath it.
+pub(crate) const MAX_RETRIES: usize = 8;
+
+/// A new message, encoded once, ready to be added to a plan.
+pub(crate) struct PreparedNew {
+    pub(crate) id: MessageId,
+    record: IVec,
+    body: IVec,
+    due: TimeKey,
+}
+
+impl PreparedNew {
+    /// Adds the record, body and schedule entry to `plan`.
+    pub(crate) fn add_to(&self, plan: &mut Plan) {
+        let key = id_key(self.id);
+        plan.messages.insert(&key[..], self.record.clone());
+        plan.bodies.insert(&key[..], self.body.clone());
+        plan.schedule.insert(&self.due.to_bytes()[..], &[][..]);
+        plan.pending_delta += 1;
+        plan.wakes = true;
+    }
+}
+
+/// Unfinished messages at open: one schedule entry per unfinished, non-held message, plus
+/// held messages without an entry (held ones that are in flight still have their lease entry).
+pub(crate) fn count_pending(trees: &Trees) -> Result<i64> {
+    let mut count = i64::try_from(trees.schedule.len()).unwrap_or(i64::MAX);
+    for key in trees.held.iter().keys() {
+        let key = key?;
+        let has_entry = match trees.messages.get(&key)? {
+            Some(bytes) => codec::decode_message(&key, &bytes)
+                .map(|r| r.schedule_at.is_some())
+                .unwrap_or(false),
+            None => true, // stale hold marker of a deleted message: not pending
+        };
+        if !has_entry {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+impl Store {
+    /// Gives `msg` an id and encodes it (once).
+    pub(crate) fn prepare_new(&self, msg: &NewMessage) -> Result<PreparedNew> {
+        // sled ids start at 0; ours start at 1 so that 0 never names a message.
+        let id = MessageId::from_u64(self.inner.db.generate_id()?.saturating_add(1));
+        let due = msg.first_attempt_at();
+        let record = StoredMessage {
+            schedule_at: Some(due),
+            lease_until: None,
+            message: QueuedMessage::new(id, msg),
+        };
+        Ok(PreparedNew {
+            id,
+            record: codec::encode_message(&record)?.into(),
+            body: codec::encode_body(&msg.body).into(),
+            due: TimeKey::new(due, id),
+        })
+    }
+
+    /// Applies a plan and, when applied, updates the pending count.
+    pub(crate) fn apply_plan(&self, plan: &Plan) -> Result<Verdict> {
+        let verdict = crate::plan::apply(&self.inner.trees, plan)?;
+        if verdict == Verdict::Applied {
+            self.add_pending(plan.pending_delta);
+        }
+        Ok(verdict)
+    }
+
+    /// Wakes the scheduler when `plan` added or advanced schedule entries.
+    pub(crate) fn wake_for(&self, plan: &Plan) {
+        if plan.wakes {
+            self.inner.work.notify_one();
+        }
+    }
+
+    /// Durably stores a new message and schedules its first attempt. Returns only after the
+    /// record, body and schedule entry are on disk (one transaction, one shared flush).
+    pub async fn enqueue(&self, msg: NewMessage) -> Result<MessageId, StoreError> {
+        self.check_writable()?;
+        let prepared = self.prepare_new(&msg)?;
+        let mut plan = Plan::default();
+        prepared.add_to(&mut plan);
+        self.apply_plan(&plan)?;
+        self.durable().await?;
+        self.wake_for(&plan);
+        tracing::debug!(id = %prepared.id, size = msg.body.len(), "message queued");
+        Ok(prepared.id)
+    }
+
+    /// Claims up to `limit` (at most 1024) messages due at `now`, oldest first, moving each
+    /// schedule entry to the lease expiry `now + lease` in one transaction per message. Held
+    /// messages have no entry and are never returned. Not flushed by itself: a lease lost in a
+    /// crash only makes the message due again sooner.
+    ///
+    /// The lease must outlast the longest attempt: once it expires the message is due again
+    /// and a second attempt may start (the at-least-once window).
+    pub fn lease_due(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.check_writable()?;
+        let limit = limit.min(MAX_LEASE_BATCH);
+        let due = self
+            .inner
+            .trees
+            .schedule
+            .range(..=TimeKey::last_at(now))
+            .keys()
+            .take(limit)
+            .collect::<Result<Vec<IVec>, sled::Error>>()?;
+        let mut leases = Vec::with_capacity(due.len());
+        for raw in due {
+            if let Some(l) = self.lease_one(&raw, now, lease)? {
+                leases.push(l);
+            }
+        }
+        Ok(leases)
+    }
+
+    fn lease_one(&self, raw: &IVec, now: Timestamp, lease: Duration) -> Result<Option<Lease>> {
+        let Some(key) = TimeKey::from_bytes(raw) else {
+            tracing::error!(key = %crate::keys::hex(raw), "malformed schedule key removed");
+            let mut plan = Plan::default();
+            plan.schedule.remove(raw.clone());
+            self.apply_plan(&plan)?;
+            return Ok(None);
+        };
+        let id_bytes = id_key(key.id);
+        for _ in 0..MAX_RETRIES {
+            let snapshot = self.inner.trees.messages.get(id_bytes)?;
+            let mut plan = Plan {
+                expect_record: Some((id_bytes, snapshot.clone())),
+                expect_scheduled: Some(key.to_bytes()),
+                ..Plan::default()
+            };
+            plan.schedule.remove(raw.clone());
+            let mut leased = None;
+            match snapshot
+                .as_deref()
+                .map(|b| codec::decode_message(&id_bytes, b))
+            {
+                None => tracing::error!(id = %key.id, "schedule entry without a message removed"),
+                Some(Err(e)) => {
+                    // Park the entry at the lease expiry: retried later, logged, never blocking others.
+                    let parked = lease_expiry(now, key.at, lease);
+                    tracing::error!(id = %key.id, error = %e, until = %parked, "unreadable message parked");
+                    plan.schedule
+                        .insert(&TimeKey::new(parked, key.id).to_bytes()[..], &[][..]);
+                }
+                Some(Ok(rec)) if rec.schedule_at != Some(key.at) => {
+                    tracing::error!(id = %key.id, "stale schedule entry removed");
+                }
+                Some(Ok(mut rec)) if rec.message.held => {
+                    // Held while its lease was running: the lease expired, so drop the entry.
+                    rec.schedule_at = None;
+                    rec.lease_until = None;
+                    plan.messages
+                        .insert(&id_bytes[..], codec::encode_message(&rec)?);
+                }
+                Some(Ok(mut rec)) => {
+                    let until = lease_expiry(now, key.at, lease);
+                    rec.schedule_at = Some(until);
+                    rec.lease_until = Some(until);
+                    plan.schedule
+                        .insert(&TimeKey::new(until, key.id).to_bytes()[..], &[][..]);
+                    plan.messages
+                        .insert(&id_bytes[..], codec::encode_message(&rec)?);
+                    leased = Some(Lease {
+                        message: rec.message,
+                        leased_until: until,
+                    });
+                }
+            }
+            match self.apply_plan(&plan)? {
+                Verdict::Applied => return Ok(leased),
+                Verdict::NotScheduled => return Ok(None),
+                Verdict::RecordChanged => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records an attempt's outcome atomically: the updated record, the new schedule entry (or
+    /// none when finished: the body is then removed and the finished index written) and any
+    /// notifications with their bodies and schedule entries. Durable when `Ok`. Returns
+    /// [`RecordOutcome::LeaseLost`], writing nothing, when the lease's schedule entry is gone.
+    pub async fn record_attempt(
+        &self,
+        lease: &Lease,
+        update: AttemptUpdate,
+    ) -> Result<RecordOutcome, StoreError> {
+        self.check_writable()?;
+        let id = lease.message.id;
+        let leased_key = TimeKey::new(lease.leased_until, id).to_bytes();
+        let id_bytes = id_key(id);
+        let notes = update
+            .notifications
+            .iter()
+            .map(|n| self.prepare_new(n))
+            .collect::<Result<Vec<_>>>()?;
+        let finished_at = update.message.finished_at.unwrap_or_else(clock_now);
+        for _ in 0..MAX_RETRIES {
+            let Some(bytes) = self.inner.trees.messages.get(id_bytes)? else {
+                return Ok(RecordOutcome::LeaseLost);
+            };
+            let current = codec::decode_message(&id_bytes, &bytes)?;
+            let mut plan = Plan {
+                expect_record: Some((id_bytes, Some(bytes))),
+                expect_scheduled: Some(leased_key),
+                ..Plan::default()
+            };
+            plan.schedule.remove(&leased_key[..]);
+            plan_outcome(&mut plan, id, &current, &update, finished_at)?;
+            for n in &notes {
+                n.add_to(&mut plan);
+            }
+            match self.apply_plan(&plan)? {
+                Verdict::Applied => {
+                    self.durable().await?;
+                    self.wake_for(&plan);
+                    tracing::debug!(%id, finished = update.next_attempt_at.is_none(), notifications = notes.len(), "attempt recorded");
+                    return Ok(RecordOutcome::Recorded {
+                        notification_ids: notes.iter().map(|n| n.id).collect(),
+                    });
+                }
+                Verdict::NotScheduled => return Ok(RecordOutcome::LeaseLost),
+                Verdict::RecordChanged => continue,
+            }
+        }
+        Err(StoreError::Conflict(id))
+    }
+}
+
+/// Adds the new state of message `id` after `update` to `plan` (the caller has already removed
+/// its current schedule entry): a retry entry, or the finished state.
+pub(crate) fn plan_outcome(
+    plan: &mut Plan,
+    id: MessageId,
+    current: &StoredMessage,
+    update: &AttemptUpdate,
+    finished_at: Timestamp,
+) -> Result<()> {
+    let id_bytes = id_key(id);
+    let held = current.message.held;
+    let mut message = update.message.clone();
+    message.id = id;
+    let mut rec = StoredMessage {
+        schedule_at: None,
+        lease_until: None,
+        message,
+    };
+    match update.next_attempt_at {
+        Some(next) => {
+            rec.message.finished_at = None;
+            rec.message.held = held;
+            if held {
+                rec.message.next_attempt_at = None;
+            } else {
+                rec.message.next_attempt_at = Some(next);
+                rec.schedule_at = Some(next);
+                plan.schedule
+                    .insert(&TimeKey::new(next, id).to_bytes()[..], &[][..]);
+                plan.wakes = true;
+            }
+        }
+        None => {
+            rec.message.held = false;
+            rec.message.next_attempt_at = None;
+            rec.message.finished_at = Some(finished_at);
+            plan.bodies.remove(&id_bytes[..]);
+            plan.finished
+                .insert(&TimeKey::new(finished_at, id).to_bytes()[..], &[][..]);
+            if held {
+                plan.held.remove(&id_bytes[..]);
+            }
+            plan.pending_delta -= 1;
+        }
+    }
+    plan.messages
+        .insert(&id_bytes[..], codec::encode_message(&rec)?);
+    Ok(())
+}
