@@ -1,1 +1,29 @@
-//! placeholder
+//! Scheduler and outbound SMTP delivery of the Postrider relay.
+//!
+//! # Brief overview
+//! - [`spawn_delivery`] starts the scheduler: it leases due messages from the
+//!   [`postrider_store::Store`] (bounded by [`DeliverySettings::max_concurrent_deliveries`]),
+//!   runs one attempt per message and records the outcome. It returns a [`DeliveryHandle`] to
+//!   join on shutdown.
+//! - An attempt groups the pending recipients by domain and runs one SMTP transaction per domain
+//!   ([`MxResolver`] → MX hosts in order → per-recipient replies over lettre's low-level client).
+//! - [`outcome`] is the pure part: new recipient states, the retry decision
+//!   ([`postrider_core::RetryPolicy`]) and the RFC 3464 failure notice
+//!   ([`postrider_core::dsn`]), all with `now` passed in.
+//! - [`mx`] holds MX ordering (pure, seeded-RNG tested) and [`HickoryMxResolver`].
+//!
+//! Reply classes: 2xx delivered; 4xx, network errors and timeouts deferred (retried); 5xx bounced
+//! at once. A recipient still deferred when the message reaches the retry policy's `max_age` is
+//! bounced with its last 4xx reply and a 4.x.x status. Failure notices are never sent for
+//! messages with the null sender `<>`.
+
+pub mod mx;
+pub mod outcome;
+mod scheduler;
+mod settings;
+mod smtp;
+mod worker;
+
+pub use mx::{BoxFuture, HickoryMxResolver, MxError, MxHost, MxResolver, ResolverBuildError};
+pub use scheduler::{DeliveryHandle, spawn_delivery};
+pub use settings::{DeliverySettings, InvalidSettings, SmtpTimeouts, TlsMode};

@@ -1,0 +1,171 @@
+//! The scheduler loop: lease due messages while there is capacity, start one worker per message,
+//! sleep until the next due time, new work, or shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postrider_metrics::Metrics;
+use postrider_store::Store;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::mx::MxResolver;
+use crate::settings::{DeliverySettings, InvalidSettings};
+use crate::worker::{Shared, clock_now, run_attempt};
+
+/// Pause after a store error before the scheduler tries again.
+const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The running delivery side: the scheduler task and its workers.
+#[derive(Debug)]
+pub struct DeliveryHandle {
+    scheduler: JoinHandle<()>,
+    workers: TaskTracker,
+    shared: Arc<Shared>,
+}
+
+impl DeliveryHandle {
+    /// Waits until the scheduler has stopped (after the shutdown token is cancelled) and every
+    /// in-flight attempt has finished and been recorded. Bound it with a grace period: attempts
+    /// left unfinished are covered by their leases and retried after the next start.
+    pub async fn join(self) {
+        if let Err(e) = self.scheduler.await {
+            tracing::error!(error = %e, "delivery scheduler task failed");
+        }
+        self.workers.close();
+        self.workers.wait().await;
+    }
+
+    /// Attempts running right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.inflight_count()
+    }
+}
+
+/// Starts the scheduler on the current tokio runtime.
+///
+/// It leases due messages from `store` (never more than it has free delivery slots, so messages
+/// beyond `max_concurrent_deliveries` stay in the store), runs one attempt per message, and
+/// records each outcome. When `shutdown` is cancelled it stops leasing; running attempts finish
+/// ([`DeliveryHandle::join`]).
+pub fn spawn_delivery(
+    store: Store,
+    resolver: Arc<dyn MxResolver>,
+    settings: DeliverySettings,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<DeliveryHandle, InvalidSettings> {
+    settings.validate()?;
+    let shared = Arc::new(Shared {
+        store,
+        resolver,
+        settings,
+        metrics,
+        inflight: Mutex::new(HashMap::new()),
+    });
+    let workers = TaskTracker::new();
+    let scheduler = tokio::spawn(scheduler_loop(
+        Arc::clone(&shared),
+        workers.clone(),
+        shutdown,
+    ));
+    Ok(DeliveryHandle {
+        scheduler,
+        workers,
+        shared,
+    })
+}
+
+async fn scheduler_loop(shared: Arc<Shared>, workers: TaskTracker, shutdown: CancellationToken) {
+    let settings = &shared.settings;
+    let slots = Arc::new(Semaphore::new(settings.max_concurrent_deliveries));
+    tracing::info!(
+        max_concurrent = settings.max_concurrent_deliveries,
+        lease_s = settings.lease.as_secs(),
+        "delivery scheduler started"
+    );
+    loop {
+        // Wait for at least one free slot, then take every other free one (up to a batch).
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < settings.batch_size {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let wanted = permits.len();
+        let now = clock_now();
+        let leases = match shared.store.lease_due(now, settings.lease, wanted) {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot lease due messages");
+                drop(permits);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(STORE_ERROR_BACKOFF) => continue,
+                }
+            }
+        };
+        let leased = leases.len();
+        for lease in leases {
+            let id = lease.message.id;
+            if !shared.begin(lease) {
+                tracing::warn!(message_id = %id, "lease expired while the attempt still runs; lease refreshed, no second attempt");
+                continue;
+            }
+            let Some(permit) = permits.pop() else {
+                // Cannot happen (at most `wanted` leases); never start unbounded work.
+                break;
+            };
+            let shared = Arc::clone(&shared);
+            workers.spawn(async move {
+                run_attempt(shared, id).await;
+                drop(permit);
+            });
+        }
+        drop(permits);
+        if leased == wanted {
+            // Maybe more is due: go again, after letting other tasks run.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let sleep_for = match shared.store.next_due_at() {
+            Ok(Some(due)) => {
+                Duration::from_millis(due.as_millis().saturating_sub(clock_now().as_millis()))
+            }
+            Ok(None) => settings.max_idle,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the next due time");
+                STORE_ERROR_BACKOFF
+            }
+        }
+        .min(settings.max_idle);
+        if sleep_for.is_zero() && leased > 0 {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = shared.store.wait_for_work() => {}
+            // An entry due "now" that we could not lease is an in-flight lease about to expire or
+            // a race with another change; wait at least a little to avoid spinning.
+            _ = tokio::time::sleep(sleep_for.max(Duration::from_millis(10))) => {}
+        }
+    }
+    tracing::info!(
+        in_flight = shared.inflight_count(),
+        "delivery scheduler stopped leasing"
+    );
+}

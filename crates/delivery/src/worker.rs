@@ -1,0 +1,355 @@
+//! One attempt of one leased message: group pending recipients by domain, deliver to the domains
+//! concurrently (bounded), then record the outcome, the retry decision and any failure notice in
+//! one store call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use postrider_core::{
+    Domain, EnhancedStatus, MessageId, QueuedMessage, RecipientRequest, ReplyClass, ReversePath,
+    SmtpReply, Timestamp,
+};
+use postrider_metrics::Metrics;
+use postrider_store::{AttemptUpdate, Lease, RecordOutcome, Store};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::mx::MxResolver;
+use crate::outcome::{NoticeContext, RecipientOutcome, apply_attempt, failure_notice};
+use crate::settings::DeliverySettings;
+use crate::smtp::{Transaction, deliver_to_domain};
+
+/// State shared by the scheduler and its workers.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) resolver: Arc<dyn MxResolver>,
+    pub(crate) settings: DeliverySettings,
+    pub(crate) metrics: Metrics,
+    /// Messages with a running attempt, with the newest lease taken for each. If a lease expires
+    /// while its attempt still runs and the scheduler leases the message again, no second attempt
+    /// starts; the newer lease replaces the old one here and the running attempt records with it.
+    pub(crate) inflight: Mutex<HashMap<MessageId, Lease>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("inflight", &self.inflight_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Registers a new lease. Returns `true` when no attempt of this message runs (start one),
+    /// `false` when one does (its lease was refreshed instead).
+    pub(crate) fn begin(&self, lease: Lease) -> bool {
+        let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = !map.contains_key(&lease.message.id);
+        map.insert(lease.message.id, lease);
+        fresh
+    }
+
+    /// The newest lease of a running attempt.
+    fn current_lease(&self, id: MessageId) -> Option<Lease> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    /// Attempts currently running.
+    pub(crate) fn inflight_count(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// Removes a message from the in-flight map however its attempt ends (even by panic).
+struct InflightGuard<'a> {
+    shared: &'a Shared,
+    id: MessageId,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+/// The wall clock as a [`Timestamp`].
+pub(crate) fn clock_now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp::from_millis(ms)
+}
+
+/// Runs one attempt of message `id`, which must have been registered with [`Shared::begin`].
+pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
+    let _guard = InflightGuard {
+        shared: &shared,
+        id,
+    };
+    let Some(lease) = shared.current_lease(id) else {
+        return;
+    };
+    let message = &lease.message;
+    let body = match shared.store.body(id) {
+        Ok(body) => body.map(Arc::new),
+        Err(e) => {
+            // Nothing recorded: the lease expires and the message is tried again later.
+            tracing::error!(message_id = %id, error = %e, "cannot read the message body; attempt abandoned");
+            return;
+        }
+    };
+    let outcomes = match &body {
+        Some(body) => deliver_all(&shared, message, Arc::clone(body)).await,
+        None => {
+            // The record exists but its content does not: nothing can ever be delivered. Bounce
+            // (5.3.0, local error) so the sender learns it must send again, rather than retry for
+            // the whole queue lifetime.
+            tracing::error!(message_id = %id, "message body missing from the store; bouncing the pending recipients");
+            let reply = SmtpReply::synthetic(
+                554,
+                EnhancedStatus::new(5, 3, 0),
+                "the relay lost the content of this message",
+            );
+            message
+                .pending()
+                .map(|index| Timed {
+                    outcome: RecipientOutcome {
+                        index,
+                        reply: reply.clone(),
+                        class: ReplyClass::Permanent,
+                        mx_host: None,
+                    },
+                    duration: Duration::ZERO,
+                    tls: false,
+                })
+                .collect()
+        }
+    };
+
+    let now = clock_now();
+    let plain: Vec<RecipientOutcome> = outcomes.iter().map(|t| t.outcome.clone()).collect();
+    let applied = apply_attempt(message, &plain, now, &shared.settings.retry);
+    let (delivered, deferred, bounced) = applied.counts;
+    for (result, n) in [
+        ("delivered", delivered),
+        ("deferred", deferred),
+        ("bounced", bounced),
+    ] {
+        if n > 0
+            && let Ok(c) = shared
+                .metrics
+                .delivery_attempts
+                .get_metric_with_label_values(&[result])
+        {
+            c.inc_by(n);
+        }
+    }
+    log_outcomes(message, &applied.message, &outcomes);
+
+    let notice = failure_notice(
+        &applied.message,
+        &applied.bounced,
+        &NoticeContext {
+            hostname: &shared.settings.hostname,
+            original: body.as_deref().map(Vec::as_slice),
+            max_returned_message: shared.settings.max_returned_message,
+            now,
+        },
+    );
+    let notifications: Vec<_> = notice.into_iter().collect();
+    let notices = notifications.len() as u64;
+    let update = AttemptUpdate {
+        message: applied.message,
+        next_attempt_at: applied.next_attempt_at,
+        notifications,
+    };
+    // The scheduler may have re-leased the message meanwhile: record with the newest lease.
+    let lease = shared.current_lease(id).unwrap_or(lease);
+    match shared.store.record_attempt(&lease, update).await {
+        Ok(RecordOutcome::Recorded { notification_ids }) => {
+            shared.metrics.bounces_generated.inc_by(notices);
+            for dsn_id in notification_ids {
+                tracing::info!(message_id = %id, dsn_id = %dsn_id, "failure notice queued for the sender");
+            }
+            tracing::debug!(message_id = %id, next_attempt_at = ?applied.next_attempt_at, "attempt recorded");
+        }
+        Ok(RecordOutcome::LeaseLost) => {
+            tracing::warn!(message_id = %id, "lease lost before the attempt was recorded (message deleted or re-leased); outcome dropped");
+        }
+        Err(e) => {
+            tracing::error!(message_id = %id, error = %e, "cannot record the attempt; the message will be tried again after its lease");
+        }
+    }
+}
+
+/// A recipient's outcome with how its domain attempt went.
+#[derive(Debug, Clone)]
+struct Timed {
+    outcome: RecipientOutcome,
+    duration: Duration,
+    tls: bool,
+}
+
+/// One tracing event per recipient and attempt, with the state it ended in.
+fn log_outcomes(before: &QueuedMessage, after: &QueuedMessage, outcomes: &[Timed]) {
+    for t in outcomes {
+        let Some(r) = after.recipients.get(t.outcome.index) else {
+            continue;
+        };
+        if before
+            .recipients
+            .get(t.outcome.index)
+            .is_some_and(|b| b.state.is_final())
+        {
+            continue;
+        }
+        tracing::info!(
+            message_id = %after.id,
+            recipient = %r.request.address,
+            result = r.state.as_str(),
+            mx = t.outcome.mx_host.as_deref().unwrap_or("-"),
+            reply = %t.outcome.reply,
+            tls = t.tls,
+            duration_ms = u64::try_from(t.duration.as_millis()).unwrap_or(u64::MAX),
+            attempt = after.attempts,
+            "delivery attempt"
+        );
+    }
+}
+
+/// Delivers to every destination domain of the pending recipients, at most
+/// `max_domains_per_message` at once, within `max_attempt_duration` overall.
+async fn deliver_all(
+    shared: &Arc<Shared>,
+    message: &QueuedMessage,
+    body: Arc<Vec<u8>>,
+) -> Vec<Timed> {
+    let mut by_domain: BTreeMap<Domain, Vec<(usize, RecipientRequest)>> = BTreeMap::new();
+    for index in message.pending() {
+        let r = &message.recipients[index];
+        by_domain
+            .entry(r.request.address.domain().clone())
+            .or_default()
+            .push((index, r.request.clone()));
+    }
+    let deadline = tokio::time::Instant::now() + shared.settings.max_attempt_duration;
+    let limit = Arc::new(Semaphore::new(shared.settings.max_domains_per_message));
+    let mut tasks = JoinSet::new();
+    let mut pending_domains: HashMap<tokio::task::Id, Vec<usize>> = HashMap::new();
+    for (domain, recipients) in by_domain {
+        let shared = Arc::clone(shared);
+        let body = Arc::clone(&body);
+        let limit = Arc::clone(&limit);
+        let sender = message.sender.clone();
+        let id = message.id;
+        let indices: Vec<usize> = recipients.iter().map(|(i, _)| *i).collect();
+        let handle = tasks.spawn(async move {
+            let started = Instant::now();
+            let attempt = tokio::time::timeout_at(deadline, async {
+                let _permit = limit.acquire().await;
+                deliver_domain(&shared, &sender, &domain, &recipients, &body).await
+            })
+            .await;
+            let duration = started.elapsed();
+            shared.metrics.delivery_duration.observe(duration.as_secs_f64());
+            match attempt {
+                Ok(timed) => timed.into_iter().map(|mut t| {
+                    t.duration = duration;
+                    t
+                }).collect(),
+                Err(_) => {
+                    tracing::warn!(message_id = %id, domain = %domain, "domain attempt cut off by max_attempt_duration");
+                    let reply = SmtpReply::synthetic(
+                        451,
+                        EnhancedStatus::new(4, 4, 7),
+                        "the delivery attempt took too long and was cut off",
+                    );
+                    recipients
+                        .iter()
+                        .map(|(index, _)| Timed {
+                            outcome: RecipientOutcome { index: *index, reply: reply.clone(), class: ReplyClass::Transient, mx_host: None },
+                            duration,
+                            tls: false,
+                        })
+                        .collect::<Vec<_>>()
+                }
+            }
+        });
+        pending_domains.insert(handle.id(), indices);
+    }
+    let mut all = Vec::with_capacity(message.recipients.len());
+    while let Some(joined) = tasks.join_next_with_id().await {
+        match joined {
+            Ok((task, timed)) => {
+                pending_domains.remove(&task);
+                all.extend(timed);
+            }
+            Err(e) => {
+                // A panicking domain task must not lose its recipients: they are retried.
+                tracing::error!(message_id = %message.id, error = %e, "domain delivery task failed");
+                let reply = SmtpReply::synthetic(
+                    451,
+                    EnhancedStatus::new(4, 3, 0),
+                    "internal error during delivery",
+                );
+                for index in pending_domains.remove(&e.id()).unwrap_or_default() {
+                    all.push(Timed {
+                        outcome: RecipientOutcome {
+                            index,
+                            reply: reply.clone(),
+                            class: ReplyClass::Transient,
+                            mx_host: None,
+                        },
+                        duration: Duration::ZERO,
+                        tls: false,
+                    });
+                }
+            }
+        }
+    }
+    all.sort_by_key(|t| t.outcome.index);
+    all
+}
+
+/// One (message, domain) transaction.
+async fn deliver_domain(
+    shared: &Shared,
+    sender: &ReversePath,
+    domain: &Domain,
+    recipients: &[(usize, RecipientRequest)],
+    body: &[u8],
+) -> Vec<Timed> {
+    let refs: Vec<(usize, &RecipientRequest)> = recipients.iter().map(|(i, r)| (*i, r)).collect();
+    let tx = Transaction {
+        sender,
+        recipients: &refs,
+        body,
+    };
+    let attempt = deliver_to_domain(shared.resolver.as_ref(), &shared.settings, domain, &tx).await;
+    attempt
+        .results
+        .into_iter()
+        .map(|r| Timed {
+            outcome: RecipientOutcome {
+                index: r.index,
+                reply: r.reply,
+                class: r.class,
+                mx_host: attempt.mx_host.clone(),
+            },
+            duration: Duration::ZERO,
+            tls: attempt.tls,
+        })
+        .collect()
+}
