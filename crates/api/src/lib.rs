@@ -1,1 +1,250 @@
-//! placeholder
+//! REST API of the Postrider relay (axum 0.8).
+//!
+//! # Brief overview
+//! - [`router`] builds the whole API from an [`ApiState`] (store, metrics, [`ApiSettings`]).
+//!   It needs no socket, so tests drive it with `tower::ServiceExt::oneshot`.
+//! - Submission: `POST /v1/messages` (structured JSON rendered to MIME, or a raw RFC 5322
+//!   message with an explicit envelope) and `POST /v1/messages/batch`. A `202` is sent only
+//!   after the store made the message durable.
+//! - Status: `GET /v1/messages/{id}`; queue administration under `/v1/queue`;
+//!   `GET /healthz` and `GET /metrics` (Prometheus text).
+//! - Security: bearer API keys configured as SHA-256 hashes ([`ApiKey`], [`generate_api_key`]),
+//!   with [`Scope`]s `send`, `read` and `admin`; without keys only loopback clients are served.
+//!   Optional per-key [`RateLimit`].
+//! - Every error is `{"error": {"code", "message", "field"?}}` ([`ErrorBody`]).
+//!
+//! The binary serves the router with connect info so the loopback check and the `Received`
+//! header see the client address:
+//! `axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())`.
+
+mod auth;
+mod compose;
+mod error;
+mod extract;
+mod queue;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::Response;
+use axum::routing::{get, post};
+use postrider_metrics::Metrics;
+use postrider_store::Store;
+
+pub use auth::{ApiKey, KeyConfigError, RateLimit, Scope, generate_api_key, hash_api_key};
+pub use compose::{
+    MAX_ATTACHMENTS, MAX_EXTRA_HEADERS, MAX_HEADER_VALUE, MAX_LINE, MAX_METADATA,
+    MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS, MAX_TAG_CHARS, MAX_TAGS,
+};
+pub use error::{ApiError, ErrorBody};
+
+/// Limits and identity of the HTTP API. `Default` gives the documented values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSettings {
+    /// This relay's host name, used in `Message-ID` (`<…@hostname>`), `Received` and bounces.
+    /// Default `"localhost"`; the binary sets the configured name.
+    pub hostname: String,
+    /// Largest request body in octets (default 35 MiB: a 25 MiB message plus base64 overhead).
+    pub max_body_bytes: usize,
+    /// Most recipients (to + cc + bcc, or envelope.to) per message (default 1000).
+    pub max_recipients: usize,
+    /// Largest rendered message in octets, headers included (default 25 MiB).
+    pub max_message_size: usize,
+    /// Most messages per batch request (default 500).
+    pub max_batch: usize,
+    /// How far ahead `send_at` may be (default 72 h).
+    pub max_schedule_ahead: Duration,
+    /// Accepted API keys. Empty (the default) means loopback-only mode: no authentication, and
+    /// clients that are not on a loopback address get 403.
+    pub api_keys: Vec<ApiKey>,
+    /// Per-key request rate limit; `None` (the default) means unlimited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            hostname: "localhost".to_owned(),
+            max_body_bytes: 35 * 1024 * 1024,
+            max_recipients: 1000,
+            max_message_size: 25 * 1024 * 1024,
+            max_batch: 500,
+            max_schedule_ahead: Duration::from_secs(72 * 3600),
+            api_keys: Vec::new(),
+            rate_limit: None,
+        }
+    }
+}
+
+/// Why [`ApiSettings`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// An API key entry is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyConfigError),
+    /// The host name is not a valid domain (it is written into message headers).
+    #[error("api hostname {0:?} is not a valid host name")]
+    Hostname(String),
+    /// A limit is zero, which would refuse every request.
+    #[error("api setting {0} must be greater than zero")]
+    ZeroLimit(&'static str),
+}
+
+impl ApiSettings {
+    /// Checks the host name, the limits and the keys (hashes are 64 hex digits, names unique,
+    /// scopes present). Call at start-up so a typo fails loudly instead of locking clients out
+    /// or writing a malformed header.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if postrider_core::Domain::parse(&self.hostname).is_err() {
+            return Err(SettingsError::Hostname(self.hostname.clone()));
+        }
+        for (name, value) in [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_recipients", self.max_recipients),
+            ("max_message_size", self.max_message_size),
+            ("max_batch", self.max_batch),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::ZeroLimit(name));
+            }
+        }
+        auth::validate_keys(&self.api_keys)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_validation() {
+        assert_eq!(ApiSettings::default().validate(), Ok(()));
+        let bad_host = ApiSettings {
+            hostname: "relay.test\r\nX: y".into(),
+            ..ApiSettings::default()
+        };
+        assert!(matches!(
+            bad_host.validate(),
+            Err(SettingsError::Hostname(_))
+        ));
+        let zero = ApiSettings {
+            max_batch: 0,
+            ..ApiSettings::default()
+        };
+        assert_eq!(zero.validate(), Err(SettingsError::ZeroLimit("max_batch")));
+        let key = ApiKey {
+            name: "k".into(),
+            key_hash: "nothex".into(),
+            scopes: vec![Scope::Send],
+        };
+        let bad_key = ApiSettings {
+            api_keys: vec![key],
+            ..ApiSettings::default()
+        };
+        assert!(matches!(bad_key.validate(), Err(SettingsError::Key(_))));
+    }
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// The durable queue.
+    pub store: Store,
+    /// Shared metrics (`messages_accepted`, `http_requests`, …).
+    pub metrics: Metrics,
+    /// Limits and keys.
+    pub settings: Arc<ApiSettings>,
+    keys: Arc<auth::KeyRing>,
+    limiter: Arc<auth::RateLimiter>,
+}
+
+impl ApiState {
+    /// Builds the state; key hashes are decoded once here (malformed ones never match).
+    pub fn new(store: Store, metrics: Metrics, settings: ApiSettings) -> Self {
+        ApiState {
+            keys: Arc::new(auth::KeyRing::new(&settings.api_keys)),
+            limiter: Arc::new(auth::RateLimiter::default()),
+            store,
+            metrics,
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// The complete API. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(state: ApiState) -> Router {
+    use auth::{ScopeGuard, require_scope};
+    let guard = |scope| {
+        from_fn_with_state(
+            ScopeGuard {
+                state: state.clone(),
+                scope,
+            },
+            require_scope,
+        )
+    };
+
+    let send = Router::new()
+        .route("/v1/messages", post(routes::send_message))
+        .route("/v1/messages/batch", post(routes::send_batch))
+        .route_layer(guard(Scope::Send));
+    let read = Router::new()
+        .route("/v1/messages/{id}", get(routes::get_message))
+        .route_layer(guard(Scope::Read));
+    let admin = Router::new()
+        .route("/v1/queue", get(queue::list))
+        .route("/v1/queue/stats", get(queue::stats))
+        .route("/v1/queue/retry", post(queue::retry_many))
+        .route("/v1/queue/{id}", get(queue::show).delete(queue::delete))
+        .route("/v1/queue/{id}/retry", post(queue::retry_one))
+        .route("/v1/queue/{id}/hold", post(queue::hold))
+        .route("/v1/queue/{id}/release", post(queue::release))
+        .route("/v1/queue/{id}/bounce", post(queue::bounce))
+        .route_layer(guard(Scope::Admin));
+    let open = Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/metrics", get(routes::metrics));
+
+    Router::new()
+        .merge(send)
+        .merge(read)
+        .merge(admin)
+        .merge(open)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+/// Counts `postrider_http_requests_total{route,status}` with the route template as label
+/// (`/v1/messages/{id}`), or `unmatched`, so labels stay bounded.
+async fn count_requests(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let status = response.status();
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .inc();
+    tracing::debug!(%method, route, status = status.as_u16(), "http request");
+    response
+}
+
+/// Wall-clock now as a [`postrider_core::Timestamp`].
+pub(crate) fn now() -> postrider_core::Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    postrider_core::Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}

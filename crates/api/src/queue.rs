@@ -1,0 +1,399 @@
+//! Queue administration under `/v1/queue` (scope `admin`), used by `postrider queue …`.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use postrider_core::dsn::{DsnAction, DsnRecipient, DsnReport, render_dsn};
+use postrider_core::{
+    Domain, DsnRet, EnhancedStatus, Envelope, MessageId, MessageState, NewMessage, QueuedMessage,
+    RecipientRequest, RecipientState, ReversePath, SmtpReply, Source, Timestamp,
+};
+use postrider_store::{AttemptUpdate, ListFilter, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::ApiState;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, decode};
+use crate::routes::{MessageView, load, path_id, store_error};
+
+/// Largest page of `GET /v1/queue`.
+const MAX_PAGE: usize = 1000;
+/// Most domains in `GET /v1/queue/stats`.
+const MAX_TOP: usize = 100;
+
+const STATES: [MessageState; 7] = [
+    MessageState::Queued,
+    MessageState::Scheduled,
+    MessageState::Deferred,
+    MessageState::Held,
+    MessageState::Delivered,
+    MessageState::Bounced,
+    MessageState::PartiallyBounced,
+];
+
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::invalid(
+        "invalid_query",
+        "",
+        format!("invalid query parameters: {}", e.body_text()),
+    )
+}
+
+/// Query of `GET /v1/queue`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    state: Option<String>,
+    domain: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+    #[serde(default)]
+    include_finished: bool,
+}
+
+/// `GET /v1/queue?state=&domain=&limit=&after=&include_finished=`.
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(query_error)?;
+    let wanted_state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            STATES
+                .into_iter()
+                .find(|st| st.as_str() == s)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
+                    ApiError::invalid(
+                        "invalid_query",
+                        "state",
+                        format!("state is one of {}", names.join(", ")),
+                    )
+                })?,
+        ),
+    };
+    let domain = match q.domain.as_deref() {
+        None | Some("") => None,
+        Some(d) => Some(Domain::parse(d).map_err(|e| {
+            ApiError::invalid("invalid_query", "domain", format!("invalid domain: {e}"))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::invalid(
+            "invalid_query",
+            "limit",
+            format!("limit is 1 to {MAX_PAGE}"),
+        ));
+    }
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(a.parse::<MessageId>().map_err(|_| {
+            ApiError::invalid(
+                "invalid_query",
+                "after",
+                "after is a message id (16 hex digits)",
+            )
+        })?),
+    };
+    let filter = ListFilter {
+        state: wanted_state,
+        recipient_domain: domain,
+        include_finished: q.include_finished,
+        after,
+        limit,
+    };
+    let now = crate::now();
+    let page = state
+        .store
+        .list(&filter, now)
+        .map_err(|e| store_error(e, "list"))?;
+    let messages: Vec<MessageView> = page
+        .messages
+        .iter()
+        .map(|m| MessageView::new(m, now))
+        .collect();
+    Ok(Json(
+        json!({ "messages": messages, "next_after": page.next_after }),
+    ))
+}
+
+/// Query of `GET /v1/queue/stats`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatsQuery {
+    top: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct DomainCount {
+    domain: String,
+    count: u64,
+}
+
+/// `GET /v1/queue/stats?top=`: counts by state, pending total and the busiest domains.
+pub(crate) async fn stats(
+    State(state): State<ApiState>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(query_error)?;
+    let top = q.top.unwrap_or(10).min(MAX_TOP);
+    let store = state.store.clone();
+    // A full scan: keep it off the async workers.
+    let stats = tokio::task::spawn_blocking(move || store.stats(crate::now(), top))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "stats task failed");
+            ApiError::store_unavailable()
+        })?
+        .map_err(|e| store_error(e, "stats"))?;
+    let by_state: serde_json::Map<String, serde_json::Value> = stats
+        .by_state
+        .iter()
+        .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
+        .collect();
+    let top_domains: Vec<DomainCount> = stats
+        .top_domains
+        .iter()
+        .map(|(d, n)| DomainCount {
+            domain: d.to_string(),
+            count: *n,
+        })
+        .collect();
+    Ok(Json(json!({
+        "by_state": by_state,
+        "pending": stats.pending,
+        "top_domains": top_domains,
+        "corrupt": stats.corrupt,
+    })))
+}
+
+/// `GET /v1/queue/{id}`.
+pub(crate) async fn show(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<MessageView>, ApiError> {
+    let id = path_id(path)?;
+    let m = load(&state, id)?;
+    Ok(Json(MessageView::new(&m, crate::now())))
+}
+
+/// The answer of the single-message actions: whether anything changed, and the state after.
+fn changed(
+    state: &ApiState,
+    id: MessageId,
+    changed: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = load(state, id)?;
+    Ok(Json(
+        json!({ "id": id, "changed": changed, "state": m.state(crate::now()).as_str() }),
+    ))
+}
+
+/// `POST /v1/queue/{id}/retry`: make a pending message due now.
+pub(crate) async fn retry_one(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = path_id(path)?;
+    let moved = state
+        .store
+        .retry_now(id, crate::now())
+        .await
+        .map_err(|e| store_error(e, "retry"))?;
+    tracing::info!(%id, moved, "operator retry");
+    changed(&state, id, moved)
+}
+
+/// Body of `POST /v1/queue/retry`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryManyRequest {
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /v1/queue/retry` with `{"domain": "example.com"}` or `{"all": true}`.
+pub(crate) async fn retry_many(
+    State(state): State<ApiState>,
+    JsonBody(value): JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: RetryManyRequest = decode(value)?;
+    let domain = match (req.domain.as_deref(), req.all) {
+        (Some(d), false) => Some(Domain::parse(d).map_err(|e| {
+            ApiError::invalid("invalid_field", "domain", format!("invalid domain: {e}"))
+        })?),
+        (None, true) => None,
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "domain",
+                "give exactly one of domain or all: true",
+            ));
+        }
+    };
+    let moved = state
+        .store
+        .retry_all(domain.as_ref(), crate::now())
+        .await
+        .map_err(|e| store_error(e, "retry_all"))?;
+    Ok(Json(json!({ "retried": moved })))
+}
+
+/// `POST /v1/queue/{id}/hold`.
+pub(crate) async fn hold(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = path_id(path)?;
+    let done = state
+        .store
+        .hold(id)
+        .await
+        .map_err(|e| store_error(e, "hold"))?;
+    tracing::info!(%id, done, "operator hold");
+    changed(&state, id, done)
+}
+
+/// `POST /v1/queue/{id}/release`.
+pub(crate) async fn release(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = path_id(path)?;
+    let done = state
+        .store
+        .release(id, crate::now())
+        .await
+        .map_err(|e| store_error(e, "release"))?;
+    tracing::info!(%id, done, "operator release");
+    changed(&state, id, done)
+}
+
+/// `DELETE /v1/queue/{id}`: remove without notifying anyone.
+pub(crate) async fn delete(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = path_id(path)?;
+    state
+        .store
+        .delete(id)
+        .await
+        .map_err(|e| store_error(e, "delete"))?;
+    tracing::info!(%id, "operator delete");
+    Ok(Json(json!({ "id": id, "deleted": true })))
+}
+
+/// The status given to recipients bounced by an operator.
+const OPERATOR_BOUNCE: EnhancedStatus = EnhancedStatus::new(5, 0, 0);
+
+/// Builds the "bounce now" update: every pending recipient becomes bounced with a synthetic
+/// reply, and a failure DSN goes to the sender for those that want one (never for `<>`).
+fn bounce_update(m: &QueuedMessage, body: &[u8], hostname: &str, now: Timestamp) -> AttemptUpdate {
+    let reply = SmtpReply::synthetic(
+        550,
+        OPERATOR_BOUNCE,
+        "message bounced by the relay operator",
+    );
+    let mut message = m.clone();
+    let mut bounced = Vec::new();
+    for (i, r) in message.recipients.iter_mut().enumerate() {
+        if !r.state.is_final() {
+            r.state = RecipientState::Bounced;
+            r.last_reply = Some(reply.clone());
+            r.last_attempt_at = Some(now);
+            bounced.push(i);
+        }
+    }
+    message.next_attempt_at = None;
+    message.finished_at = Some(now);
+    let mut notifications = Vec::new();
+    if let ReversePath::Address(sender) = &m.sender {
+        let reported: Vec<DsnRecipient<'_>> = bounced
+            .iter()
+            .map(|&i| &m.recipients[i])
+            .filter(|r| r.request.wants_failure_notice())
+            .map(|r| DsnRecipient {
+                address: &r.request.address,
+                original_recipient: r.request.orcpt.as_deref(),
+                action: DsnAction::Failed,
+                status: OPERATOR_BOUNCE,
+                remote_mta: None,
+                reply: Some(&reply),
+                last_attempt_at: Some(now),
+                will_retry_until: None,
+            })
+            .collect();
+        if !reported.is_empty() {
+            let message_id = format!("dsn.{}.{:x}@{hostname}", m.id, now.as_millis());
+            let report = DsnReport {
+                reporting_mta: hostname,
+                message_id: &message_id,
+                date: now,
+                original_sender: sender,
+                queue_id: Some(m.id),
+                envid: m.envid.as_deref(),
+                arrival_date: m.received_at,
+                recipients: &reported,
+                ret: m.ret.unwrap_or(DsnRet::Hdrs),
+                original: body,
+            };
+            let dsn = render_dsn(&report);
+            if let Ok(envelope) = Envelope::new(
+                ReversePath::Null,
+                vec![RecipientRequest::new(sender.clone())],
+            ) {
+                notifications.push(NewMessage::new(envelope, dsn, Source::Dsn, now));
+            }
+        }
+    }
+    AttemptUpdate {
+        message,
+        next_attempt_at: None,
+        notifications,
+    }
+}
+
+/// `POST /v1/queue/{id}/bounce`: bounce every pending recipient now, with a DSN to the sender.
+pub(crate) async fn bounce(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = path_id(path)?;
+    let current = load(&state, id)?;
+    if current.is_finished() {
+        return Err(store_error(
+            StoreError::InvalidState {
+                id,
+                state: current.state(crate::now()).as_str(),
+                operation: "bounce",
+            },
+            "bounce",
+        ));
+    }
+    let body = state
+        .store
+        .body(id)
+        .map_err(|e| store_error(e, "read body"))?
+        .unwrap_or_default();
+    let now = crate::now();
+    let hostname = state.settings.hostname.clone();
+    let pending = current.pending().count();
+    let dsn_ids = state
+        .store
+        .complete_without_lease(id, |m| bounce_update(m, &body, &hostname, now))
+        .await
+        .map_err(|e| store_error(e, "bounce"))?;
+    if !dsn_ids.is_empty() {
+        state.metrics.bounces_generated.inc_by(dsn_ids.len() as u64);
+    }
+    tracing::info!(%id, recipients = pending, dsn = ?dsn_ids, "operator bounce");
+    Ok(Json(
+        json!({ "id": id, "bounced": pending, "dsn_id": dsn_ids.first() }),
+    ))
+}

@@ -1,0 +1,1256 @@
+//! End-to-end tests of the REST API through `oneshot`, with a real store in a temporary directory.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use base64::Engine as _;
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+use postrider_api::{ApiKey, ApiSettings, ApiState, RateLimit, Scope, generate_api_key, router};
+use postrider_core::{MessageId, MessageState, ReversePath, Source, Timestamp};
+use postrider_metrics::Metrics;
+use postrider_store::Store;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const LOOPBACK: &str = "127.0.0.1:40000";
+
+struct Harness {
+    app: Router,
+    store: Store,
+    metrics: Metrics,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(settings: ApiSettings) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let store = Store::open(&dir.path().join("queue"), metrics.clone()).unwrap();
+    let state = ApiState::new(store.clone(), metrics.clone(), settings);
+    Harness {
+        app: router(state),
+        store,
+        metrics,
+        _dir: dir,
+    }
+}
+
+fn settings() -> ApiSettings {
+    ApiSettings {
+        hostname: "relay.test".into(),
+        ..ApiSettings::default()
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    json: Value,
+    text: String,
+}
+
+/// One request: optional JSON body, optional bearer key, optional client address.
+struct Call<'a> {
+    method: Method,
+    uri: &'a str,
+    body: Option<Body>,
+    key: Option<&'a str>,
+    client: Option<&'a str>,
+    content_type: Option<&'a str>,
+}
+
+fn call(method: Method, uri: &str) -> Call<'_> {
+    Call {
+        method,
+        uri,
+        body: None,
+        key: None,
+        client: Some(LOOPBACK),
+        content_type: None,
+    }
+}
+
+impl<'a> Call<'a> {
+    fn json(mut self, v: &Value) -> Self {
+        self.body = Some(Body::from(serde_json::to_vec(v).unwrap()));
+        self.content_type = Some("application/json");
+        self
+    }
+    fn raw_body(mut self, bytes: &'static [u8], content_type: Option<&'a str>) -> Self {
+        self.body = Some(Body::from(bytes));
+        self.content_type = content_type;
+        self
+    }
+    fn key(mut self, key: &'a str) -> Self {
+        self.key = Some(key);
+        self
+    }
+    fn client(mut self, client: Option<&'a str>) -> Self {
+        self.client = client;
+        self
+    }
+    async fn send(self, app: &Router) -> Reply {
+        let mut req = Request::builder().method(self.method).uri(self.uri);
+        if let Some(ct) = self.content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        if let Some(k) = self.key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        let mut req = req.body(self.body.unwrap_or_else(Body::empty)).unwrap();
+        if let Some(c) = self.client {
+            req.extensions_mut()
+                .insert(ConnectInfo(c.parse::<SocketAddr>().unwrap()));
+        }
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+            text,
+        }
+    }
+}
+
+/// Asserts the JSON error shape and returns the error object.
+fn assert_error(r: &Reply, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status, status, "body: {}", r.text);
+    assert_eq!(
+        r.headers.get(header::CONTENT_TYPE).unwrap(),
+        "application/json"
+    );
+    let e = r.json["error"].clone();
+    assert_eq!(e["code"], code, "body: {}", r.text);
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "body: {}",
+        r.text
+    );
+    e
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn simple(to: &str) -> Value {
+    json!({"from": "sender@example.com", "to": [to], "subject": "Hi", "text": "Hello"})
+}
+
+async fn submit(h: &Harness, body: &Value) -> MessageId {
+    let r = call(Method::POST, "/v1/messages")
+        .json(body)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    r.json["id"].as_str().unwrap().parse().unwrap()
+}
+
+fn header_section(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    text.split("\r\n\r\n").next().unwrap().to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Submission
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn structured_message_is_rendered_and_stored() {
+    let h = harness(settings());
+    let pdf = b"%PDF-1.4 fake pdf bytes \x00\x01\x02".to_vec();
+    let png = b"\x89PNG\r\n\x1a\nfake png".to_vec();
+    let body = json!({
+        "from": {"email": "news@example.com", "name": "Ex Ample News"},
+        "to": ["Ann <ann@dest.test>", {"email": "bob@dest.test", "name": "Bob Ünicode"}],
+        "cc": "carl@other.test",
+        "bcc": ["secret@hidden.test", "ann@dest.test"],
+        "reply_to": "replies@example.com",
+        "subject": "Grüße from the relay",
+        "text": "Plain body\nsecond line\rthird",
+        "html": "<p>HTML body <img src=\"cid:logo@ex\"></p>",
+        "headers": {"X-Campaign": "spring-2030"},
+        "attachments": [
+            {"filename": "report.pdf", "content_type": "application/pdf", "content": b64(&pdf)},
+            {"filename": "logo.png", "content_type": "image/png", "content": b64(&png), "content_id": "logo@ex"}
+        ],
+        "tags": ["welcome", "spring"],
+        "metadata": {"user_id": "42"}
+    });
+    let r = call(Method::POST, "/v1/messages")
+        .json(&body)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id_text = r.json["id"].as_str().unwrap();
+    assert_eq!(id_text.len(), 16);
+    assert!(id_text.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(r.json["state"], "queued");
+    assert_eq!(
+        r.headers.get(header::LOCATION).unwrap(),
+        &format!("/v1/messages/{id_text}")
+    );
+    let id: MessageId = id_text.parse().unwrap();
+
+    // The queue record: envelope from the fields, recipients deduplicated, Bcc included.
+    let m = h.store.message(id).unwrap().expect("stored");
+    assert_eq!(m.sender, ReversePath::parse("news@example.com").unwrap());
+    let rcpts: Vec<String> = m
+        .recipients
+        .iter()
+        .map(|r| r.request.address.to_string())
+        .collect();
+    assert_eq!(
+        rcpts,
+        [
+            "ann@dest.test",
+            "bob@dest.test",
+            "carl@other.test",
+            "secret@hidden.test"
+        ]
+    );
+    assert_eq!(m.source, Source::Http);
+    assert_eq!(m.tags, ["welcome", "spring"]);
+    assert_eq!(m.metadata.get("user_id").map(String::as_str), Some("42"));
+
+    // The rendered message.
+    let raw = h.store.body(id).unwrap().expect("body");
+    let headers = header_section(&raw);
+    assert!(
+        headers.starts_with("Received: from [127.0.0.1] by relay.test (Postrider) with HTTP;"),
+        "{headers}"
+    );
+    assert!(
+        !headers.to_ascii_lowercase().contains("\nbcc:"),
+        "Bcc header leaked:\n{headers}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("secret@hidden.test"),
+        "Bcc address leaked"
+    );
+    let msg = MessageParser::default().parse(&raw).expect("parses");
+    let from = msg.from().unwrap().first().unwrap();
+    assert_eq!(from.address(), Some("news@example.com"));
+    assert_eq!(from.name(), Some("Ex Ample News"));
+    let to: Vec<(Option<&str>, Option<&str>)> = msg
+        .to()
+        .unwrap()
+        .iter()
+        .map(|a| (a.name(), a.address()))
+        .collect();
+    assert_eq!(
+        to,
+        [
+            (Some("Ann"), Some("ann@dest.test")),
+            (Some("Bob Ünicode"), Some("bob@dest.test"))
+        ]
+    );
+    assert_eq!(
+        msg.cc().unwrap().first().unwrap().address(),
+        Some("carl@other.test")
+    );
+    assert!(msg.bcc().is_none());
+    assert_eq!(
+        msg.reply_to().unwrap().first().unwrap().address(),
+        Some("replies@example.com")
+    );
+    assert_eq!(msg.subject(), Some("Grüße from the relay"));
+    let message_id = msg.message_id().unwrap();
+    assert!(message_id.ends_with("@relay.test"), "{message_id}");
+    assert_eq!(r.json["message_id"], format!("<{message_id}>"));
+    assert!(msg.date().is_some());
+    assert!(msg.received().is_some());
+    assert_eq!(
+        msg.header("X-Campaign").and_then(|v| v.as_text()),
+        Some("spring-2030")
+    );
+    assert_eq!(
+        msg.body_text(0).unwrap().replace("\r\n", "\n").trim_end(),
+        "Plain body\nsecond line\nthird"
+    );
+    let everything = String::from_utf8_lossy(&raw).replace("\r\n", "");
+    assert!(
+        !everything.contains('\n') && !everything.contains('\r'),
+        "bare CR or LF in the rendered message"
+    );
+    assert!(msg.body_html(0).unwrap().contains("HTML body"));
+
+    // Parts: the PDF as an attachment, the PNG inline inside multipart/related with the html.
+    let pdf_part = msg
+        .attachments()
+        .find(|p| p.attachment_name() == Some("report.pdf"))
+        .expect("pdf");
+    assert_eq!(pdf_part.contents(), &pdf[..]);
+    assert_eq!(pdf_part.content_type().unwrap().ctype(), "application");
+    let logo = msg
+        .parts
+        .iter()
+        .find(|p| p.content_id() == Some("logo@ex"))
+        .expect("inline part");
+    assert_eq!(logo.contents(), &png[..]);
+    assert_eq!(logo.content_disposition().unwrap().ctype(), "inline");
+    assert!(matches!(
+        logo.body,
+        PartType::Binary(_) | PartType::InlineBinary(_)
+    ));
+    let related = msg
+        .parts
+        .iter()
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|c| c.subtype() == Some("related"))
+        })
+        .expect("multipart/related");
+    let PartType::Multipart(children) = &related.body else {
+        panic!("related is multipart")
+    };
+    let kinds: Vec<String> = children
+        .iter()
+        .map(|&c| {
+            let ct = msg.parts[c as usize].content_type().unwrap();
+            format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(kinds, ["text/html", "image/png"]);
+    let root = msg.root_part().content_type().unwrap();
+    assert_eq!((root.ctype(), root.subtype()), ("multipart", Some("mixed")));
+
+    // Counted.
+    assert!(
+        h.metrics
+            .render()
+            .contains("postrider_messages_accepted_total{source=\"http\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn status_endpoint_reports_the_message() {
+    let h = harness(settings());
+    let id = submit(
+        &h,
+        &json!({"from": "a@example.com", "to": ["x@dest.test", "y@dest.test"], "text": "hi",
+        "tags": ["t1"], "metadata": {"k": "v"}}),
+    )
+    .await;
+    let r = call(Method::GET, &format!("/v1/messages/{id}"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = &r.json;
+    assert_eq!(v["id"], id.to_string());
+    assert_eq!(v["state"], "queued");
+    assert_eq!(v["from"], "a@example.com");
+    assert_eq!(v["attempts"], 0);
+    assert!(Timestamp::parse_rfc3339(v["created_at"].as_str().unwrap()).is_some());
+    assert!(Timestamp::parse_rfc3339(v["next_attempt_at"].as_str().unwrap()).is_some());
+    assert_eq!(
+        v["size"].as_u64().unwrap(),
+        h.store.body(id).unwrap().unwrap().len() as u64
+    );
+    assert_eq!(v["tags"], json!(["t1"]));
+    assert_eq!(v["metadata"], json!({"k": "v"}));
+    assert_eq!(
+        v["recipients"][1],
+        json!({"address": "y@dest.test", "state": "queued", "attempts": 0, "last_reply": null,
+               "mx_host": null, "last_attempt_at": null})
+    );
+
+    let r = call(Method::GET, "/v1/messages/00000000deadbeef")
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = call(Method::GET, "/v1/messages/not-an-id")
+        .send(&h.app)
+        .await;
+    let e = assert_error(&r, StatusCode::BAD_REQUEST, "invalid_id");
+    assert_eq!(e["field"], "id");
+}
+
+#[tokio::test]
+async fn raw_message_is_normalised_and_traced() {
+    let h = harness(settings());
+    let raw =
+        "From: Someone <s@example.com>\nTo: r@dest.test\nSubject: raw one\n\nline one\nline two\n";
+    let r = call(Method::POST, "/v1/messages")
+        .json(&json!({"envelope": {"from": "", "to": ["r@dest.test", "r2@dest.test"]}, "raw": raw}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id: MessageId = r.json["id"].as_str().unwrap().parse().unwrap();
+    let m = h.store.message(id).unwrap().unwrap();
+    assert!(m.sender.is_null());
+    assert_eq!(m.recipients.len(), 2);
+    let body = h.store.body(id).unwrap().unwrap();
+    let text = String::from_utf8(body.clone()).unwrap();
+    assert!(
+        text.starts_with("Received: from [127.0.0.1] by relay.test"),
+        "{text}"
+    );
+    assert!(
+        !text.replace("\r\n", "").contains('\n'),
+        "bare LF left: {text:?}"
+    );
+    assert!(text.ends_with("line one\r\nline two\r\n"));
+    let msg = MessageParser::default().parse(&body).unwrap();
+    assert!(msg.message_id().unwrap().ends_with("@relay.test"));
+    assert!(msg.date().is_some());
+    assert_eq!(msg.subject(), Some("raw one"));
+
+    // An existing Message-ID and Date are kept, not duplicated.
+    let raw = "Message-ID: <keep@client.test>\r\nDate: Mon, 1 Jan 2029 00:00:00 +0000\r\nSubject: k\r\n\r\nb\r\n";
+    let r = call(Method::POST, "/v1/messages")
+        .json(&json!({"envelope": {"from": "s@example.com", "to": ["r@dest.test"]}, "raw": raw}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.json["message_id"], "<keep@client.test>");
+    let id: MessageId = r.json["id"].as_str().unwrap().parse().unwrap();
+    let text = String::from_utf8(h.store.body(id).unwrap().unwrap()).unwrap();
+    assert_eq!(text.matches("Message-ID:").count(), 1, "{text}");
+    assert_eq!(text.matches("Date:").count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn send_at_schedules_the_message() {
+    let h = harness(settings());
+    let at = Timestamp::from_millis((now_ms() / 1000 + 3600) * 1000);
+    let mut body = simple("x@dest.test");
+    body["send_at"] = json!(at.to_rfc3339());
+    let r = call(Method::POST, "/v1/messages")
+        .json(&body)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.json["state"], "scheduled");
+    let id: MessageId = r.json["id"].as_str().unwrap().parse().unwrap();
+    let m = h.store.message(id).unwrap().unwrap();
+    assert_eq!(m.next_attempt_at, Some(at));
+    assert_eq!(
+        m.state(Timestamp::from_millis(now_ms())),
+        MessageState::Scheduled
+    );
+    let r = call(Method::GET, &format!("/v1/messages/{id}"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["state"], "scheduled");
+    assert_eq!(r.json["next_attempt_at"], at.to_rfc3339());
+
+    for (send_at, code) in [
+        (
+            Timestamp::from_millis(now_ms() - 60_000).to_rfc3339(),
+            "send_at_in_past",
+        ),
+        (
+            Timestamp::from_millis(now_ms() + 73 * 3600 * 1000).to_rfc3339(),
+            "send_at_too_far",
+        ),
+        ("tomorrow".to_owned(), "invalid_send_at"),
+    ] {
+        let mut body = simple("x@dest.test");
+        body["send_at"] = json!(send_at);
+        let r = call(Method::POST, "/v1/messages")
+            .json(&body)
+            .send(&h.app)
+            .await;
+        let e = assert_error(&r, StatusCode::BAD_REQUEST, code);
+        assert_eq!(e["field"], "send_at");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation errors
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn invalid_submissions_get_json_errors() {
+    let h = harness(ApiSettings {
+        max_recipients: 3,
+        ..settings()
+    });
+    let base = simple("x@dest.test");
+    let with = |patch: Value| {
+        let mut b = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                b.as_object_mut().unwrap().remove(k);
+            } else {
+                b[k] = v.clone();
+            }
+        }
+        b
+    };
+    let cases: Vec<(Value, &str, Option<&str>)> = vec![
+        (with(json!({"to": 5})), "invalid_field", Some("to")),
+        (
+            with(json!({"subject": ["x"]})),
+            "invalid_field",
+            Some("subject"),
+        ),
+        (
+            with(json!({"attachements": []})),
+            "invalid_field",
+            Some("attachements"),
+        ),
+        (
+            with(json!({"to": [{"email": "a@b.test", "nmae": "typo"}]})),
+            "invalid_field",
+            Some("to[0].nmae"),
+        ),
+        (with(json!({"from": null})), "missing_from", Some("from")),
+        (with(json!({"to": null})), "missing_recipients", Some("to")),
+        (
+            with(json!({"to": ["ok@dest.test", "not an address"]})),
+            "invalid_address",
+            Some("to[1]"),
+        ),
+        (
+            with(json!({"from": "@nope"})),
+            "invalid_address",
+            Some("from"),
+        ),
+        (
+            with(json!({"to": ["a@b.test", "c@b.test", "d@b.test", "e@b.test"]})),
+            "too_many_recipients",
+            Some("to"),
+        ),
+        (with(json!({"text": null})), "missing_body", Some("text")),
+        (
+            with(json!({"attachments": [{"filename": "a.bin", "content": "!!!not base64"}]})),
+            "invalid_attachment",
+            Some("attachments[0].content"),
+        ),
+        (
+            with(json!({"attachments": [{"content": "aGk="}]})),
+            "invalid_attachment",
+            Some("attachments[0].filename"),
+        ),
+        (
+            with(
+                json!({"attachments": [{"filename": "a", "content": "aGk=", "content_type": "bad type"}]}),
+            ),
+            "invalid_content_type",
+            Some("attachments[0].content_type"),
+        ),
+        (
+            with(json!({"headers": {"Bcc": "x@y.test"}})),
+            "reserved_header",
+            Some("headers.Bcc"),
+        ),
+        (
+            with(json!({"headers": {"X Bad": "v"}})),
+            "invalid_header_name",
+            Some("headers.X Bad"),
+        ),
+        (
+            with(json!({"tags": ["a","b","c","d","e","f","g","h","i","j","k"]})),
+            "too_many_tags",
+            Some("tags"),
+        ),
+        (
+            with(json!({"tags": ["x".repeat(65)]})),
+            "invalid_tag",
+            Some("tags[0]"),
+        ),
+        (
+            with(json!({"metadata": {"k": "v".repeat(257)}})),
+            "invalid_metadata",
+            Some("metadata.k"),
+        ),
+        (json!([1, 2]), "invalid_field", None),
+        (
+            json!({"raw": "Subject: x\r\n\r\nb", "envelope": {"to": ["a@b.test"]}}),
+            "missing_from",
+            Some("envelope.from"),
+        ),
+        (
+            json!({"raw": "Subject: x\r\n\r\nb"}),
+            "missing_envelope",
+            Some("envelope"),
+        ),
+        (
+            json!({"raw": "Subject: x\r\n\r\nb", "envelope": {"from": "s@e.test", "to": []}}),
+            "missing_recipients",
+            Some("envelope.to"),
+        ),
+        (
+            json!({"raw": "Subject: x\r\n\r\nb", "envelope": {"from": "s@e.test", "to": ["bad"]}}),
+            "invalid_address",
+            Some("envelope.to[0]"),
+        ),
+        (
+            json!({"raw": "not a header\r\n\r\nb", "envelope": {"from": "s@e.test", "to": ["r@d.test"]}}),
+            "invalid_raw_message",
+            Some("raw"),
+        ),
+        (
+            json!({"raw": format!("A: b\r\n\r\n{}\r\n", "x".repeat(1200)), "envelope": {"from": "s@e.test", "to": ["r@d.test"]}}),
+            "line_too_long",
+            Some("raw"),
+        ),
+    ];
+    for (body, code, field) in cases {
+        let r = call(Method::POST, "/v1/messages")
+            .json(&body)
+            .send(&h.app)
+            .await;
+        let e = assert_error(&r, StatusCode::BAD_REQUEST, code);
+        assert_eq!(e["field"].as_str(), field, "case {body}: {}", r.text);
+    }
+    // Nothing was queued by any of them.
+    assert_eq!(h.store.pending_count(), 0);
+}
+
+#[tokio::test]
+async fn header_injection_is_refused() {
+    let h = harness(settings());
+    let inj = "hello\r\nBcc: victim@evil.test";
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"from": "a@example.com", "to": ["x@dest.test"], "text": "t", "subject": inj}),
+            "subject",
+        ),
+        (
+            json!({"from": "a@example.com", "to": ["x@dest.test"], "text": "t", "subject": "a\nb"}),
+            "subject",
+        ),
+        (
+            json!({"from": {"email": "a@example.com", "name": inj}, "to": ["x@dest.test"], "text": "t"}),
+            "from.name",
+        ),
+        (
+            json!({"from": "a@example.com", "to": [{"email": "x@dest.test", "name": "X\rY"}], "text": "t"}),
+            "to[0].name",
+        ),
+        (
+            json!({"from": "a@example.com\r\nBcc: v@evil.test", "to": ["x@dest.test"], "text": "t"}),
+            "from",
+        ),
+        (
+            json!({"from": "a@example.com", "to": ["x@dest.test"], "text": "t", "headers": {"X-A": inj}}),
+            "headers.X-A",
+        ),
+        (
+            json!({"from": "a@example.com", "to": ["x@dest.test"], "text": "t", "headers": {"X-A\r\nBcc": "v"}}),
+            "headers.X-A\r\nBcc",
+        ),
+        (
+            json!({"from": "a@example.com", "to": ["x@dest.test"], "text": "t",
+            "attachments": [{"filename": "a.txt\r\nX-Evil: 1", "content": "aGk="}]}),
+            "attachments[0].filename",
+        ),
+        (
+            json!({"from": "a@example.com", "to": ["x@dest.test"], "html": "h",
+            "attachments": [{"filename": "a.png", "content": "aGk=", "content_id": "x\r\nX-Evil: 1"}]}),
+            "attachments[0].content_id",
+        ),
+        (
+            json!({"envelope": {"from": "s@e.test", "to": ["r@d.test\r\nRCPT TO:<v@evil.test>"]}, "raw": "A: b\r\n\r\n"}),
+            "envelope.to[0]",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = call(Method::POST, "/v1/messages")
+            .json(&body)
+            .send(&h.app)
+            .await;
+        let e = assert_error(&r, StatusCode::BAD_REQUEST, "header_injection");
+        assert_eq!(e["field"], field, "{}", r.text);
+    }
+    assert_eq!(h.store.pending_count(), 0);
+}
+
+#[tokio::test]
+async fn body_and_message_size_limits() {
+    let h = harness(ApiSettings {
+        max_body_bytes: 4096,
+        max_message_size: 2048,
+        ..settings()
+    });
+    let mut big = simple("x@dest.test");
+    big["text"] = json!("a".repeat(5000));
+    let r = call(Method::POST, "/v1/messages")
+        .json(&big)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+    let mut over = simple("x@dest.test");
+    over["attachments"] = json!([{"filename": "f.bin", "content": b64(&[7u8; 2100])}]);
+    // 2100 octets decode to more than max_message_size but fit in the body limit.
+    let r = call(Method::POST, "/v1/messages")
+        .json(&over)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "message_too_large");
+
+    let r = call(Method::POST, "/v1/messages")
+        .raw_body(b"{\"from\": ", Some("application/json"))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
+    let r = call(Method::POST, "/v1/messages")
+        .raw_body(b"from=a", Some("application/x-www-form-urlencoded"))
+        .send(&h.app)
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    // No content type at all is read as JSON.
+    let r = call(Method::POST, "/v1/messages")
+        .raw_body(
+            br#"{"from":"a@example.com","to":"b@dest.test","text":"t"}"#,
+            None,
+        )
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let h = harness(settings());
+    let r = call(Method::GET, "/v2/nothing").send(&h.app).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = call(Method::GET, "/v1/messages").send(&h.app).await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let r = call(Method::PUT, "/healthz").send(&h.app).await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch and store failures
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn batch_reports_each_item_in_order() {
+    let h = harness(ApiSettings {
+        max_batch: 3,
+        ..settings()
+    });
+    let body = json!({"messages": [
+        simple("one@dest.test"),
+        {"from": "a@example.com", "to": ["broken"], "text": "x"},
+        {"envelope": {"from": "", "to": ["three@dest.test"]}, "raw": "Subject: 3\r\n\r\nthree\r\n"},
+    ]});
+    let r = call(Method::POST, "/v1/messages/batch")
+        .json(&body)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let results = r.json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    let first: MessageId = results[0]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(results[0]["state"], "queued");
+    assert_eq!(results[1]["error"]["code"], "invalid_address");
+    assert_eq!(results[1]["error"]["field"], "to[0]");
+    assert!(results[1].get("id").is_none());
+    let third: MessageId = results[2]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        h.store.message(first).unwrap().unwrap().recipients[0]
+            .request
+            .address
+            .to_string(),
+        "one@dest.test"
+    );
+    assert_eq!(
+        h.store.message(third).unwrap().unwrap().recipients[0]
+            .request
+            .address
+            .to_string(),
+        "three@dest.test"
+    );
+    assert_eq!(h.store.pending_count(), 2);
+
+    let four = json!({"messages": [simple("a@d.test"), simple("b@d.test"), simple("c@d.test"), simple("e@d.test")]});
+    let r = call(Method::POST, "/v1/messages/batch")
+        .json(&four)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "batch_too_large");
+    let r = call(Method::POST, "/v1/messages/batch")
+        .json(&json!({"messages": []}))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "empty_batch");
+    let r = call(Method::POST, "/v1/messages/batch")
+        .json(&json!({"msgs": []}))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_field");
+}
+
+#[tokio::test]
+async fn store_failure_is_503_and_nothing_is_acknowledged() {
+    let h = harness(settings());
+    h.store.set_fail_writes(true);
+    let r = call(Method::POST, "/v1/messages")
+        .json(&simple("x@dest.test"))
+        .send(&h.app)
+        .await;
+    let e = assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    assert!(
+        !e["message"].as_str().unwrap().contains("injected"),
+        "internal error leaked: {e}"
+    );
+    assert!(r.headers.get(header::RETRY_AFTER).is_some());
+    let r = call(Method::POST, "/v1/messages/batch")
+        .json(&json!({"messages": [simple("x@dest.test")]}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json["results"][0]["error"]["code"], "store_unavailable");
+    assert!(
+        h.metrics
+            .render()
+            .contains("postrider_messages_accepted_total{source=\"http\"} 0")
+    );
+    h.store.set_fail_writes(false);
+    assert_eq!(h.store.pending_count(), 0);
+    submit(&h, &simple("x@dest.test")).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication
+// ---------------------------------------------------------------------------------------------
+
+fn keyed(rate_limit: Option<RateLimit>) -> (Harness, String, String, String) {
+    let (send_key, send_hash) = generate_api_key();
+    let (read_key, read_hash) = generate_api_key();
+    let (admin_key, admin_hash) = generate_api_key();
+    let h = harness(ApiSettings {
+        api_keys: vec![
+            ApiKey {
+                name: "app".into(),
+                key_hash: send_hash,
+                scopes: vec![Scope::Send],
+            },
+            ApiKey {
+                name: "dash".into(),
+                key_hash: read_hash,
+                scopes: vec![Scope::Read],
+            },
+            ApiKey {
+                name: "ops".into(),
+                key_hash: admin_hash,
+                scopes: vec![Scope::Admin],
+            },
+        ],
+        rate_limit,
+        ..settings()
+    });
+    (h, send_key, read_key, admin_key)
+}
+
+#[tokio::test]
+async fn api_keys_and_scopes() {
+    let (h, send_key, read_key, admin_key) = keyed(None);
+    // No key, a wrong key, and a malformed header: 401 with a Bearer challenge.
+    let remote = Some("203.0.113.9:5000");
+    let r = call(Method::POST, "/v1/messages")
+        .json(&simple("x@d.test"))
+        .client(remote)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(
+        r.headers
+            .get(header::WWW_AUTHENTICATE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let r = call(Method::POST, "/v1/messages")
+        .json(&simple("x@d.test"))
+        .key("pr_wrong")
+        .client(remote)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    // Keys work from anywhere once configured; loopback gets no free pass either.
+    let r = call(Method::POST, "/v1/messages")
+        .json(&simple("x@d.test"))
+        .client(None)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = call(Method::POST, "/v1/messages")
+        .json(&simple("x@d.test"))
+        .key(&send_key)
+        .client(remote)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    assert!(
+        String::from_utf8(h.store.body(id.parse().unwrap()).unwrap().unwrap())
+            .unwrap()
+            .starts_with("Received: from [203.0.113.9]")
+    );
+    // Wrong scope: 403.
+    let r = call(Method::POST, "/v1/messages")
+        .json(&simple("x@d.test"))
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "insufficient_scope");
+    let r = call(Method::GET, &format!("/v1/messages/{id}"))
+        .key(&send_key)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "insufficient_scope");
+    let r = call(Method::GET, &format!("/v1/messages/{id}"))
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = call(Method::GET, "/v1/queue")
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "insufficient_scope");
+    let r = call(Method::GET, "/v1/queue")
+        .key(&admin_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Health and metrics are open.
+    let r = call(Method::GET, "/healthz")
+        .client(remote)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = call(Method::GET, "/metrics")
+        .client(remote)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_keys_only_loopback_is_served() {
+    let h = harness(settings());
+    for client in [Some("198.51.100.7:1234"), Some("[2001:db8::1]:443"), None] {
+        let r = call(Method::POST, "/v1/messages")
+            .json(&simple("x@d.test"))
+            .client(client)
+            .send(&h.app)
+            .await;
+        assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    }
+    for client in ["127.0.0.1:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+        let r = call(Method::POST, "/v1/messages")
+            .json(&simple("x@d.test"))
+            .client(Some(client))
+            .send(&h.app)
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{client}: {}", r.text);
+    }
+    let r = call(Method::GET, "/healthz")
+        .client(Some("198.51.100.7:1234"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let (h, send_key, read_key, _) = keyed(Some(RateLimit {
+        per_second: 0.01,
+        burst: 2,
+    }));
+    for _ in 0..2 {
+        let r = call(Method::GET, "/v1/messages/0000000000000001")
+            .key(&read_key)
+            .send(&h.app)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
+    let r = call(Method::GET, "/v1/messages/0000000000000001")
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let wait: u64 = r
+        .headers
+        .get(header::RETRY_AFTER)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 1);
+    // Another key is not affected.
+    let r = call(Method::POST, "/v1/messages")
+        .json(&simple("x@d.test"))
+        .key(&send_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health, metrics, queue admin
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let h = harness(settings());
+    let r = call(Method::GET, "/healthz").send(&h.app).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json, json!({"status": "ok"}));
+    call(Method::GET, "/v1/messages/0000000000000009")
+        .send(&h.app)
+        .await;
+    call(Method::GET, "/no/such/path").send(&h.app).await;
+    let r = call(Method::GET, "/metrics").send(&h.app).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers.get(header::CONTENT_TYPE).unwrap(),
+        "text/plain; version=0.0.4"
+    );
+    assert!(
+        r.text
+            .contains("postrider_http_requests_total{route=\"/healthz\",status=\"200\"} 1"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains(
+            "postrider_http_requests_total{route=\"/v1/messages/{id}\",status=\"404\"} 1"
+        ),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text
+            .contains("postrider_http_requests_total{route=\"unmatched\",status=\"404\"} 1"),
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test]
+async fn queue_admin_operations() {
+    let h = harness(settings());
+    let a = submit(&h, &simple("x@alpha.test")).await;
+    let b = submit(&h, &simple("y@beta.test")).await;
+    let c = submit(
+        &h,
+        &json!({"from": "s@example.com", "to": ["z@beta.test", "w@gamma.test"], "text": "t"}),
+    )
+    .await;
+
+    // List with filters and paging.
+    let r = call(Method::GET, "/v1/queue").send(&h.app).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let ids: Vec<&str> = r.json["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [a.to_string(), b.to_string(), c.to_string()]);
+    let r = call(Method::GET, "/v1/queue?domain=beta.test&limit=1")
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json["messages"][0]["id"], b.to_string());
+    assert_eq!(r.json["next_after"], b.to_string());
+    let r = call(
+        Method::GET,
+        &format!("/v1/queue?domain=beta.test&after={b}"),
+    )
+    .send(&h.app)
+    .await;
+    assert_eq!(r.json["messages"][0]["id"], c.to_string());
+    for bad in [
+        "/v1/queue?state=sleeping",
+        "/v1/queue?limit=0",
+        "/v1/queue?after=xyz",
+        "/v1/queue?bogus=1",
+        "/v1/queue?limit=abc",
+    ] {
+        let r = call(Method::GET, bad).send(&h.app).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_query");
+    }
+
+    // Hold, list by state, release.
+    let r = call(Method::POST, &format!("/v1/queue/{a}/hold"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        r.json,
+        json!({"id": a.to_string(), "changed": true, "state": "held"})
+    );
+    let r = call(Method::GET, "/v1/queue?state=held").send(&h.app).await;
+    assert_eq!(r.json["messages"].as_array().unwrap().len(), 1);
+    let r = call(Method::GET, "/v1/queue/stats").send(&h.app).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["by_state"]["held"], 1);
+    assert_eq!(r.json["by_state"]["queued"], 2);
+    assert_eq!(r.json["pending"], 3);
+    assert_eq!(
+        r.json["top_domains"][0],
+        json!({"domain": "beta.test", "count": 2})
+    );
+    let r = call(Method::POST, &format!("/v1/queue/{a}/release"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["changed"], true);
+    assert_eq!(r.json["state"], "queued");
+    let r = call(Method::POST, &format!("/v1/queue/{a}/release"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["changed"], false);
+
+    // Retry one and many.
+    let r = call(Method::POST, &format!("/v1/queue/{a}/retry"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = call(Method::POST, "/v1/queue/retry")
+        .json(&json!({"domain": "beta.test"}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.json["retried"].is_u64());
+    let r = call(Method::POST, "/v1/queue/retry")
+        .json(&json!({"all": true}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = call(Method::POST, "/v1/queue/retry")
+        .json(&json!({}))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_field");
+
+    // Show and delete.
+    let r = call(Method::GET, &format!("/v1/queue/{b}"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["recipients"][0]["address"], "y@beta.test");
+    let r = call(Method::DELETE, &format!("/v1/queue/{b}"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(h.store.message(b).unwrap().is_none());
+    let r = call(Method::DELETE, &format!("/v1/queue/{b}"))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = call(Method::POST, "/v1/queue/zzz/hold").send(&h.app).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_id");
+
+    // Store failure on an admin write is a 503.
+    h.store.set_fail_writes(true);
+    let r = call(Method::POST, &format!("/v1/queue/{a}/hold"))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    h.store.set_fail_writes(false);
+}
+
+#[tokio::test]
+async fn bounce_now_notifies_the_sender() {
+    let h = harness(settings());
+    let id = submit(
+        &h,
+        &json!({"from": "sender@example.com", "to": ["x@dest.test", "y@dest.test"],
+        "subject": "to be bounced", "text": "t"}),
+    )
+    .await;
+    let r = call(Method::POST, &format!("/v1/queue/{id}/bounce"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["bounced"], 2);
+    let dsn_id: MessageId = r.json["dsn_id"].as_str().unwrap().parse().unwrap();
+
+    let m = h.store.message(id).unwrap().unwrap();
+    assert_eq!(
+        m.state(Timestamp::from_millis(now_ms())),
+        MessageState::Bounced
+    );
+    let reply = m.recipients[0].last_reply.as_ref().unwrap();
+    assert_eq!(reply.code, 550);
+
+    let dsn = h.store.message(dsn_id).unwrap().unwrap();
+    assert!(dsn.sender.is_null());
+    assert_eq!(dsn.source, Source::Dsn);
+    assert_eq!(
+        dsn.recipients[0].request.address.to_string(),
+        "sender@example.com"
+    );
+    let body = h.store.body(dsn_id).unwrap().unwrap();
+    let parsed = MessageParser::default().parse(&body).unwrap();
+    let root = parsed.root_part().content_type().unwrap();
+    assert_eq!(
+        (root.ctype(), root.subtype()),
+        ("multipart", Some("report"))
+    );
+    assert!(String::from_utf8_lossy(&body).contains("x@dest.test"));
+    assert!(
+        h.metrics
+            .render()
+            .contains("postrider_bounces_generated_total 1")
+    );
+
+    // A finished message cannot be bounced again; the status endpoint shows the outcome.
+    let r = call(Method::POST, &format!("/v1/queue/{id}/bounce"))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "invalid_state");
+    let r = call(Method::GET, &format!("/v1/messages/{id}"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["state"], "bounced");
+    assert_eq!(r.json["recipients"][1]["state"], "bounced");
+    assert_eq!(r.json["recipients"][1]["last_reply"]["code"], 550);
+    assert_eq!(r.json["recipients"][1]["last_reply"]["enhanced"], "5.0.0");
+    assert!(
+        Timestamp::parse_rfc3339(r.json["recipients"][1]["last_attempt_at"].as_str().unwrap())
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn bounce_of_null_sender_makes_no_dsn() {
+    let h = harness(settings());
+    let r = call(Method::POST, "/v1/messages")
+        .json(&json!({"envelope": {"from": "", "to": ["r@dest.test"]}, "raw": "Subject: n\r\n\r\nb\r\n"}))
+        .send(&h.app)
+        .await;
+    let id: MessageId = r.json["id"].as_str().unwrap().parse().unwrap();
+    let r = call(Method::POST, &format!("/v1/queue/{id}/bounce"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["dsn_id"], Value::Null);
+    assert_eq!(h.store.pending_count(), 0);
+    tokio::time::timeout(Duration::from_secs(5), h.store.flush())
+        .await
+        .unwrap()
+        .unwrap();
+}
