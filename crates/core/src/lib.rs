@@ -29,3 +29,14 @@ pub use message::{
 pub use reply::{EnhancedStatus, ReplyClass, SmtpPhase, SmtpReply, classify_reply};
 pub use retry::{Decision, InvalidRetryPolicy, RetryPolicy};
 pub use time::Timestamp;
+
+/// Signs outgoing messages (DKIM, RFC 6376) just before they are transmitted.
+///
+/// Implementations are pure with respect to the relay: they get the raw message and return the
+/// header field(s) to prepend, or `None` when the message should go out unsigned (no key for the
+/// author domain, or the message cannot be signed). Signing happens per delivery attempt, so key
+/// rotation takes effect for messages already queued.
+pub trait MessageSigner: Send + Sync + std::fmt::Debug {
+    /// Header lines (each ending in CRLF) to prepend to `message`, or `None` to send it as is.
+    fn sign(&self, message: &[u8]) -> Option<Vec<u8>>;
+}

@@ -45,12 +45,14 @@ pub enum RecipientState {
     Delivered,
     /// Failed permanently or expired; reported to the sender when allowed (final).
     Bounced,
+    /// Not attempted because the address is on the suppression list (final).
+    Suppressed,
 }
 
 impl RecipientState {
     /// Delivered or bounced: nothing more will happen to this recipient.
     pub fn is_final(self) -> bool {
-        matches!(self, RecipientState::Delivered | RecipientState::Bounced)
+        matches!(self, RecipientState::Delivered | RecipientState::Bounced | RecipientState::Suppressed)
     }
 
     /// Stable label for logs, metrics and the API.
@@ -60,6 +62,7 @@ impl RecipientState {
             RecipientState::Deferred => "deferred",
             RecipientState::Delivered => "delivered",
             RecipientState::Bounced => "bounced",
+            RecipientState::Suppressed => "suppressed",
         }
     }
 }
