@@ -1,1 +1,14 @@
+//! End-to-end tests: the real `postrider` binary against real SMTP peers and a real DNS server,
+#![allow(unreachable_pub)]
+//! all on loopback.
 
+mod harness;
+mod smtp_client;
+mod world;
+
+mod admin;
+mod bounces;
+mod delivery;
+mod http_api;
+mod lifecycle;
+mod storage;

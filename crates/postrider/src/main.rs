@@ -1,1 +1,25 @@
-fn main() {}
+//! `postrider`: the relay's command-line entry point.
+//!
+//! Parses arguments, loads configuration (exit status 64 on a bad config), sets up logging and
+//! runs the chosen command. Everything long-running lives in [`app`].
+
+mod admin;
+mod app;
+mod cli;
+mod config;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("postrider: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,31 @@
-//! placeholder
+//! SMTP submission listener of Postrider.
+//!
+//! # Brief overview
+//! - [`proto`]: the protocol with no I/O — command parser, DATA/BDAT receivers with the
+//!   smuggling-safe end-of-data rule, replies, and the session state machine [`proto::Protocol`].
+//! - [`SmtpServer`]: the thin tokio shell. It accepts connections under global and per-IP limits,
+//!   drives one [`proto::Protocol`] per connection over plain TCP, STARTTLS or implicit TLS,
+//!   verifies AUTH passwords (argon2, on blocking threads), applies rate limits, and queues
+//!   accepted messages in the [`postrider_store::Store`] before answering 250.
+//! - [`SmtpSettings`]: limits, timeouts, trusted networks, TLS, users.
+//! - [`hash_password`]: argon2 PHC strings for the `users` setting.
+//!
+//! Postrider is never an open relay: only clients from `trusted_networks` or authenticated
+//! users may submit mail, and AUTH is only offered over TLS or from a trusted network.
+
+pub mod proto;
+
+mod error;
+mod limits;
+mod message;
+mod password;
+mod server;
+mod settings;
+
+pub use error::SmtpError;
+pub use message::{HeaderPresence, TraceInfo, header_presence, prepare_message};
+pub use password::{PasswordError, hash_password, validate_password_hash};
+pub use server::SmtpServer;
+pub use settings::{
+    BareNewlinePolicy, SmtpSettings, SmtpUser, TlsConfigError, load_tls_config, tls_config_from_pem,
+};

@@ -29,6 +29,7 @@ mod admin;
 mod codec;
 mod commit;
 mod error;
+mod health;
 mod keys;
 mod plan;
 mod queue;

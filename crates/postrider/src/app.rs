@@ -1,0 +1,298 @@
+//! Wiring: open the store, bind every listener, run SMTP, HTTP and delivery, and shut down in
+//! order on SIGTERM/SIGINT without dropping anything that was acknowledged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use postrider_api::{ApiKey, ApiSettings, ApiState, RateLimit, Scope};
+use postrider_core::Timestamp;
+use postrider_delivery::{DeliverySettings, HickoryMxResolver, MxResolver, SmtpTimeouts, TlsMode};
+use postrider_metrics::Metrics;
+use postrider_smtp::{BareNewlinePolicy, SmtpServer, SmtpSettings, SmtpUser};
+use postrider_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{BareNewlines, Config, DeliveryTls};
+
+/// How often finished messages past their retention are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How often the storage watchdog probes the queue with a flush.
+const STORAGE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Free space in the data directory at which a failed store is reopened.
+const RECOVERY_FREE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The process must have run this long before the watchdog restarts it, so a store that fails
+/// for reasons other than space cannot cause a restart loop.
+const MIN_UPTIME_BEFORE_RECOVERY: Duration = Duration::from_secs(10);
+
+/// Why [`serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// A shutdown signal: exit.
+    Stopped,
+    /// The store failed (e.g. disk full) and space is back: start again to reopen it.
+    Restart,
+}
+
+/// Runs the relay until a shutdown signal, then drains and returns.
+pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
+    let metrics = Metrics::new();
+    let raw = &config.raw;
+    std::fs::create_dir_all(&raw.data_dir).with_context(|| format!("cannot create data_dir {}", raw.data_dir.display()))?;
+    let store = Store::open(&raw.data_dir, metrics.clone()).with_context(|| format!("cannot open the queue in {}", raw.data_dir.display()))?;
+
+    let smtp_settings = smtp_settings(&config)?;
+    let api_settings = api_settings(&config)?;
+    let delivery_settings = delivery_settings(&config);
+    let resolver: Arc<dyn MxResolver> = if config.nameservers.is_empty() {
+        Arc::new(HickoryMxResolver::system().context("cannot read the system DNS configuration")?)
+    } else {
+        let timeout = raw.dns.timeout.map_or(Duration::from_secs(5), |d| d.0);
+        Arc::new(HickoryMxResolver::with_nameservers(&config.nameservers, timeout).context("invalid [dns] settings")?)
+    };
+
+    // Bind everything before serving anything, so a port conflict fails start-up cleanly.
+    let mut smtp_listeners = Vec::new();
+    for addr in &raw.smtp.listen {
+        smtp_listeners.push((bind(*addr, "smtp.listen").await?, false));
+    }
+    for addr in &raw.smtp.tls_listen {
+        smtp_listeners.push((bind(*addr, "smtp.tls_listen").await?, true));
+    }
+    let http_listener = bind(raw.http.listen, "http.listen").await?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let smtp = Arc::new(SmtpServer::new(smtp_settings, store.clone(), metrics.clone()).context("invalid [smtp] settings")?);
+    for (listener, implicit_tls) in smtp_listeners {
+        let addr = listener.local_addr().ok();
+        let (smtp, token) = (Arc::clone(&smtp), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = smtp.serve(listener, implicit_tls, token).await {
+                tracing::error!(error = %e, ?addr, "SMTP listener failed");
+            }
+        });
+    }
+
+    let router = postrider_api::router(ApiState::new(store.clone(), metrics.clone(), api_settings));
+    let http_shutdown = shutdown.clone();
+    let http_addr = http_listener.local_addr().ok();
+    let http = tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(http_listener, service).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    });
+
+    let delivery = postrider_delivery::spawn_delivery(store.clone(), resolver, delivery_settings, metrics.clone(), shutdown.clone())
+        .context("invalid [delivery] settings")?;
+
+    let retention = raw.queue.retention.0;
+    let purge_store = store.clone();
+    let purge_token = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = purge_token.cancelled() => break,
+                _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+            }
+            let cutoff = Timestamp::from_millis(now_millis().saturating_sub(retention.as_millis() as u64));
+            match purge_store.purge_finished(cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "purged finished messages past retention"),
+                Err(e) => tracing::warn!(error = %e, "purging finished messages failed"),
+            }
+        }
+    });
+
+    tracing::info!(
+        hostname = %config.hostname,
+        smtp = ?raw.smtp.listen,
+        smtps = ?raw.smtp.tls_listen,
+        http = ?http_addr,
+        data_dir = %raw.data_dir.display(),
+        queued = store.pending_count(),
+        "postrider ready"
+    );
+
+    let restart = CancellationToken::new();
+    tasks.spawn(storage_watchdog(store.clone(), raw.data_dir.clone(), restart.clone(), shutdown.clone()));
+    let exit = tokio::select! {
+        () = wait_for_signal() => Exit::Stopped,
+        () = restart.cancelled() => Exit::Restart,
+    };
+    let grace = raw.shutdown.grace_period.0;
+    tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections, finishing in-flight work");
+    shutdown.cancel();
+    tasks.close();
+    let drained = tokio::time::timeout(grace, async {
+        tasks.wait().await;
+        smtp.wait_sessions().await;
+        delivery.join().await;
+        let _ = http.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over: unfinished deliveries stay leased and are retried after restart");
+    }
+    match (exit, store.flush().await) {
+        (Exit::Stopped, Err(e)) => return Err(anyhow::Error::new(e).context("final flush of the queue failed")),
+        (Exit::Restart, Err(e)) => tracing::warn!(error = %e, "final flush failed; acknowledged messages were flushed when accepted"),
+        (_, Ok(())) => {}
+    }
+    tracing::info!(queued = store.pending_count(), ?exit, "postrider stopped");
+    Ok(exit)
+}
+
+/// Watches the queue's storage. sled stops accepting writes after an I/O error such as a full
+/// disk, and stays that way even when space returns; submissions meanwhile get `451 4.3.0` /
+/// HTTP 503 and nothing acknowledged is lost. Once the data directory has room again, this asks
+/// for a restart, which reopens the store from its log.
+async fn storage_watchdog(store: Store, data_dir: std::path::PathBuf, restart: CancellationToken, shutdown: CancellationToken) {
+    let started = tokio::time::Instant::now();
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(STORAGE_PROBE_INTERVAL) => {}
+        }
+        match store.probe_write(now_millis()).await {
+            Ok(()) => {
+                if failing_since.take().is_some() {
+                    tracing::info!("queue storage is writable again");
+                }
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                let free = fs2::available_space(&data_dir).unwrap_or(0);
+                if free >= RECOVERY_FREE_BYTES && started.elapsed() >= MIN_UPTIME_BEFORE_RECOVERY {
+                    tracing::warn!(error = %e, free_bytes = free, failing_s = since.elapsed().as_secs(), "queue storage failed and space is back: restarting to reopen it");
+                    restart.cancel();
+                    return;
+                }
+                tracing::error!(error = %e, free_bytes = free, "queue storage is failing: submissions are refused with 451/503 until it recovers");
+            }
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
+    let raw = &config.raw.smtp;
+    let tls = match &raw.tls {
+        Some(t) => Some(postrider_smtp::load_tls_config(&t.cert, &t.key).context("smtp.tls: cannot load certificate or key")?),
+        None => None,
+    };
+    Ok(SmtpSettings {
+        hostname: config.hostname.clone(),
+        max_message_size: usize::try_from(raw.limits.max_message_size.0).unwrap_or(usize::MAX),
+        max_recipients: raw.limits.max_recipients,
+        max_connections: raw.limits.max_connections,
+        max_connections_per_ip: raw.limits.max_connections_per_ip,
+        command_timeout: raw.limits.command_timeout.0,
+        data_timeout: raw.limits.command_timeout.0,
+        max_errors: raw.limits.max_errors,
+        bare_newlines: match raw.bare_newlines {
+            BareNewlines::Reject => BareNewlinePolicy::Reject,
+            BareNewlines::Normalize => BareNewlinePolicy::Normalize,
+        },
+        trusted_networks: raw.trusted_networks.clone(),
+        tls,
+        users: raw
+            .users
+            .iter()
+            .map(|u| SmtpUser { name: u.name.clone(), password_hash: u.password_hash.clone(), allowed_senders: u.allowed_senders.clone() })
+            .collect(),
+        messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,
+        messages_per_minute_per_user: raw.limits.messages_per_minute_per_user,
+    })
+}
+
+fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
+    let raw = &config.raw;
+    let mut keys = Vec::new();
+    for k in &raw.http.api_keys {
+        let scopes = k
+            .scopes
+            .iter()
+            .map(|s| match s.as_str() {
+                "send" => Ok(Scope::Send),
+                "read" => Ok(Scope::Read),
+                "admin" => Ok(Scope::Admin),
+                other => Err(anyhow::anyhow!("http.api_keys.scopes: unknown scope {other:?}")),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        keys.push(ApiKey { name: k.name.clone(), key_hash: k.key_hash.to_ascii_lowercase(), scopes });
+    }
+    let settings = ApiSettings {
+        hostname: config.hostname.clone(),
+        max_body_bytes: usize::try_from(raw.http.max_body_size.0).unwrap_or(usize::MAX),
+        max_recipients: raw.smtp.limits.max_recipients,
+        max_message_size: usize::try_from(raw.smtp.limits.max_message_size.0).unwrap_or(usize::MAX),
+        api_keys: keys,
+        rate_limit: raw.http.rate_limit_per_key.map(|r| RateLimit { per_second: f64::from(r), burst: r.max(1) }),
+        ..ApiSettings::default()
+    };
+    settings.validate().context("invalid [http] settings")?;
+    Ok(settings)
+}
+
+fn delivery_settings(config: &Config) -> DeliverySettings {
+    let raw = &config.raw.delivery;
+    let command = raw.command_timeout.0;
+    let lease = raw.lease.0;
+    DeliverySettings {
+        hostname: raw.helo_name.clone().unwrap_or_else(|| config.hostname.clone()),
+        port: raw.port,
+        max_concurrent_deliveries: raw.max_concurrent,
+        lease,
+        max_attempt_duration: lease.mul_f64(0.9),
+        timeouts: SmtpTimeouts {
+            connect: raw.connect_timeout.0,
+            greeting: command,
+            ehlo: command,
+            mail: command,
+            rcpt: command,
+            data: command,
+            data_end: raw.data_timeout.0,
+            quit: command.min(Duration::from_secs(5)),
+        },
+        tls: match raw.tls {
+            DeliveryTls::Opportunistic => TlsMode::Opportunistic,
+            DeliveryTls::Required => TlsMode::Required,
+            DeliveryTls::Disabled => TlsMode::Disabled,
+        },
+        retry: config.retry.clone(),
+        ..DeliverySettings::default()
+    }
+}

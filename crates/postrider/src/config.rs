@@ -1,0 +1,735 @@
+//! Configuration: a TOML file (or the embedded defaults) parsed into raw serde structs, then
+//! validated into [`Config`]. Loading binds no sockets and opens no files but the config itself.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`), and every error names the offending key: serde
+//! errors carry the TOML location and snippet, validation errors start with the dotted key path.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use postrider_core::{Domain, RetryPolicy};
+use serde::{Deserialize, Deserializer};
+
+/// A configuration problem; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong form.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value is well-formed but not acceptable.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// Dotted key path, e.g. `retry.intervals`.
+        key: &'static str,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+/// A duration written as a humantime string: `"30s"`, `"5m"`, `"1h20m"`, `"5d"`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HumanDuration(pub(crate) Duration);
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(HumanDuration).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"1h20m\", \"5d\""))
+        })
+    }
+}
+
+/// A size written as `"25MB"`, `"512KiB"`, `"1GB"` or a plain number of bytes.
+/// KB/MB/GB are decimal (1000ⁿ), KiB/MiB/GiB binary (1024ⁿ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ByteSize(pub(crate) u64);
+
+impl ByteSize {
+    /// Parses the forms described on the type.
+    pub(crate) fn parse(s: &str) -> Option<ByteSize> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "m" | "mb" => 1000 * 1000,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "kib" => 1024,
+            "mib" => 1024 * 1024,
+            "gib" => 1024 * 1024 * 1024,
+            _ => return None,
+        };
+        n.checked_mul(mult).map(ByteSize)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => ByteSize::parse(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!("invalid size {s:?}; write e.g. \"25MB\", \"512KiB\" or a number of bytes"))
+            }),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    /// EHLO name, `Received:` host and `MAILER-DAEMON@hostname`; default: the system host name.
+    #[serde(default)]
+    pub(crate) hostname: Option<String>,
+    /// Where the queue lives.
+    #[serde(default = "default_data_dir")]
+    pub(crate) data_dir: PathBuf,
+    /// SMTP submission.
+    #[serde(default)]
+    pub(crate) smtp: RawSmtp,
+    /// REST API, `/metrics`, `/healthz`.
+    #[serde(default)]
+    pub(crate) http: RawHttp,
+    /// DNS resolution for delivery.
+    #[serde(default)]
+    pub(crate) dns: RawDns,
+    /// Outbound delivery.
+    #[serde(default)]
+    pub(crate) delivery: RawDelivery,
+    /// Retry schedule and queue lifetime.
+    #[serde(default)]
+    pub(crate) retry: RawRetry,
+    /// Queue housekeeping.
+    #[serde(default)]
+    pub(crate) queue: RawQueue,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub(crate) shutdown: RawShutdown,
+    /// Logging.
+    #[serde(default)]
+    pub(crate) log: RawLog,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./postrider-data")
+}
+
+/// `[smtp]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSmtp {
+    /// Plain listeners (STARTTLS offered when `[smtp.tls]` is set).
+    #[serde(default = "default_smtp_listen")]
+    pub(crate) listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (RFC 8314, port 465).
+    #[serde(default)]
+    pub(crate) tls_listen: Vec<SocketAddr>,
+    /// Clients that may relay without AUTH.
+    #[serde(default = "default_trusted_networks")]
+    pub(crate) trusted_networks: Vec<IpNet>,
+    /// What to do with bare CR or LF in message content.
+    #[serde(default)]
+    pub(crate) bare_newlines: BareNewlines,
+    /// Limits.
+    #[serde(default)]
+    pub(crate) limits: RawSmtpLimits,
+    /// Certificate for STARTTLS and implicit TLS.
+    #[serde(default)]
+    pub(crate) tls: Option<RawTls>,
+    /// Accounts that may authenticate.
+    #[serde(default)]
+    pub(crate) users: Vec<RawSmtpUser>,
+}
+
+impl Default for RawSmtp {
+    fn default() -> Self {
+        RawSmtp {
+            listen: default_smtp_listen(),
+            tls_listen: Vec::new(),
+            trusted_networks: default_trusted_networks(),
+            bare_newlines: BareNewlines::default(),
+            limits: RawSmtpLimits::default(),
+            tls: None,
+            users: Vec::new(),
+        }
+    }
+}
+
+fn default_smtp_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+}
+
+fn default_trusted_networks() -> Vec<IpNet> {
+    vec![
+        IpNet::new_assert(IpAddr::from([127, 0, 0, 0]), 8),
+        IpNet::new_assert(IpAddr::from(std::net::Ipv6Addr::LOCALHOST), 128),
+    ]
+}
+
+/// `smtp.bare_newlines`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BareNewlines {
+    /// Refuse the message with `550 5.6.11` (default; closes the smuggling hole).
+    #[default]
+    Reject,
+    /// Convert to CRLF.
+    Normalize,
+}
+
+/// `[smtp.limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSmtpLimits {
+    /// Largest message accepted; advertised in EHLO `SIZE`.
+    #[serde(default = "default_max_message_size")]
+    pub(crate) max_message_size: ByteSize,
+    /// Recipients per message.
+    #[serde(default = "default_max_recipients")]
+    pub(crate) max_recipients: usize,
+    /// Concurrent SMTP connections in total.
+    #[serde(default = "default_max_connections")]
+    pub(crate) max_connections: usize,
+    /// Concurrent SMTP connections from one IP address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub(crate) max_connections_per_ip: usize,
+    /// Idle time allowed between commands and within DATA (RFC 5321 §4.5.3.2: at least 5 minutes).
+    #[serde(default = "default_command_timeout")]
+    pub(crate) command_timeout: HumanDuration,
+    /// Errors in one session before it is closed.
+    #[serde(default = "default_max_errors")]
+    pub(crate) max_errors: usize,
+    /// Messages per minute from one client IP (unset: unlimited).
+    #[serde(default)]
+    pub(crate) messages_per_minute_per_ip: Option<u32>,
+    /// Messages per minute per authenticated user (unset: unlimited).
+    #[serde(default)]
+    pub(crate) messages_per_minute_per_user: Option<u32>,
+}
+
+impl Default for RawSmtpLimits {
+    fn default() -> Self {
+        RawSmtpLimits {
+            max_message_size: default_max_message_size(),
+            max_recipients: default_max_recipients(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            command_timeout: default_command_timeout(),
+            max_errors: default_max_errors(),
+            messages_per_minute_per_ip: None,
+            messages_per_minute_per_user: None,
+        }
+    }
+}
+
+fn default_max_message_size() -> ByteSize {
+    ByteSize(25_000_000)
+}
+fn default_max_recipients() -> usize {
+    1000
+}
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_max_connections_per_ip() -> usize {
+    100
+}
+fn default_command_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_max_errors() -> usize {
+    10
+}
+
+/// `[smtp.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    /// PEM certificate chain.
+    pub(crate) cert: PathBuf,
+    /// PEM private key.
+    pub(crate) key: PathBuf,
+}
+
+/// `[[smtp.users]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSmtpUser {
+    /// Login name.
+    pub(crate) name: String,
+    /// Argon2 PHC hash, as printed by `postrider passwd`.
+    pub(crate) password_hash: String,
+    /// Senders this user may use (`user@example.com` or `@example.com`); empty: any.
+    #[serde(default)]
+    pub(crate) allowed_senders: Vec<String>,
+}
+
+/// `[http]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    /// REST API, `/metrics` and `/healthz`.
+    #[serde(default = "default_http_listen")]
+    pub(crate) listen: SocketAddr,
+    /// API keys; without any, only loopback clients are served.
+    #[serde(default)]
+    pub(crate) api_keys: Vec<RawApiKey>,
+    /// Largest request body.
+    #[serde(default = "default_http_max_body")]
+    pub(crate) max_body_size: ByteSize,
+    /// Requests per second per API key (unset: unlimited).
+    #[serde(default)]
+    pub(crate) rate_limit_per_key: Option<u32>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp { listen: default_http_listen(), api_keys: Vec::new(), max_body_size: default_http_max_body(), rate_limit_per_key: None }
+    }
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8025))
+}
+fn default_http_max_body() -> ByteSize {
+    ByteSize(36_000_000)
+}
+
+/// `[[http.api_keys]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApiKey {
+    /// Label for logs.
+    pub(crate) name: String,
+    /// Hex SHA-256 of the key, as printed by `postrider apikey new`.
+    pub(crate) key_hash: String,
+    /// `send`, `read`, `admin`.
+    pub(crate) scopes: Vec<String>,
+}
+
+/// `[dns]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    /// Name servers as `ip` or `ip:port`; default: the system resolver configuration.
+    #[serde(default)]
+    pub(crate) nameservers: Vec<String>,
+    /// Per-query timeout.
+    #[serde(default)]
+    pub(crate) timeout: Option<HumanDuration>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDelivery {
+    /// Port used for every MX host.
+    #[serde(default = "default_delivery_port")]
+    pub(crate) port: u16,
+    /// Concurrent outbound deliveries.
+    #[serde(default = "default_max_concurrent")]
+    pub(crate) max_concurrent: usize,
+    /// STARTTLS policy: `opportunistic`, `required`, `disabled`.
+    #[serde(default)]
+    pub(crate) tls: DeliveryTls,
+    /// EHLO name for outbound connections (default: `hostname`).
+    #[serde(default)]
+    pub(crate) helo_name: Option<String>,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub(crate) connect_timeout: HumanDuration,
+    /// Timeout for each SMTP command reply (RFC 5321 §4.5.3.2 suggests 5 minutes).
+    #[serde(default = "default_command_reply_timeout")]
+    pub(crate) command_timeout: HumanDuration,
+    /// Timeout for the reply after the message content (RFC 5321: 10 minutes).
+    #[serde(default = "default_data_timeout")]
+    pub(crate) data_timeout: HumanDuration,
+    /// How long a claimed queue entry stays invisible to other attempts; must exceed the longest
+    /// attempt (connect + commands + data), since an expired lease lets the message run again.
+    #[serde(default = "default_lease")]
+    pub(crate) lease: HumanDuration,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            port: default_delivery_port(),
+            max_concurrent: default_max_concurrent(),
+            tls: DeliveryTls::default(),
+            helo_name: None,
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_reply_timeout(),
+            data_timeout: default_data_timeout(),
+            lease: default_lease(),
+        }
+    }
+}
+
+fn default_delivery_port() -> u16 {
+    25
+}
+fn default_max_concurrent() -> usize {
+    256
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_command_reply_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_data_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_lease() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+/// `delivery.tls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DeliveryTls {
+    /// Use STARTTLS when offered (default).
+    #[default]
+    Opportunistic,
+    /// Defer rather than deliver without TLS.
+    Required,
+    /// Never use STARTTLS.
+    Disabled,
+}
+
+/// `[retry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    /// Attempt n waits `intervals[n-1]`; the last repeats.
+    #[serde(default = "default_intervals")]
+    pub(crate) intervals: Vec<HumanDuration>,
+    /// After this, still-undelivered recipients bounce.
+    #[serde(default = "default_max_age")]
+    pub(crate) max_age: HumanDuration,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        RawRetry { intervals: default_intervals(), max_age: default_max_age() }
+    }
+}
+
+fn default_intervals() -> Vec<HumanDuration> {
+    RetryPolicy::default().intervals().iter().copied().map(HumanDuration).collect()
+}
+fn default_max_age() -> HumanDuration {
+    HumanDuration(RetryPolicy::default().max_age())
+}
+
+/// `[queue]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    /// How long finished messages stay queryable via `GET /v1/messages/{id}`.
+    #[serde(default = "default_retention")]
+    pub(crate) retention: HumanDuration,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue { retention: default_retention() }
+    }
+}
+
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 86_400))
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShutdown {
+    /// How long in-flight deliveries and SMTP transactions may take to finish after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub(crate) grace_period: HumanDuration,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown { grace_period: default_grace() }
+    }
+}
+
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub(crate) format: LogFormat,
+    /// A tracing filter, e.g. `info` or `postrider_delivery=debug,info`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub(crate) level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { format: LogFormat::default(), level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// The relay's host name (validated as a domain).
+    pub(crate) hostname: String,
+    /// Everything else as parsed (validated).
+    pub(crate) raw: RawConfig,
+    /// Name servers with ports resolved (empty: system configuration).
+    pub(crate) nameservers: Vec<SocketAddr>,
+    /// The retry policy.
+    pub(crate) retry: RetryPolicy,
+}
+
+impl Config {
+    /// Reads and validates a file, or the embedded defaults when `path` is `None`.
+    pub(crate) fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?,
+            None => String::new(),
+        };
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub(crate) fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let hostname = match &raw.hostname {
+            Some(h) => h.clone(),
+            None => system_hostname(),
+        };
+        if Domain::parse(&hostname).is_err() || hostname.starts_with('[') {
+            return Err(invalid("hostname", format!("{hostname:?} is not a valid host name")));
+        }
+        if let Some(h) = &raw.delivery.helo_name
+            && Domain::parse(h).is_err()
+        {
+            return Err(invalid("delivery.helo_name", format!("{h:?} is not a valid host name")));
+        }
+        if raw.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if raw.smtp.listen.is_empty() && raw.smtp.tls_listen.is_empty() {
+            return Err(invalid("smtp.listen", "at least one SMTP listener is required"));
+        }
+        if !raw.smtp.tls_listen.is_empty() && raw.smtp.tls.is_none() {
+            return Err(invalid("smtp.tls_listen", "implicit TLS listeners need [smtp.tls] cert and key"));
+        }
+        let limits = &raw.smtp.limits;
+        if limits.max_message_size.0 < 1024 {
+            return Err(invalid("smtp.limits.max_message_size", "must be at least 1KiB"));
+        }
+        if limits.max_recipients == 0 {
+            return Err(invalid("smtp.limits.max_recipients", "must be at least 1"));
+        }
+        if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
+            return Err(invalid("smtp.limits.max_connections", "connection limits must be at least 1"));
+        }
+        if limits.command_timeout.0 < Duration::from_secs(1) {
+            return Err(invalid("smtp.limits.command_timeout", "must be at least 1s"));
+        }
+        for (i, u) in raw.smtp.users.iter().enumerate() {
+            if u.name.is_empty() || u.name.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(invalid("smtp.users.name", format!("user #{i}: names are non-empty without spaces")));
+            }
+            if !u.password_hash.starts_with("$argon2") {
+                return Err(invalid("smtp.users.password_hash", format!("user {:?}: expected an argon2 hash from `postrider passwd`", u.name)));
+            }
+            for s in &u.allowed_senders {
+                let ok = match s.strip_prefix('@') {
+                    Some(d) => Domain::parse(d).is_ok(),
+                    None => postrider_core::Address::parse(s).is_ok(),
+                };
+                if !ok {
+                    return Err(invalid("smtp.users.allowed_senders", format!("user {:?}: {s:?} is neither an address nor @domain", u.name)));
+                }
+            }
+        }
+        for k in &raw.http.api_keys {
+            if k.key_hash.len() != 64 || !k.key_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid("http.api_keys.key_hash", format!("key {:?}: expected 64 hex digits from `postrider apikey new`", k.name)));
+            }
+            if k.scopes.is_empty() {
+                return Err(invalid("http.api_keys.scopes", format!("key {:?}: at least one scope is required", k.name)));
+            }
+            if let Some(bad) = k.scopes.iter().find(|s| !matches!(s.as_str(), "send" | "read" | "admin")) {
+                return Err(invalid("http.api_keys.scopes", format!("key {:?}: unknown scope {bad:?} (send, read, admin)", k.name)));
+            }
+        }
+        if raw.http.api_keys.is_empty() && !raw.http.listen.ip().is_loopback() {
+            return Err(invalid(
+                "http.listen",
+                format!("{} is not a loopback address; configure http.api_keys before exposing the API", raw.http.listen),
+            ));
+        }
+        let mut nameservers = Vec::with_capacity(raw.dns.nameservers.len());
+        for ns in &raw.dns.nameservers {
+            let addr = ns
+                .parse::<SocketAddr>()
+                .or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| invalid("dns.nameservers", format!("{ns:?} is not an IP address or ip:port")))?;
+            nameservers.push(addr);
+        }
+        if raw.delivery.port == 0 {
+            return Err(invalid("delivery.port", "must be a port number from 1 to 65535"));
+        }
+        if raw.delivery.max_concurrent == 0 {
+            return Err(invalid("delivery.max_concurrent", "must be at least 1"));
+        }
+        let retry = RetryPolicy::new(raw.retry.intervals.iter().map(|d| d.0).collect(), raw.retry.max_age.0)
+            .map_err(|e| invalid("retry.intervals", e.to_string()))?;
+        if raw.retry.max_age.0.is_zero() {
+            return Err(invalid("retry.max_age", "must be longer than zero"));
+        }
+        if raw.delivery.lease.0 < Duration::from_secs(10) {
+            return Err(invalid("delivery.lease", "must be at least 10s and should exceed the longest delivery attempt"));
+        }
+        Ok(Config { hostname, nameservers, retry, raw })
+    }
+}
+
+/// The machine's host name, or `localhost.localdomain` when it can't be read.
+fn system_hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| Domain::parse(h).is_ok())
+        .unwrap_or_else(|| "localhost.localdomain".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.raw.data_dir, PathBuf::from("./postrider-data"));
+        assert_eq!(c.raw.smtp.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.raw.http.listen, "127.0.0.1:8025".parse().unwrap());
+        assert_eq!(c.raw.delivery.port, 25);
+        assert!(c.nameservers.is_empty());
+        assert_eq!(c.raw.smtp.limits.max_message_size, ByteSize(25_000_000));
+        assert_eq!(c.retry, RetryPolicy::default());
+        assert_eq!(c.raw.smtp.trusted_networks, vec!["127.0.0.0/8".parse::<IpNet>().unwrap(), "::1/128".parse().unwrap()]);
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let c = Config::from_toml(
+            r#"
+hostname = "relay.example.com"
+data_dir = "/var/lib/postrider"
+[smtp]
+listen = ["127.0.0.1:2525"]
+[smtp.limits]
+max_message_size = "25MB"
+[http]
+listen = "127.0.0.1:8025"
+[dns]
+nameservers = ["127.0.0.1:5353", "127.0.0.53"]
+[delivery]
+port = 2626
+[retry]
+intervals = ["5m", "10m", "20m", "40m", "1h20m", "2h", "4h"]
+max_age = "5d"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.hostname, "relay.example.com");
+        assert_eq!(c.nameservers, vec!["127.0.0.1:5353".parse().unwrap(), "127.0.0.53:53".parse().unwrap()]);
+        assert_eq!(c.retry.intervals()[4], Duration::from_secs(4800));
+        assert_eq!(c.retry.max_age(), Duration::from_secs(5 * 86_400));
+        assert_eq!(c.raw.delivery.port, 2626);
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("bogus = 1").contains("bogus"), "{}", err("bogus = 1"));
+        assert!(err("[smtp]\nlisen = []").contains("lisen"));
+        let e = err("[retry]\nmax_age = \"5x\"");
+        assert!(e.contains("max_age") && e.contains("invalid duration"), "{e}");
+        let e = err("[smtp.limits]\nmax_message_size = \"25XB\"");
+        assert!(e.contains("max_message_size") && e.contains("invalid size"), "{e}");
+        assert!(err("[retry]\nintervals = []").contains("retry.intervals"));
+        assert!(err("hostname = \"bad host\"").contains("hostname"));
+        assert!(err("[dns]\nnameservers = [\"nope\"]").contains("dns.nameservers"));
+        assert!(err("[http]\nlisten = \"0.0.0.0:8025\"").contains("http.listen"));
+        assert!(err("[smtp]\ntls_listen = [\"127.0.0.1:4650\"]").contains("smtp.tls_listen"));
+        assert!(err("[delivery]\nport = 0").contains("delivery.port"));
+        let e = err("[smtp]\nlisten = [\"127.0.0.1\"]");
+        assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("25MB"), Some(ByteSize(25_000_000)));
+        assert_eq!(ByteSize::parse("512KiB"), Some(ByteSize(524_288)));
+        assert_eq!(ByteSize::parse("1gb"), Some(ByteSize(1_000_000_000)));
+        assert_eq!(ByteSize::parse("1000"), Some(ByteSize(1000)));
+        assert_eq!(ByteSize::parse("MB"), None);
+        assert_eq!(ByteSize::parse("99999999999999GB"), None);
+    }
+}

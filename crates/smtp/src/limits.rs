@@ -1,0 +1,204 @@
+//! Connection counting and message rate limiting, shared by every session of a server.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Global and per-IP session limits. Acquisition never waits: an over-limit client is told so
+/// right away instead of piling up in the accept queue.
+#[derive(Debug)]
+pub(crate) struct ConnectionLimiter {
+    global: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+}
+
+/// Held for the lifetime of one session; releases both counts on drop.
+#[derive(Debug)]
+pub(crate) struct ConnectionPermit {
+    _global: OwnedSemaphorePermit,
+    limiter: Arc<ConnectionLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimiter {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimiter {
+            global: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip,
+        })
+    }
+
+    /// A permit for a new session from `ip`, or `None` when a limit is reached.
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let global = Arc::clone(&self.global).try_acquire_owned().ok()?;
+        let ip = ip.to_canonical();
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionPermit {
+            _global: global,
+            limiter: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Sessions currently open from `ip`.
+    #[cfg(test)]
+    pub(crate) fn count(&self, ip: IpAddr) -> usize {
+        self.per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ip.to_canonical())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .limiter
+            .per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A token bucket per key: `per_minute` messages in a burst, refilled at `per_minute` a
+/// minute. Keys whose bucket is full again are forgotten, so the map only holds keys seen in
+/// the last minute.
+#[derive(Debug)]
+pub(crate) struct RateLimiter<K> {
+    per_minute: u32,
+    buckets: HashMap<K, Bucket>,
+    last_prune: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl<K: Eq + Hash + Clone> RateLimiter<K> {
+    pub(crate) fn new(per_minute: u32) -> Self {
+        RateLimiter {
+            per_minute,
+            buckets: HashMap::new(),
+            last_prune: None,
+        }
+    }
+
+    fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
+        let capacity = f64::from(self.per_minute);
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        (bucket.tokens + elapsed * capacity / 60.0).min(capacity)
+    }
+
+    /// Takes one token for `key` at time `now`; false when the bucket is empty.
+    pub(crate) fn try_take(&mut self, key: &K, now: Instant) -> bool {
+        self.prune(now);
+        let capacity = f64::from(self.per_minute);
+        let tokens = match self.buckets.get(key) {
+            Some(bucket) => self.refilled(*bucket, now),
+            None => capacity,
+        };
+        if tokens < 1.0 {
+            self.buckets.insert(
+                key.clone(),
+                Bucket {
+                    tokens,
+                    updated: now,
+                },
+            );
+            return false;
+        }
+        self.buckets.insert(
+            key.clone(),
+            Bucket {
+                tokens: tokens - 1.0,
+                updated: now,
+            },
+        );
+        true
+    }
+
+    fn prune(&mut self, now: Instant) {
+        if self
+            .last_prune
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last_prune = Some(now);
+        let capacity = f64::from(self.per_minute);
+        let snapshot: Vec<(K, Bucket)> =
+            self.buckets.iter().map(|(k, b)| (k.clone(), *b)).collect();
+        for (key, bucket) in snapshot {
+            if self.refilled(bucket, now) >= capacity {
+                self.buckets.remove(&key);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_and_global_limits() {
+        let limiter = ConnectionLimiter::new(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = limiter.try_acquire(a).unwrap();
+        let _a2 = limiter.try_acquire(a).unwrap();
+        assert!(limiter.try_acquire(a).is_none(), "per-IP limit");
+        let _b1 = limiter.try_acquire(b).unwrap();
+        assert!(limiter.try_acquire(b).is_none(), "global limit");
+        drop(a1);
+        assert_eq!(limiter.count(a), 1);
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert!(
+            limiter.try_acquire(mapped).is_some(),
+            "v4-mapped counts as the same IP"
+        );
+    }
+
+    #[test]
+    fn token_bucket_refills_and_forgets() {
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(2);
+        assert!(limiter.try_take(&"a", start));
+        assert!(limiter.try_take(&"a", start));
+        assert!(!limiter.try_take(&"a", start));
+        assert!(limiter.try_take(&"b", start), "keys are independent");
+        assert!(!limiter.try_take(&"a", start + Duration::from_secs(29)));
+        assert!(limiter.try_take(&"a", start + Duration::from_secs(61)));
+        assert!(limiter.try_take(&"c", start + Duration::from_secs(200)));
+        assert_eq!(limiter.tracked(), 1, "full buckets are pruned");
+    }
+}

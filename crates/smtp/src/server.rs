@@ -1,0 +1,620 @@
+//! The tokio shell: accepting connections and running one [`Protocol`] per connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use postrider_core::{NewMessage, Source, Timestamp};
+use postrider_metrics::Metrics;
+use postrider_store::Store;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::SmtpError;
+use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter};
+use crate::message::{TraceInfo, prepare_message};
+use crate::password::{validate_password_hash, verify_password};
+use crate::proto::{
+    AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig, Rejection, Reply, Submission,
+    SubmitOutcome,
+};
+use crate::settings::{SmtpSettings, SmtpUser};
+
+/// Octets read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Pending reply octets that force a flush even while pipelined input remains.
+const MAX_PENDING_OUTPUT: usize = 64 * 1024;
+/// Concurrent argon2 verifications (each needs about 19 MiB and a core for tens of ms).
+const AUTH_CONCURRENCY: usize = 4;
+/// Time allowed for the final reply and TLS close on the way out.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The SMTP submission server: settings, shared limits and the sessions of every listener.
+/// Cheap to clone; clones share limits and sessions.
+#[derive(Clone, Debug)]
+pub struct SmtpServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    protocol: Arc<ProtocolConfig>,
+    command_timeout: Duration,
+    data_timeout: Duration,
+    trusted_networks: Vec<ipnet::IpNet>,
+    store: Store,
+    metrics: Metrics,
+    tls: Option<TlsAcceptor>,
+    users: HashMap<String, SmtpUser>,
+    /// A real hash to verify unknown user names against, so they take as long as known ones.
+    decoy_hash: Option<String>,
+    connections: Arc<ConnectionLimiter>,
+    ip_rates: Option<Mutex<RateLimiter<IpAddr>>>,
+    user_rates: Option<Mutex<RateLimiter<String>>>,
+    sessions: TaskTracker,
+    auth_slots: Semaphore,
+}
+
+impl SmtpServer {
+    /// Builds a server; checks the settings (host name, limits, password hashes).
+    pub fn new(
+        settings: SmtpSettings,
+        store: Store,
+        metrics: Metrics,
+    ) -> Result<SmtpServer, SmtpError> {
+        let invalid = |what: &str| Err(SmtpError::InvalidSettings(what.to_owned()));
+        if settings.hostname.is_empty()
+            || settings.hostname.len() > 255
+            || !settings.hostname.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':')
+            })
+        {
+            return invalid("hostname must be a non-empty domain name");
+        }
+        if settings.max_connections == 0 || settings.max_connections_per_ip == 0 {
+            return invalid("connection limits must be at least 1");
+        }
+        if settings.max_recipients == 0 || settings.max_message_size == 0 {
+            return invalid("max_recipients and max_message_size must be at least 1");
+        }
+        if settings.command_timeout.is_zero() || settings.data_timeout.is_zero() {
+            return invalid("timeouts must be positive");
+        }
+        if settings.messages_per_minute_per_ip == Some(0)
+            || settings.messages_per_minute_per_user == Some(0)
+        {
+            return invalid("message rate limits must be at least 1 per minute");
+        }
+        let mut users = HashMap::with_capacity(settings.users.len());
+        for user in &settings.users {
+            validate_password_hash(&user.password_hash)
+                .map_err(|e| SmtpError::InvalidSettings(format!("user {}: {e}", user.name)))?;
+            if users.insert(user.name.clone(), user.clone()).is_some() {
+                return Err(SmtpError::InvalidSettings(format!(
+                    "user {} is listed twice",
+                    user.name
+                )));
+            }
+        }
+        let protocol = Arc::new(ProtocolConfig {
+            hostname: settings.hostname.clone(),
+            max_message_size: settings.max_message_size,
+            max_recipients: settings.max_recipients,
+            max_errors: settings.max_errors,
+            bare_newlines: settings.bare_newlines,
+            tls_available: settings.tls.is_some(),
+        });
+        let inner = Inner {
+            protocol,
+            command_timeout: settings.command_timeout,
+            data_timeout: settings.data_timeout,
+            trusted_networks: settings.trusted_networks.clone(),
+            store,
+            metrics,
+            tls: settings.tls.clone().map(TlsAcceptor::from),
+            decoy_hash: settings.users.first().map(|u| u.password_hash.clone()),
+            users,
+            connections: ConnectionLimiter::new(
+                settings.max_connections,
+                settings.max_connections_per_ip,
+            ),
+            ip_rates: settings
+                .messages_per_minute_per_ip
+                .map(|n| Mutex::new(RateLimiter::new(n))),
+            user_rates: settings
+                .messages_per_minute_per_user
+                .map(|n| Mutex::new(RateLimiter::new(n))),
+            sessions: TaskTracker::new(),
+            auth_slots: Semaphore::new(AUTH_CONCURRENCY),
+        };
+        Ok(SmtpServer {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Serves one bound listener until `shutdown` is cancelled. `implicit_tls` makes it an
+    /// RFC 8314 listener (TLS handshake before the greeting, port 465).
+    ///
+    /// After cancellation no new session starts (new connections get `421 4.3.2`), idle
+    /// sessions are told `421 4.3.2` and closed, and sessions in the middle of a message finish
+    /// it first. Returns once every session of this server (all listeners) has ended.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        implicit_tls: bool,
+        shutdown: CancellationToken,
+    ) -> Result<(), SmtpError> {
+        if implicit_tls && self.inner.tls.is_none() {
+            return Err(SmtpError::TlsNotConfigured);
+        }
+        let local = listener.local_addr().ok();
+        tracing::info!(listener = ?local, implicit_tls, "smtp listener started");
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => self.accept(tcp, peer, implicit_tls, &shutdown),
+                    Err(error) => {
+                        // Usually out of file descriptors: back off briefly instead of spinning.
+                        tracing::warn!(%error, "smtp accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        tracing::info!(listener = ?local, "smtp listener draining");
+        self.inner.sessions.close();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.inner.sessions.wait() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => {
+                        self.refuse(&tcp, implicit_tls, 421, "4.3.2", "Service shutting down", Rejection::ShuttingDown);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+            }
+        }
+        tracing::info!(listener = ?local, "smtp listener stopped");
+        Ok(())
+    }
+
+    /// Resolves once every session has ended after shutdown (when [`SmtpServer::serve`] has
+    /// been told to stop).
+    pub async fn wait_sessions(&self) {
+        self.inner.sessions.close();
+        self.inner.sessions.wait().await;
+    }
+
+    /// Sessions running now.
+    pub fn active_sessions(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    fn accept(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        implicit_tls: bool,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(permit) = self.inner.connections.try_acquire(peer.ip()) else {
+            tracing::debug!(client_ip = %peer.ip(), "smtp connection refused: too many connections");
+            self.refuse(
+                &tcp,
+                implicit_tls,
+                421,
+                "4.7.0",
+                "Too many connections, try again later",
+                Rejection::TooManyConnections,
+            );
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        self.inner.metrics.smtp_sessions.inc();
+        let inner = Arc::clone(&self.inner);
+        let shutdown = shutdown.clone();
+        self.inner.sessions.spawn(async move {
+            run_session(inner, tcp, peer, implicit_tls, shutdown, permit).await;
+        });
+    }
+
+    /// Refuses a connection without a session: one non-blocking write, then close.
+    fn refuse(
+        &self,
+        tcp: &TcpStream,
+        implicit_tls: bool,
+        code: u16,
+        enhanced: &'static str,
+        text: &str,
+        why: Rejection,
+    ) {
+        self.inner
+            .metrics
+            .smtp_rejections
+            .with_label_values(&[why.as_str()])
+            .inc();
+        if !implicit_tls {
+            let reply = Reply::reject(
+                code,
+                enhanced,
+                format!("{} {text}", self.inner.protocol.hostname),
+                why,
+            );
+            let mut wire = Vec::new();
+            reply.render_into(&mut wire);
+            let _ = tcp.try_write(&wire);
+        }
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpServer")
+            .field("hostname", &self.protocol.hostname)
+            .field("tls", &self.tls.is_some())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A plain or TLS connection.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How a session ended, for its log event.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Closed,
+    ClientDisconnected,
+    ReadError,
+    WriteError,
+    TlsFailed,
+    Internal,
+}
+
+struct Session {
+    inner: Arc<Inner>,
+    client_ip: IpAddr,
+    protocol: Protocol,
+    output: Vec<u8>,
+    messages: u64,
+    /// When the client must have completed its next command: reset by every reply, so a
+    /// client trickling a command line octet by octet (slowloris) still times out.
+    command_deadline: Instant,
+}
+
+async fn run_session(
+    inner: Arc<Inner>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    shutdown: CancellationToken,
+    _permit: ConnectionPermit,
+) {
+    let started = Instant::now();
+    let client_ip = peer.ip().to_canonical();
+    let trusted = inner
+        .trusted_networks
+        .iter()
+        .any(|net| net.contains(&client_ip));
+    let mut stream = Stream::Plain(tcp);
+    if implicit_tls {
+        match handshake(&inner, stream).await {
+            Some(tls) => stream = tls,
+            None => {
+                tracing::info!(%client_ip, outcome = "tls_failed", "smtp session ended");
+                return;
+            }
+        }
+    }
+    let protocol = Protocol::new(Arc::clone(&inner.protocol), trusted, implicit_tls);
+    let command_deadline = Instant::now() + inner.command_timeout;
+    let mut session = Session {
+        inner,
+        client_ip,
+        protocol,
+        output: Vec::new(),
+        messages: 0,
+        command_deadline,
+    };
+    let ending = session.run(stream, &shutdown).await;
+    tracing::info!(
+        %client_ip,
+        helo = session.protocol.helo().unwrap_or(""),
+        user = session.protocol.user().unwrap_or(""),
+        tls = session.protocol.is_tls(),
+        trusted,
+        messages = session.messages,
+        outcome = ?ending,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "smtp session ended"
+    );
+}
+
+/// Runs the TLS handshake on a plain stream, bounded by the command timeout.
+async fn handshake(inner: &Inner, stream: Stream) -> Option<Stream> {
+    let (Some(acceptor), Stream::Plain(tcp)) = (&inner.tls, stream) else {
+        return None;
+    };
+    match tokio::time::timeout(inner.command_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls))),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "smtp TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+enum ReadOutcome {
+    Data(usize),
+    Eof,
+    Error,
+    TimedOut,
+    ShuttingDown,
+}
+
+impl Session {
+    async fn run(&mut self, mut stream: Stream, shutdown: &CancellationToken) -> Ending {
+        let mut buffer = vec![0u8; READ_CHUNK];
+        loop {
+            match self.protocol.next_event() {
+                Event::Reply(reply) => {
+                    self.command_deadline = Instant::now() + self.inner.command_timeout;
+                    if let Some(why) = reply.rejection {
+                        self.inner
+                            .metrics
+                            .smtp_rejections
+                            .with_label_values(&[why.as_str()])
+                            .inc();
+                    }
+                    reply.render_into(&mut self.output);
+                    if self.output.len() > MAX_PENDING_OUTPUT && !self.flush(&mut stream).await {
+                        return Ending::WriteError;
+                    }
+                }
+                Event::NeedInput => {
+                    if !self.flush(&mut stream).await {
+                        return Ending::WriteError;
+                    }
+                    match self.read(&mut stream, &mut buffer, shutdown).await {
+                        ReadOutcome::Data(n) => self.protocol.feed(&buffer[..n]),
+                        ReadOutcome::Eof => return Ending::ClientDisconnected,
+                        ReadOutcome::Error => return Ending::ReadError,
+                        ReadOutcome::TimedOut => self.protocol.timeout(),
+                        ReadOutcome::ShuttingDown => self.protocol.shutdown(),
+                    }
+                }
+                Event::StartTls => {
+                    if !self.flush(&mut stream).await {
+                        return Ending::WriteError;
+                    }
+                    match handshake(&self.inner, stream).await {
+                        Some(tls) => stream = tls,
+                        None => return Ending::TlsFailed,
+                    }
+                    self.protocol.tls_established();
+                    self.command_deadline = Instant::now() + self.inner.command_timeout;
+                }
+                Event::Authenticate(credentials) => {
+                    let user = self.verify(credentials).await;
+                    self.protocol.resolve_auth(user);
+                }
+                Event::AdmitMessage { user } => {
+                    let admitted = self.admit(user.as_deref());
+                    self.protocol.resolve_admission(admitted);
+                }
+                Event::Submit(submission) => {
+                    let outcome = self.submit(submission).await;
+                    self.protocol.resolve_submit(outcome);
+                }
+                Event::Close => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                        let _ = stream.write_all(&self.output).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
+                    self.output.clear();
+                    return Ending::Closed;
+                }
+                Event::Waiting => return Ending::Internal,
+            }
+        }
+    }
+
+    async fn flush(&mut self, stream: &mut Stream) -> bool {
+        if self.output.is_empty() {
+            return true;
+        }
+        let write = async {
+            stream.write_all(&self.output).await?;
+            stream.flush().await
+        };
+        let ok = matches!(
+            tokio::time::timeout(self.inner.command_timeout, write).await,
+            Ok(Ok(()))
+        );
+        self.output.clear();
+        ok
+    }
+
+    async fn read(
+        &mut self,
+        stream: &mut Stream,
+        buffer: &mut [u8],
+        shutdown: &CancellationToken,
+    ) -> ReadOutcome {
+        let mid_message = self.protocol.is_mid_message();
+        if !mid_message && shutdown.is_cancelled() {
+            return ReadOutcome::ShuttingDown;
+        }
+        // Message content has a per-read timeout (large messages on slow links take long in
+        // total); commands have a deadline per command.
+        let deadline = if mid_message {
+            Instant::now() + self.inner.data_timeout
+        } else {
+            self.command_deadline
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if !mid_message => ReadOutcome::ShuttingDown,
+            read = tokio::time::timeout_at(deadline.into(), stream.read(buffer)) => match read {
+                Err(_) => ReadOutcome::TimedOut,
+                Ok(Ok(0)) => ReadOutcome::Eof,
+                Ok(Ok(n)) => ReadOutcome::Data(n),
+                Ok(Err(_)) => ReadOutcome::Error,
+            },
+        }
+    }
+
+    async fn verify(&self, credentials: Credentials) -> Option<AuthorizedUser> {
+        let user = self.inner.users.get(&credentials.username).cloned();
+        let hash = match &user {
+            Some(user) => user.password_hash.clone(),
+            None => self.inner.decoy_hash.clone()?,
+        };
+        let _slot = self.inner.auth_slots.acquire().await.ok()?;
+        let password = credentials.password;
+        let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        let user = user.filter(|_| matches);
+        if user.is_none() {
+            tracing::info!(client_ip = %self.client_ip, username = %credentials.username, "smtp authentication failed");
+        }
+        user.map(|u| AuthorizedUser {
+            name: u.name,
+            allowed_senders: u.allowed_senders,
+        })
+    }
+
+    fn admit(&self, user: Option<&str>) -> bool {
+        let now = Instant::now();
+        if let Some(limiter) = &self.inner.ip_rates
+            && !limiter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_take(&self.client_ip, now)
+        {
+            return false;
+        }
+        if let (Some(limiter), Some(user)) = (&self.inner.user_rates, user)
+            && !limiter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_take(&user.to_owned(), now)
+        {
+            return false;
+        }
+        true
+    }
+
+    async fn submit(&mut self, submission: Submission) -> SubmitOutcome {
+        let now = now_timestamp();
+        let unique = format!("{:x}.{:016x}", now.as_millis(), random_u64());
+        let trace = TraceInfo {
+            helo: &submission.helo,
+            client_ip: self.client_ip,
+            hostname: &self.inner.protocol.hostname,
+            protocol: submission.protocol,
+        };
+        let body = prepare_message(&submission.body, &trace, now, &unique);
+        let size = body.len();
+        let sender = submission.envelope.sender().to_string();
+        let recipients = submission.envelope.recipients().len();
+        let message = NewMessage::new(submission.envelope, body, Source::Smtp, now);
+        match self.inner.store.enqueue(message).await {
+            Ok(id) => {
+                self.messages += 1;
+                self.inner
+                    .metrics
+                    .messages_accepted
+                    .with_label_values(&[Source::Smtp.as_str()])
+                    .inc();
+                tracing::info!(
+                    message_id = %id,
+                    sender = %sender,
+                    recipients,
+                    size,
+                    client_ip = %self.client_ip,
+                    user = submission.user.as_deref().unwrap_or(""),
+                    "smtp message accepted"
+                );
+                SubmitOutcome::Queued(id)
+            }
+            Err(error) => {
+                tracing::error!(%error, client_ip = %self.client_ip, sender = %sender, "smtp message could not be queued");
+                SubmitOutcome::Failed
+            }
+        }
+    }
+}
+
+fn now_timestamp() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        // No OS randomness: fall back to the clock; uniqueness also comes from the timestamp.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos().into())
+    })
+}

@@ -1,0 +1,103 @@
+//! A small Internet on loopback: an authoritative DNS server and several MX hosts (SMTP sinks on
+//! different 127.0.0.x addresses sharing one port), plus the relay configured to use them.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use postrider_testkit::{Behaviour, DnsServer, Failure, SmtpSink, Zone};
+
+use crate::harness::TestRelay;
+
+/// Address of the primary MX of `example.test`.
+pub const MX1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// Address of the secondary MX (also the implicit-MX host of `implicit.test`).
+pub const MX2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+/// An address where nothing listens (connection refused).
+pub const DEAD: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+/// The MX of `sender.test`, where bounces to senders arrive.
+pub const SENDER_MX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
+
+/// DNS plus MX hosts.
+pub struct World {
+    /// The DNS server the relay uses.
+    pub dns: DnsServer,
+    /// `mx1.example.test` (preference 10 for `example.test`).
+    pub mx1: SmtpSink,
+    /// `mx2.example.test` (preference 20 for `example.test`; the only live MX of `fallback.test`).
+    pub mx2: SmtpSink,
+    /// `mx.sender.test`: receives bounces for `@sender.test` senders.
+    pub sender_mx: SmtpSink,
+}
+
+impl World {
+    /// Starts DNS and sinks. Zone `test.`:
+    /// - `example.test`: MX 10 mx1 (127.0.0.2), MX 20 mx2 (127.0.0.3); standard rules on mx1
+    ///   (`bad*` → 550 5.1.1, `later*` → 450 4.2.1, `full*` → 552 5.2.2)
+    /// - `fallback.test`: MX 10 → 127.0.0.4 (refused), MX 20 → mx2
+    /// - `implicit.test`: no MX, A 127.0.0.3
+    /// - `nullmx.test`: `MX 0 .`
+    /// - `servfail.test`: SERVFAIL
+    /// - `sender.test`: MX → 127.0.0.5
+    /// - anything else under `test.`: NXDOMAIN
+    pub async fn start() -> World {
+        let mx1 = SmtpSink::builder()
+            .bind(IpAddr::V4(MX1), 0)
+            .behaviour(Behaviour::with_standard_rules())
+            .start()
+            .await
+            .expect("mx1");
+        let port = mx1.port();
+        let mx2 = SmtpSink::builder().bind(IpAddr::V4(MX2), port).behaviour(Behaviour::with_standard_rules()).start().await.expect("mx2");
+        let sender_mx = SmtpSink::builder().bind(IpAddr::V4(SENDER_MX), port).start().await.expect("sender mx");
+        let dns = DnsServer::start([Zone::new("test.")
+            .mx("example.test", 10, "mx1.example.test")
+            .mx("example.test", 20, "mx2.example.test")
+            .a("mx1.example.test", MX1)
+            .a("mx2.example.test", MX2)
+            .mx("fallback.test", 10, "dead.fallback.test")
+            .mx("fallback.test", 20, "mx2.example.test")
+            .a("dead.fallback.test", DEAD)
+            .a("implicit.test", MX2)
+            .null_mx("nullmx.test")
+            .mx("sender.test", 10, "mx.sender.test")
+            .a("mx.sender.test", SENDER_MX)])
+        .await
+        .expect("dns");
+        dns.set_failure("servfail.test", Failure::ServFail).expect("servfail");
+        World { dns, mx1, mx2, sender_mx }
+    }
+
+    /// The port every MX host listens on.
+    pub fn smtp_port(&self) -> u16 {
+        self.mx1.port()
+    }
+
+    /// Relay configuration pointing at this world, with the given retry schedule.
+    pub fn config(&self, intervals: &[&str], max_age: &str) -> String {
+        let intervals = intervals.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "[dns]\nnameservers = [\"{dns}\"]\ntimeout = \"1s\"\n\n[delivery]\nport = {port}\nconnect_timeout = \"1s\"\ncommand_timeout = \"3s\"\ndata_timeout = \"3s\"\nlease = \"20s\"\n\n[retry]\nintervals = [{intervals}]\nmax_age = {max_age:?}\n",
+            dns = self.dns.addr(),
+            port = self.smtp_port(),
+        )
+    }
+
+    /// Starts a relay using this world with a fast retry schedule (1s, forever-ish lifetime).
+    pub async fn relay(&self) -> TestRelay {
+        TestRelay::start(&self.config(&["1s"], "1h")).await
+    }
+}
+
+/// Waits for `n` messages at `sink` (panics with the transcript after the patience runs out).
+pub async fn received(sink: &SmtpSink, n: usize) -> Vec<postrider_testkit::ReceivedMessage> {
+    match sink.wait_for_messages(n, crate::harness::PATIENCE).await {
+        Ok(m) => m,
+        Err(e) => panic!("{e}; transcript:\n{}", sink.transcript().join("\n")),
+    }
+}
+
+/// Asserts that `sink` receives nothing more than `n` messages within `quiet`.
+pub async fn stays_at(sink: &SmtpSink, n: usize, quiet: Duration) {
+    tokio::time::sleep(quiet).await;
+    assert_eq!(sink.messages().len(), n, "unexpected messages: {:#?}", sink.messages());
+}
