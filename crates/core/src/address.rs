@@ -46,8 +46,13 @@ impl Domain {
             return Err(AddressError::Control);
         }
         if let Some(lit) = s.strip_prefix('[') {
-            let inner = lit.strip_suffix(']').ok_or(AddressError::Domain("unclosed address literal"))?;
-            let ok = if let Some(v6) = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
+            let inner = lit
+                .strip_suffix(']')
+                .ok_or(AddressError::Domain("unclosed address literal"))?;
+            let ok = if let Some(v6) = inner
+                .strip_prefix("IPv6:")
+                .or_else(|| inner.strip_prefix("ipv6:"))
+            {
                 v6.parse::<std::net::Ipv6Addr>().is_ok()
             } else {
                 inner.parse::<std::net::Ipv4Addr>().is_ok()
@@ -69,8 +74,13 @@ impl Domain {
             }
             // ASCII labels are letters, digits and hyphens; non-ASCII (SMTPUTF8) labels are allowed
             // as long as they carry no ASCII punctuation.
-            if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii()) {
-                return Err(AddressError::Domain("label has characters other than letters, digits and '-'"));
+            if !label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+            {
+                return Err(AddressError::Domain(
+                    "label has characters other than letters, digits and '-'",
+                ));
             }
         }
         Ok(Domain(s.to_ascii_lowercase()))
@@ -145,7 +155,10 @@ impl Address {
             return Err(AddressError::Shape);
         }
         validate_local(local)?;
-        Ok(Address { local: local.to_owned(), domain: Domain::parse(domain)? })
+        Ok(Address {
+            local: local.to_owned(),
+            domain: Domain::parse(domain)?,
+        })
     }
 
     /// The local part as written (case preserved).
@@ -169,12 +182,16 @@ fn validate_local(local: &str) -> Result<(), AddressError> {
         return Err(AddressError::LocalPart("longer than 64 octets"));
     }
     if let Some(inner) = local.strip_prefix('"') {
-        let inner = inner.strip_suffix('"').ok_or(AddressError::LocalPart("unclosed quoted string"))?;
+        let inner = inner
+            .strip_suffix('"')
+            .ok_or(AddressError::LocalPart("unclosed quoted string"))?;
         let mut chars = inner.chars();
         while let Some(c) = chars.next() {
             match c {
                 '\\' => {
-                    let next = chars.next().ok_or(AddressError::LocalPart("dangling backslash"))?;
+                    let next = chars
+                        .next()
+                        .ok_or(AddressError::LocalPart("dangling backslash"))?;
                     if next.is_ascii_control() {
                         return Err(AddressError::Control);
                     }
@@ -193,8 +210,13 @@ fn validate_local(local: &str) -> Result<(), AddressError> {
     if local.chars().any(|c| c == ' ') {
         return Err(AddressError::Control);
     }
-    if !local.chars().all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c) || !c.is_ascii()) {
-        return Err(AddressError::LocalPart("characters outside a dot-atom; quote the local part"));
+    if !local
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c) || !c.is_ascii())
+    {
+        return Err(AddressError::LocalPart(
+            "characters outside a dot-atom; quote the local part",
+        ));
     }
     Ok(())
 }
@@ -239,7 +261,11 @@ pub enum ReversePath {
 impl ReversePath {
     /// Parses an address, or the empty string as the null path.
     pub fn parse(s: &str) -> Result<ReversePath, AddressError> {
-        if s.is_empty() { Ok(ReversePath::Null) } else { Address::parse(s).map(ReversePath::Address) }
+        if s.is_empty() {
+            Ok(ReversePath::Null)
+        } else {
+            Address::parse(s).map(ReversePath::Address)
+        }
     }
 
     /// The mailbox, unless this is the null path.
@@ -304,14 +330,35 @@ mod tests {
     #[test]
     fn rejects_invalid_addresses() {
         for bad in [
-            "", "@", "a@", "@b.c", "a..b@c.d", ".a@c.d", "a.@c.d", "a b@c.d", "a@b c.d", "a@-b.c",
-            "a@b-.c", "a@b..c", "a\r\n@b.c", "a@b.c\r\nRCPT TO:<x@y>", "a<b@c.d", "a@[1.2.3]",
-            "a@b_c.d", "\"unclosed@b.c",
+            "",
+            "@",
+            "a@",
+            "@b.c",
+            "a..b@c.d",
+            ".a@c.d",
+            "a.@c.d",
+            "a b@c.d",
+            "a@b c.d",
+            "a@-b.c",
+            "a@b-.c",
+            "a@b..c",
+            "a\r\n@b.c",
+            "a@b.c\r\nRCPT TO:<x@y>",
+            "a<b@c.d",
+            "a@[1.2.3]",
+            "a@b_c.d",
+            "\"unclosed@b.c",
         ] {
             assert!(Address::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(Address::parse(&format!("{}@b.c", "a".repeat(65))), Err(AddressError::LocalPart("longer than 64 octets")));
-        assert_eq!(Address::parse(&format!("a@{}.c", "b".repeat(260))), Err(AddressError::TooLong));
+        assert_eq!(
+            Address::parse(&format!("{}@b.c", "a".repeat(65))),
+            Err(AddressError::LocalPart("longer than 64 octets"))
+        );
+        assert_eq!(
+            Address::parse(&format!("a@{}.c", "b".repeat(260))),
+            Err(AddressError::TooLong)
+        );
     }
 
     #[test]
@@ -329,7 +376,13 @@ mod tests {
     fn address_literals_resolve() {
         let d = Domain::parse("[IPv6:2001:db8::1]").unwrap();
         assert_eq!(d.address_literal(), "2001:db8::1".parse().ok());
-        assert_eq!(Domain::parse("[192.0.2.1]").unwrap().address_literal(), "192.0.2.1".parse().ok());
-        assert_eq!(Domain::parse("example.com").unwrap().address_literal(), None);
+        assert_eq!(
+            Domain::parse("[192.0.2.1]").unwrap().address_literal(),
+            "192.0.2.1".parse().ok()
+        );
+        assert_eq!(
+            Domain::parse("example.com").unwrap().address_literal(),
+            None
+        );
     }
 }

@@ -48,7 +48,11 @@ pub struct RecipientRequest {
 impl RecipientRequest {
     /// A recipient with no DSN parameters.
     pub fn new(address: Address) -> Self {
-        RecipientRequest { address, notify: None, orcpt: None }
+        RecipientRequest {
+            address,
+            notify: None,
+            orcpt: None,
+        }
     }
 
     /// Whether a failure of this recipient should be reported to the sender.
@@ -94,7 +98,10 @@ pub struct Envelope {
 impl Envelope {
     /// Builds an envelope; rejects an empty or duplicated recipient list.
     /// Duplicates are compared case-insensitively on the domain only, as addresses are.
-    pub fn new(sender: ReversePath, recipients: Vec<RecipientRequest>) -> Result<Self, EnvelopeError> {
+    pub fn new(
+        sender: ReversePath,
+        recipients: Vec<RecipientRequest>,
+    ) -> Result<Self, EnvelopeError> {
         if recipients.is_empty() {
             return Err(EnvelopeError::NoRecipients);
         }
@@ -104,7 +111,12 @@ impl Envelope {
                 return Err(EnvelopeError::DuplicateRecipient(r.address.to_string()));
             }
         }
-        Ok(Envelope { sender, recipients, ret: None, envid: None })
+        Ok(Envelope {
+            sender,
+            recipients,
+            ret: None,
+            envid: None,
+        })
     }
 
     /// The reverse-path.
@@ -128,7 +140,10 @@ mod tests {
 
     #[test]
     fn requires_distinct_recipients() {
-        assert_eq!(Envelope::new(ReversePath::Null, vec![]), Err(EnvelopeError::NoRecipients));
+        assert_eq!(
+            Envelope::new(ReversePath::Null, vec![]),
+            Err(EnvelopeError::NoRecipients)
+        );
         let dup = Envelope::new(ReversePath::Null, vec![rcpt("a@b.c"), rcpt("a@B.C")]);
         assert_eq!(dup, Err(EnvelopeError::DuplicateRecipient("a@b.c".into())));
         assert!(Envelope::new(ReversePath::Null, vec![rcpt("a@b.c"), rcpt("A@b.c")]).is_ok());
@@ -138,9 +153,15 @@ mod tests {
     fn notify_defaults() {
         let mut r = rcpt("a@b.c");
         assert!(r.wants_failure_notice() && r.wants_delay_notice() && !r.wants_success_notice());
-        r.notify = Some(NotifyFlags { never: true, ..Default::default() });
+        r.notify = Some(NotifyFlags {
+            never: true,
+            ..Default::default()
+        });
         assert!(!r.wants_failure_notice() && !r.wants_delay_notice() && !r.wants_success_notice());
-        r.notify = Some(NotifyFlags { success: true, ..Default::default() });
+        r.notify = Some(NotifyFlags {
+            success: true,
+            ..Default::default()
+        });
         assert!(!r.wants_failure_notice() && r.wants_success_notice());
     }
 }

@@ -45,7 +45,9 @@ impl FromStr for MessageId {
         if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ParseMessageIdError);
         }
-        u64::from_str_radix(s, 16).map(MessageId).map_err(|_| ParseMessageIdError)
+        u64::from_str_radix(s, 16)
+            .map(MessageId)
+            .map_err(|_| ParseMessageIdError)
     }
 }
 

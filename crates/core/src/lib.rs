@@ -24,7 +24,7 @@ pub use address::{Address, AddressError, Domain, ReversePath};
 pub use envelope::{DsnRet, Envelope, EnvelopeError, NotifyFlags, RecipientRequest};
 pub use id::{MessageId, ParseMessageIdError};
 pub use message::{
-    MessageState, NewMessage, QueuedMessage, RecipientState, RecipientStatus, Source,
+    MessageState, NewMessage, QueuedMessage, RecipientState, RecipientStatus, Source, TlsInfo,
 };
 pub use reply::{EnhancedStatus, ReplyClass, SmtpPhase, SmtpReply, classify_reply};
 pub use retry::{Decision, InvalidRetryPolicy, RetryPolicy};

@@ -52,7 +52,10 @@ pub enum RecipientState {
 impl RecipientState {
     /// Delivered or bounced: nothing more will happen to this recipient.
     pub fn is_final(self) -> bool {
-        matches!(self, RecipientState::Delivered | RecipientState::Bounced | RecipientState::Suppressed)
+        matches!(
+            self,
+            RecipientState::Delivered | RecipientState::Bounced | RecipientState::Suppressed
+        )
     }
 
     /// Stable label for logs, metrics and the API.
@@ -87,12 +90,36 @@ pub struct RecipientStatus {
     /// When the last attempt finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_at: Option<Timestamp>,
+    /// How the session of the last attempt was protected, when a server was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+}
+
+/// The transport protection of one delivery session, recorded per recipient and attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// Whether the session was encrypted (STARTTLS or implicit TLS); `false` means plaintext.
+    pub encrypted: bool,
+    /// The negotiated protocol version (`TLSv1.3`), when the TLS library reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Whether the server's certificate chain verified against the trusted roots for its name.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 impl RecipientStatus {
     /// A recipient that has not been tried yet.
     pub fn new(request: RecipientRequest) -> Self {
-        RecipientStatus { request, state: RecipientState::Queued, attempts: 0, last_reply: None, mx_host: None, last_attempt_at: None }
+        RecipientStatus {
+            request,
+            state: RecipientState::Queued,
+            attempts: 0,
+            last_reply: None,
+            mx_host: None,
+            last_attempt_at: None,
+            tls: None,
+        }
     }
 }
 
@@ -132,7 +159,13 @@ impl MessageState {
 
     /// Whether the message still needs work.
     pub fn is_pending(self) -> bool {
-        matches!(self, MessageState::Queued | MessageState::Scheduled | MessageState::Deferred | MessageState::Held)
+        matches!(
+            self,
+            MessageState::Queued
+                | MessageState::Scheduled
+                | MessageState::Deferred
+                | MessageState::Held
+        )
     }
 }
 
@@ -158,12 +191,21 @@ pub struct NewMessage {
 impl NewMessage {
     /// A message arriving now with no schedule, tags or metadata.
     pub fn new(envelope: Envelope, body: Vec<u8>, source: Source, received_at: Timestamp) -> Self {
-        NewMessage { envelope, body, source, received_at, not_before: None, tags: Vec::new(), metadata: BTreeMap::new() }
+        NewMessage {
+            envelope,
+            body,
+            source,
+            received_at,
+            not_before: None,
+            tags: Vec::new(),
+            metadata: BTreeMap::new(),
+        }
     }
 
     /// When the first attempt is due.
     pub fn first_attempt_at(&self) -> Timestamp {
-        self.not_before.map_or(self.received_at, |t| t.max(self.received_at))
+        self.not_before
+            .map_or(self.received_at, |t| t.max(self.received_at))
     }
 }
 
@@ -206,6 +248,10 @@ pub struct QueuedMessage {
     /// Submitter's metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Whether the delay warning (RFC 3464 `Action: delayed`) was already queued for the sender;
+    /// it is sent at most once per message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_notified: bool,
 }
 
 impl QueuedMessage {
@@ -217,7 +263,12 @@ impl QueuedMessage {
             sender: env.sender().clone(),
             ret: env.ret,
             envid: env.envid.clone(),
-            recipients: env.recipients().iter().cloned().map(RecipientStatus::new).collect(),
+            recipients: env
+                .recipients()
+                .iter()
+                .cloned()
+                .map(RecipientStatus::new)
+                .collect(),
             source: msg.source,
             received_at: msg.received_at,
             size: msg.body.len() as u64,
@@ -227,12 +278,17 @@ impl QueuedMessage {
             finished_at: None,
             tags: msg.tags.clone(),
             metadata: msg.metadata.clone(),
+            delay_notified: false,
         }
     }
 
     /// Indices of recipients that still need delivery.
     pub fn pending(&self) -> impl Iterator<Item = usize> + '_ {
-        self.recipients.iter().enumerate().filter(|(_, r)| !r.state.is_final()).map(|(i, _)| i)
+        self.recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.state.is_final())
+            .map(|(i, _)| i)
     }
 
     /// Whether every recipient is delivered or bounced.
@@ -243,7 +299,11 @@ impl QueuedMessage {
     /// The overall state, derived from the recipients (and hold/schedule flags) at time `now`.
     pub fn state(&self, now: Timestamp) -> MessageState {
         if self.is_finished() {
-            let delivered = self.recipients.iter().filter(|r| r.state == RecipientState::Delivered).count();
+            let delivered = self
+                .recipients
+                .iter()
+                .filter(|r| r.state == RecipientState::Delivered)
+                .count();
             return match delivered {
                 0 => MessageState::Bounced,
                 n if n == self.recipients.len() => MessageState::Delivered,
@@ -271,10 +331,18 @@ mod tests {
     fn msg(rcpts: &[&str]) -> QueuedMessage {
         let env = Envelope::new(
             ReversePath::parse("s@example.com").unwrap(),
-            rcpts.iter().map(|r| RecipientRequest::new(Address::parse(r).unwrap())).collect(),
+            rcpts
+                .iter()
+                .map(|r| RecipientRequest::new(Address::parse(r).unwrap()))
+                .collect(),
         )
         .unwrap();
-        let nm = NewMessage::new(env, b"Subject: x\r\n\r\nhi\r\n".to_vec(), Source::Smtp, Timestamp::from_millis(1000));
+        let nm = NewMessage::new(
+            env,
+            b"Subject: x\r\n\r\nhi\r\n".to_vec(),
+            Source::Smtp,
+            Timestamp::from_millis(1000),
+        );
         QueuedMessage::new(MessageId::from_u64(7), &nm)
     }
 
@@ -300,8 +368,14 @@ mod tests {
     fn scheduled_until_due() {
         let mut m = msg(&["a@x.test"]);
         m.next_attempt_at = Some(Timestamp::from_millis(10_000));
-        assert_eq!(m.state(Timestamp::from_millis(2000)), MessageState::Scheduled);
-        assert_eq!(m.state(Timestamp::from_millis(10_000)), MessageState::Queued);
+        assert_eq!(
+            m.state(Timestamp::from_millis(2000)),
+            MessageState::Scheduled
+        );
+        assert_eq!(
+            m.state(Timestamp::from_millis(10_000)),
+            MessageState::Queued
+        );
     }
 
     #[test]

@@ -18,7 +18,11 @@ pub struct EnhancedStatus {
 impl EnhancedStatus {
     /// A code from its three parts.
     pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        EnhancedStatus { class, subject, detail }
+        EnhancedStatus {
+            class,
+            subject,
+            detail,
+        }
     }
 
     /// Parses `class.subject.detail` with class 2, 4 or 5 and at most three digits per part.
@@ -28,7 +32,9 @@ impl EnhancedStatus {
         if parts.next().is_some() {
             return None;
         }
-        let digits = |p: &str, max: usize| !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit());
+        let digits = |p: &str, max: usize| {
+            !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+        };
         if !digits(c, 1) || !digits(sub, 3) || !digits(det, 3) {
             return None;
         }
@@ -36,7 +42,11 @@ impl EnhancedStatus {
         if !matches!(class, 2 | 4 | 5) {
             return None;
         }
-        Some(EnhancedStatus { class, subject: sub.parse().ok()?, detail: det.parse().ok()? })
+        Some(EnhancedStatus {
+            class,
+            subject: sub.parse().ok()?,
+            detail: det.parse().ok()?,
+        })
     }
 
     /// The same subject and detail with another class: used to turn the last 4.x.x of an expired
@@ -61,7 +71,8 @@ impl Serialize for EnhancedStatus {
 impl<'de> Deserialize<'de> for EnhancedStatus {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        EnhancedStatus::parse(&s).ok_or_else(|| serde::de::Error::custom("invalid enhanced status code"))
+        EnhancedStatus::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom("invalid enhanced status code"))
     }
 }
 
@@ -91,19 +102,31 @@ impl SmtpReply {
                 enhanced: Some(e),
                 text: text[first.len()..].trim_start().to_owned(),
             },
-            _ => SmtpReply { code, enhanced: None, text: text.to_owned() },
+            _ => SmtpReply {
+                code,
+                enhanced: None,
+                text: text.to_owned(),
+            },
         }
     }
 
     /// A reply this relay makes up for a failure with no server reply (DNS, connection, timeout),
     /// so every outcome carries a code for logs, DSNs and the API.
     pub fn synthetic(code: u16, enhanced: EnhancedStatus, text: impl Into<String>) -> Self {
-        SmtpReply { code, enhanced: Some(enhanced), text: text.into() }
+        SmtpReply {
+            code,
+            enhanced: Some(enhanced),
+            text: text.into(),
+        }
     }
 
     /// The enhanced code, or one derived from the basic code's class (`x.0.0`) when absent.
     pub fn status(&self) -> EnhancedStatus {
-        self.enhanced.unwrap_or(EnhancedStatus::new((self.code / 100).clamp(2, 5) as u8, 0, 0))
+        self.enhanced.unwrap_or(EnhancedStatus::new(
+            (self.code / 100).clamp(2, 5) as u8,
+            0,
+            0,
+        ))
     }
 
     /// 2xx or 3xx.
@@ -206,7 +229,10 @@ mod tests {
         for bad in ["5.1", "5.1.1.1", "3.1.1", "5.1000.1", "5..1", "a.b.c"] {
             assert_eq!(EnhancedStatus::parse(bad), None, "{bad}");
         }
-        assert_eq!(EnhancedStatus::parse("4.7.0").map(|e| e.with_class(5).to_string()), Some("5.7.0".into()));
+        assert_eq!(
+            EnhancedStatus::parse("4.7.0").map(|e| e.with_class(5).to_string()),
+            Some("5.7.0".into())
+        );
     }
 
     #[test]
@@ -234,7 +260,11 @@ mod tests {
             (RcptTo, 600, Transient),
         ];
         for (phase, code, want) in table {
-            assert_eq!(classify_reply(phase, &SmtpReply::new(code, "x")), want, "{phase:?} {code}");
+            assert_eq!(
+                classify_reply(phase, &SmtpReply::new(code, "x")),
+                want,
+                "{phase:?} {code}"
+            );
         }
     }
 
@@ -242,7 +272,10 @@ mod tests {
     fn serde_keeps_status_as_text() {
         let r = SmtpReply::new(451, "4.4.1 try later");
         let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(json, r#"{"code":451,"enhanced":"4.4.1","text":"try later"}"#);
+        assert_eq!(
+            json,
+            r#"{"code":451,"enhanced":"4.4.1","text":"try later"}"#
+        );
         assert_eq!(serde_json::from_str::<SmtpReply>(&json).unwrap(), r);
     }
 }

@@ -86,7 +86,13 @@ impl Timestamp {
         };
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60 {
+        if !(1..=12).contains(&mo)
+            || d == 0
+            || d > days_in_month(y, mo)
+            || h > 23
+            || mi > 59
+            || sec > 60
+        {
             return None;
         }
         let mut rest = &s[19..];
@@ -180,7 +186,10 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2026-11-23T05:19:57.123Z");
         assert_eq!(t.to_rfc5322(), "Mon, 23 Nov 2026 05:19:57 +0000");
         assert_eq!(Timestamp::EPOCH.to_rfc3339(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(Timestamp::from_millis(951_782_400_000).to_rfc3339(), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            Timestamp::from_millis(951_782_400_000).to_rfc3339(),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]
@@ -191,8 +200,19 @@ mod tests {
             Timestamp::parse_rfc3339("2026-11-23T06:19:57+01:00"),
             Some(Timestamp::from_millis(1_795_411_197_000))
         );
-        assert_eq!(Timestamp::parse_rfc3339("2000-02-29T00:00:00Z").map(Timestamp::as_secs), Some(951_782_400));
-        for bad in ["", "2026-11-23", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-23T05:19:57", "2026-11-23T05:19:57+1:00", "x026-11-23T05:19:57Z"] {
+        assert_eq!(
+            Timestamp::parse_rfc3339("2000-02-29T00:00:00Z").map(Timestamp::as_secs),
+            Some(951_782_400)
+        );
+        for bad in [
+            "",
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-23T05:19:57",
+            "2026-11-23T05:19:57+1:00",
+            "x026-11-23T05:19:57Z",
+        ] {
             assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
         }
     }
@@ -201,8 +221,19 @@ mod tests {
     fn arithmetic_saturates() {
         let t = Timestamp::from_millis(1000);
         assert_eq!(t.saturating_add(Duration::from_secs(1)).as_millis(), 2000);
-        assert_eq!(Timestamp::from_millis(u64::MAX).saturating_add(Duration::from_secs(1)).as_millis(), u64::MAX);
-        assert_eq!(t.saturating_since(Timestamp::from_millis(5000)), Duration::ZERO);
-        assert_eq!(Timestamp::from_millis(5000).saturating_since(t), Duration::from_secs(4));
+        assert_eq!(
+            Timestamp::from_millis(u64::MAX)
+                .saturating_add(Duration::from_secs(1))
+                .as_millis(),
+            u64::MAX
+        );
+        assert_eq!(
+            t.saturating_since(Timestamp::from_millis(5000)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            Timestamp::from_millis(5000).saturating_since(t),
+            Duration::from_secs(4)
+        );
     }
 }

@@ -11,19 +11,31 @@
 //!   ([`postrider_core::RetryPolicy`]) and the RFC 3464 failure notice
 //!   ([`postrider_core::dsn`]), all with `now` passed in.
 //! - [`mx`] holds MX ordering (pure, seeded-RNG tested) and [`HickoryMxResolver`].
+//! - Production engine: sessions are pooled and reused per destination address (`pool`), with
+//!   global, per-address and per-domain connection limits; a circuit breaker per host
+//!   (`health`, exposed by [`DeliveryHandle::suspended`]); per-domain message rates (`rate`);
+//!   static [`Route`]s and a [`Relayhost`] with AUTH; TLS policy per domain with the outcome
+//!   recorded per recipient ([`postrider_core::TlsInfo`]); success and delay DSNs next to bounces.
 //!
 //! Reply classes: 2xx delivered; 4xx, network errors and timeouts deferred (retried); 5xx bounced
 //! at once. A recipient still deferred when the message reaches the retry policy's `max_age` is
 //! bounced with its last 4xx reply and a 4.x.x status. Failure notices are never sent for
 //! messages with the null sender `<>`.
 
+mod health;
 pub mod mx;
 pub mod outcome;
+mod pool;
+mod rate;
 mod scheduler;
 mod settings;
 mod smtp;
 mod worker;
 
+pub use health::SuspendedDestination;
 pub use mx::{BoxFuture, HickoryMxResolver, MxError, MxHost, MxResolver, ResolverBuildError};
 pub use scheduler::{DeliveryHandle, spawn_delivery};
-pub use settings::{DeliverySettings, InvalidSettings, SmtpTimeouts, TlsMode};
+pub use settings::{
+    BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, InvalidSettings, RelayTls,
+    Relayhost, Route, SmtpTimeouts, TlsMode,
+};

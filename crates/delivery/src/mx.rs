@@ -49,6 +49,25 @@ pub enum MxError {
 }
 
 impl MxError {
+    /// Label of `postrider_dns_lookups_total{result}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MxError::NullMx => "nullmx",
+            MxError::NoSuchDomain => "nxdomain",
+            MxError::NoAddresses => "nodata",
+            MxError::Transient(why) => {
+                let why = why.to_ascii_lowercase();
+                if why.contains("timed out") || why.contains("timeout") {
+                    "timeout"
+                } else if why.contains("servfail") {
+                    "servfail"
+                } else {
+                    "error"
+                }
+            }
+        }
+    }
+
     /// The reply recorded for every recipient of the domain (no server was reached, so it is made
     /// up here, in the form a server would use).
     pub fn reply(&self, domain: &Domain) -> SmtpReply {
@@ -91,6 +110,16 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait MxResolver: Send + Sync {
     /// Looks up `domain`.
     fn resolve<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<Vec<MxHost>, MxError>>;
+
+    /// The addresses of host `name` (A and AAAA, no MX), for static routes and the relay host.
+    /// The default knows no names.
+    fn resolve_host<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, MxError>> {
+        Box::pin(async move {
+            Err(MxError::Transient(format!(
+                "this resolver cannot look up host {name}"
+            )))
+        })
+    }
 }
 
 /// One MX record as found in DNS.
@@ -182,12 +211,48 @@ impl HickoryMxResolver {
         })
     }
 
+    /// A resolver using the system name servers (`/etc/resolv.conf`) with the timeouts and the
+    /// bounded, TTL-respecting cache of `dns` (negative answers cached at most
+    /// `dns.negative_max_ttl`).
+    pub fn system_with(dns: &crate::settings::DnsSettings) -> Result<Self, ResolverBuildError> {
+        let mut builder =
+            TokioResolver::builder_tokio().map_err(|e| ResolverBuildError(e.to_string()))?;
+        let opts = builder.options_mut();
+        opts.timeout = dns.timeout;
+        opts.attempts = dns.attempts.max(1);
+        opts.cache_size = dns.cache_size;
+        opts.negative_max_ttl = Some(dns.negative_max_ttl);
+        opts.positive_max_ttl = Some(dns.positive_max_ttl);
+        let resolver = builder
+            .build()
+            .map_err(|e| ResolverBuildError(e.to_string()))?;
+        Ok(HickoryMxResolver {
+            resolver,
+            max_hosts: Self::DEFAULT_MAX_HOSTS,
+        })
+    }
+
     /// A resolver asking exactly these name servers (UDP, then TCP on truncation), with `timeout`
     /// per query and one attempt, and no cache: for tests and for operators with a local
     /// recursive resolver.
     pub fn with_nameservers(
         servers: &[SocketAddr],
         timeout: Duration,
+    ) -> Result<Self, ResolverBuildError> {
+        let dns = crate::settings::DnsSettings {
+            timeout,
+            attempts: 1,
+            cache_size: 0,
+            ..Default::default()
+        };
+        Self::with_nameservers_and(servers, &dns)
+    }
+
+    /// A resolver asking exactly these name servers (UDP, then TCP on truncation) with the
+    /// timeouts and cache of `dns`.
+    pub fn with_nameservers_and(
+        servers: &[SocketAddr],
+        dns: &crate::settings::DnsSettings,
     ) -> Result<Self, ResolverBuildError> {
         let name_servers = servers
             .iter()
@@ -200,9 +265,11 @@ impl HickoryMxResolver {
             })
             .collect();
         let mut opts = ResolverOpts::default();
-        opts.timeout = timeout;
-        opts.attempts = 1;
-        opts.cache_size = 0;
+        opts.timeout = dns.timeout;
+        opts.attempts = dns.attempts.max(1);
+        opts.cache_size = dns.cache_size;
+        opts.negative_max_ttl = Some(dns.negative_max_ttl);
+        opts.positive_max_ttl = Some(dns.positive_max_ttl);
         let resolver = Resolver::builder_with_config(
             ResolverConfig::from_parts(None, vec![], name_servers),
             TokioRuntimeProvider::default(),
@@ -214,6 +281,12 @@ impl HickoryMxResolver {
             resolver,
             max_hosts: Self::DEFAULT_MAX_HOSTS,
         })
+    }
+
+    /// The underlying hickory resolver (with this relay's name servers and cache), for other
+    /// lookups such as SPF and DKIM records.
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
     }
 
     /// Changes how many MX hosts get their addresses looked up per domain (at least 1).
@@ -307,6 +380,28 @@ fn describe(e: &NetError) -> String {
 impl MxResolver for HickoryMxResolver {
     fn resolve<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<Vec<MxHost>, MxError>> {
         Box::pin(self.lookup(domain))
+    }
+
+    fn resolve_host<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, MxError>> {
+        Box::pin(async move {
+            if let Ok(ip) = name.parse::<IpAddr>() {
+                return Ok(vec![ip]);
+            }
+            let fqdn = format!("{}.", name.trim_end_matches('.'));
+            match self.resolver.lookup_ip(fqdn).await {
+                Ok(ips) => {
+                    let v: Vec<IpAddr> = ips.iter().collect();
+                    if v.is_empty() {
+                        Err(MxError::NoAddresses)
+                    } else {
+                        Ok(v)
+                    }
+                }
+                // A route or relay host that does not resolve is a configuration problem: retry.
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => Err(MxError::NoAddresses),
+                Err(e) => Err(MxError::Transient(describe(&e))),
+            }
+        })
     }
 }
 

@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 
 use postrider_core::dsn::{DsnAction, DsnRecipient, DsnReport, render_dsn};
+use std::time::Duration;
+
 use postrider_core::{
     Decision, DsnRet, EnhancedStatus, Envelope, NewMessage, QueuedMessage, RecipientRequest,
-    RecipientState, ReplyClass, RetryPolicy, ReversePath, SmtpReply, Source, Timestamp,
+    RecipientState, ReplyClass, RetryPolicy, ReversePath, SmtpReply, Source, Timestamp, TlsInfo,
 };
 
 /// The outcome of this attempt for one recipient.
@@ -20,6 +22,32 @@ pub struct RecipientOutcome {
     pub class: ReplyClass,
     /// The MX host that gave the reply, when a server was reached.
     pub mx_host: Option<String>,
+    /// How the session was protected, when a server was reached.
+    pub tls: Option<TlsInfo>,
+    /// Not attempted (rate limit): state, counters and expiry clock are left alone, and the
+    /// recipient is due again at `retry_at`.
+    pub postponed: bool,
+    /// Try again no earlier than this (postponed recipients, suspended destinations) instead of
+    /// the retry policy's interval.
+    pub retry_at: Option<Timestamp>,
+    /// The next hop supports DSN and received the recipient's requests: success is its to report.
+    pub dsn_relayed: bool,
+}
+
+impl RecipientOutcome {
+    /// An outcome with no TLS, hint or DSN information.
+    pub fn new(index: usize, reply: SmtpReply, class: ReplyClass, mx_host: Option<String>) -> Self {
+        RecipientOutcome {
+            index,
+            reply,
+            class,
+            mx_host,
+            tls: None,
+            postponed: false,
+            retry_at: None,
+            dsn_relayed: false,
+        }
+    }
 }
 
 /// A recipient that reached `Bounced` in this attempt, with the status its notice reports.
@@ -41,8 +69,13 @@ pub struct AppliedAttempt {
     pub next_attempt_at: Option<Timestamp>,
     /// Recipients bounced in this attempt (permanent failures and expiry), in recipient order.
     pub bounced: Vec<Bounce>,
+    /// Recipients delivered in this attempt whose success the sender asked to hear about and the
+    /// next hop will not report (it does not support DSN).
+    pub success_reports: Vec<usize>,
     /// Per-recipient results for metrics: `(delivered, deferred, bounced)`.
     pub counts: (u64, u64, u64),
+    /// Recipients postponed by a rate limit (not attempted).
+    pub postponed: u64,
 }
 
 /// Applies `outcomes` to `message` at `now` and decides what happens next with `policy`.
@@ -56,9 +89,15 @@ pub fn apply_attempt(
     policy: &RetryPolicy,
 ) -> AppliedAttempt {
     let mut m = message.clone();
-    m.attempts = m.attempts.saturating_add(1);
+    let attempted = outcomes.iter().any(|o| !o.postponed) || outcomes.is_empty();
+    if attempted {
+        m.attempts = m.attempts.saturating_add(1);
+    }
     let mut bounced = Vec::new();
-    let (mut delivered, mut transient, mut deferred) = (0u64, 0u64, 0u64);
+    let mut success_reports = Vec::new();
+    let (mut delivered, mut transient, mut deferred, mut postponed) = (0u64, 0u64, 0u64, 0u64);
+    // When each waiting recipient wants its next try: `None` = the policy's interval.
+    let mut hints: Vec<Option<Timestamp>> = Vec::new();
     for o in outcomes {
         let Some(r) = m.recipients.get_mut(o.index) else {
             continue;
@@ -66,13 +105,22 @@ pub fn apply_attempt(
         if r.state.is_final() {
             continue;
         }
+        if o.postponed {
+            postponed += 1;
+            hints.push(Some(o.retry_at.unwrap_or(now)));
+            continue;
+        }
         r.attempts = r.attempts.saturating_add(1);
         r.last_reply = Some(o.reply.clone());
         r.mx_host = o.mx_host.clone();
         r.last_attempt_at = Some(now);
+        r.tls = o.tls.clone();
         r.state = match o.class {
             ReplyClass::Success => {
                 delivered += 1;
+                if r.request.wants_success_notice() && !o.dsn_relayed {
+                    success_reports.push(o.index);
+                }
                 RecipientState::Delivered
             }
             ReplyClass::Permanent => {
@@ -84,16 +132,29 @@ pub fn apply_attempt(
             }
             ReplyClass::Transient => {
                 transient += 1;
+                hints.push(o.retry_at);
                 RecipientState::Deferred
             }
         };
     }
+    if m.pending().any(|i| !outcomes.iter().any(|o| o.index == i)) {
+        // pending recipients that were not part of this attempt follow the policy
+        hints.push(None);
+    }
 
     let mut next_attempt_at = None;
     if !m.is_finished() {
-        match policy.decide(m.attempts, now.saturating_since(m.received_at)) {
+        let age = now.saturating_since(m.received_at);
+        match policy.decide(m.attempts.max(1), age) {
             Decision::RetryAfter(wait) => {
-                next_attempt_at = Some(now.saturating_add(wait));
+                let by_policy = now.saturating_add(wait);
+                let last_chance = m.received_at.saturating_add(policy.max_age());
+                let next = hints
+                    .iter()
+                    .map(|h| h.map_or(by_policy, |t| t.max(now).min(last_chance)))
+                    .min()
+                    .unwrap_or(by_policy);
+                next_attempt_at = Some(next);
                 deferred = transient;
             }
             Decision::GiveUp => {
@@ -105,6 +166,7 @@ pub fn apply_attempt(
                     let status = expired_status(r.last_reply.as_ref());
                     bounced.push(Bounce { index, status });
                 }
+                postponed = 0;
             }
         }
     }
@@ -115,12 +177,15 @@ pub fn apply_attempt(
         m.next_attempt_at = next_attempt_at;
     }
     bounced.sort_by_key(|b| b.index);
+    success_reports.sort_unstable();
     let counts = (delivered, deferred, bounced.len() as u64);
     AppliedAttempt {
         message: m,
         next_attempt_at,
         bounced,
+        success_reports,
         counts,
+        postponed,
     }
 }
 
@@ -164,19 +229,10 @@ pub fn failure_notice(
     bounced: &[Bounce],
     ctx: &NoticeContext<'_>,
 ) -> Option<NewMessage> {
-    let ReversePath::Address(sender) = &message.sender else {
-        return None;
-    };
-    let reported: Vec<(&Bounce, &postrider_core::RecipientStatus)> = bounced
+    let recipients: Vec<DsnRecipient<'_>> = bounced
         .iter()
         .filter_map(|b| message.recipients.get(b.index).map(|r| (b, r)))
         .filter(|(_, r)| r.request.wants_failure_notice())
-        .collect();
-    if reported.is_empty() {
-        return None;
-    }
-    let recipients: Vec<DsnRecipient<'_>> = reported
-        .iter()
         .map(|(b, r)| DsnRecipient {
             address: &r.request.address,
             original_recipient: r.request.orcpt.as_deref(),
@@ -188,21 +244,118 @@ pub fn failure_notice(
             will_retry_until: None,
         })
         .collect();
+    let message_id = format!("dsn.{}.{}@{}", message.id, message.attempts, ctx.hostname);
+    notice(message, &recipients, ctx, &message_id, true)
+}
+
+/// The success notice (`Action: delivered`, `Status: 2.0.0`) for recipients delivered in this
+/// attempt that asked for it with `NOTIFY=SUCCESS` and whose next hop does not support DSN
+/// ([`AppliedAttempt::success_reports`]). When the next hop supports DSN it received the request
+/// and reports delivery itself (RFC 3461 §4.1 "relayed" semantics are thereby avoided: a success
+/// notice from us always means the next hop accepted the message, and is reported as
+/// `delivered`). Never for the null sender. The original is never returned (RFC 3461 §4.3: `RET`
+/// applies to failures only), so only its headers are attached.
+pub fn success_notice(
+    message: &QueuedMessage,
+    delivered: &[usize],
+    ctx: &NoticeContext<'_>,
+) -> Option<NewMessage> {
+    let recipients: Vec<DsnRecipient<'_>> = delivered
+        .iter()
+        .filter_map(|i| message.recipients.get(*i))
+        .filter(|r| r.state == RecipientState::Delivered && r.request.wants_success_notice())
+        .map(|r| DsnRecipient {
+            address: &r.request.address,
+            original_recipient: r.request.orcpt.as_deref(),
+            action: DsnAction::Delivered,
+            status: EnhancedStatus::new(2, 0, 0),
+            remote_mta: r.mx_host.as_deref(),
+            reply: r.last_reply.as_ref(),
+            last_attempt_at: r.last_attempt_at,
+            will_retry_until: None,
+        })
+        .collect();
+    let message_id = format!(
+        "dsn.{}.{}.success@{}",
+        message.id, message.attempts, ctx.hostname
+    );
+    notice(message, &recipients, ctx, &message_id, false)
+}
+
+/// The delay warning (`Action: delayed`) for `message` (already updated by [`apply_attempt`]),
+/// due once when the message has waited `warn_after` (zero disables) and is still pending. Lists
+/// the deferred recipients that want delay notices (`NOTIFY` absent or containing `DELAY`), with
+/// `Will-Retry-Until` at the end of the queue lifetime. Sets `message.delay_notified` when the
+/// warning time has come, whether or not anyone asked, so it is decided only once.
+pub fn delay_notice(
+    message: &mut QueuedMessage,
+    warn_after: Duration,
+    max_age: Duration,
+    ctx: &NoticeContext<'_>,
+) -> Option<NewMessage> {
+    if warn_after.is_zero()
+        || message.delay_notified
+        || message.is_finished()
+        || ctx.now.saturating_since(message.received_at) < warn_after
+    {
+        return None;
+    }
+    message.delay_notified = true;
+    let until = message.received_at.saturating_add(max_age);
+    let recipients: Vec<DsnRecipient<'_>> = message
+        .recipients
+        .iter()
+        .filter(|r| r.state == RecipientState::Deferred && r.request.wants_delay_notice())
+        .map(|r| DsnRecipient {
+            address: &r.request.address,
+            original_recipient: r.request.orcpt.as_deref(),
+            action: DsnAction::Delayed,
+            status: r
+                .last_reply
+                .as_ref()
+                .and_then(|r| r.enhanced)
+                .map_or(EnhancedStatus::new(4, 0, 0), |e| e.with_class(4)),
+            remote_mta: r.mx_host.as_deref(),
+            reply: r.last_reply.as_ref(),
+            last_attempt_at: r.last_attempt_at,
+            will_retry_until: Some(until),
+        })
+        .collect();
+    let message_id = format!("dsn.{}.delay@{}", message.id, ctx.hostname);
+    notice(message, &recipients, ctx, &message_id, false)
+}
+
+/// Renders a notice about `recipients` to the original sender; `None` for the null sender or no
+/// recipients. `honour_ret`: return the full original for `RET=FULL` (failure notices only).
+fn notice(
+    message: &QueuedMessage,
+    recipients: &[DsnRecipient<'_>],
+    ctx: &NoticeContext<'_>,
+    message_id: &str,
+    honour_ret: bool,
+) -> Option<NewMessage> {
+    let ReversePath::Address(sender) = &message.sender else {
+        return None;
+    };
+    if recipients.is_empty() {
+        return None;
+    }
     let original = ctx.original.unwrap_or_default();
     let ret = match message.ret {
-        Some(DsnRet::Full) if original.len() <= ctx.max_returned_message => DsnRet::Full,
+        Some(DsnRet::Full) if honour_ret && original.len() <= ctx.max_returned_message => {
+            DsnRet::Full
+        }
         _ => DsnRet::Hdrs,
     };
-    let message_id = format!("dsn.{}.{}@{}", message.id, message.attempts, ctx.hostname);
     let body = render_dsn(&DsnReport {
         reporting_mta: ctx.hostname,
-        message_id: &message_id,
+        message_id,
         date: ctx.now,
         original_sender: sender,
         queue_id: Some(message.id),
         envid: message.envid.as_deref(),
         arrival_date: message.received_at,
-        recipients: &recipients,
+        recipients,
         ret,
         original,
     });
@@ -218,8 +371,6 @@ pub fn failure_notice(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use postrider_core::{Address, MessageId, NotifyFlags};
 
     use super::*;
@@ -241,12 +392,12 @@ mod tests {
     }
 
     fn outcome(index: usize, code: u16, text: &str, class: ReplyClass) -> RecipientOutcome {
-        RecipientOutcome {
+        RecipientOutcome::new(
             index,
-            reply: SmtpReply::new(code, text),
+            SmtpReply::new(code, text),
             class,
-            mx_host: Some("mx.example.org".into()),
-        }
+            Some("mx.example.org".into()),
+        )
     }
 
     fn policy() -> RetryPolicy {
@@ -496,5 +647,128 @@ mod tests {
                 .body;
             assert!(String::from_utf8(body).unwrap().contains(want), "{limit}");
         }
+    }
+
+    #[test]
+    fn postponed_recipients_keep_their_state_and_clock() {
+        let m = message("s@example.com", &["a@example.org", "b@example.net"]);
+        let now = Timestamp::from_millis(1_010_000);
+        let mut p = outcome(0, 451, "4.7.0 rate", ReplyClass::Transient);
+        p.postponed = true;
+        p.retry_at = Some(Timestamp::from_millis(1_030_000));
+        let applied = apply_attempt(&m, std::slice::from_ref(&p), now, &policy());
+        assert_eq!(applied.message.attempts, 0, "not an attempt");
+        assert_eq!(applied.message.recipients[0].state, RecipientState::Queued);
+        assert_eq!(applied.message.recipients[0].last_reply, None);
+        assert_eq!(applied.postponed, 1);
+        // b was not part of the attempt: the policy (60 s) is later than the slot (20 s)
+        assert_eq!(
+            applied.next_attempt_at,
+            Some(Timestamp::from_millis(1_030_000))
+        );
+
+        // with a real transient failure next to it, the attempt counts
+        let mut s = outcome(1, 451, "4.4.5 suspended", ReplyClass::Transient);
+        s.retry_at = Some(Timestamp::from_millis(1_500_000));
+        let applied = apply_attempt(&m, &[p, s], now, &policy());
+        assert_eq!(applied.message.attempts, 1);
+        assert_eq!(
+            applied.message.recipients[1].state,
+            RecipientState::Deferred
+        );
+        assert_eq!(
+            applied.next_attempt_at,
+            Some(Timestamp::from_millis(1_030_000))
+        );
+    }
+
+    #[test]
+    fn success_and_delay_notices() {
+        let mut m = message(
+            "s@example.com",
+            &["a@example.org", "b@example.org", "c@example.org"],
+        );
+        m.recipients[0].request.notify = Some(NotifyFlags {
+            success: true,
+            ..Default::default()
+        });
+        m.recipients[1].request.notify = Some(NotifyFlags {
+            success: true,
+            ..Default::default()
+        });
+        let now = Timestamp::from_millis(1_010_000);
+        let mut relayed = outcome(1, 250, "ok", ReplyClass::Success);
+        relayed.dsn_relayed = true;
+        let applied = apply_attempt(
+            &m,
+            &[
+                outcome(0, 250, "2.0.0 ok", ReplyClass::Success),
+                relayed,
+                outcome(2, 450, "4.2.1 busy", ReplyClass::Transient),
+            ],
+            now,
+            &policy(),
+        );
+        assert_eq!(applied.success_reports, vec![0]);
+        let ctx = NoticeContext {
+            hostname: "relay.test",
+            original: Some(b"Subject: hi\r\n\r\nbody\r\n"),
+            max_returned_message: 1000,
+            now,
+        };
+        let n = success_notice(&applied.message, &applied.success_reports, &ctx).unwrap();
+        let text = String::from_utf8(n.body).unwrap();
+        assert!(text.contains("Action: delivered\r\n") && text.contains("Status: 2.0.0\r\n"));
+        assert!(!text.contains("b@example.org"));
+
+        // delay warning: not before warn_after, once, only deferred recipients
+        let mut after = applied.message.clone();
+        let early = delay_notice(
+            &mut after,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            &ctx,
+        );
+        assert!(early.is_none() && !after.delay_notified);
+        let late_ctx = NoticeContext {
+            now: Timestamp::from_millis(1_000_000 + 61_000),
+            ..ctx
+        };
+        let n = delay_notice(
+            &mut after,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            &late_ctx,
+        )
+        .unwrap();
+        assert!(after.delay_notified);
+        let text = String::from_utf8(n.body).unwrap();
+        assert!(
+            text.contains("Final-Recipient: rfc822; c@example.org"),
+            "{text}"
+        );
+        assert!(text.contains("Action: delayed") && text.contains("Status: 4.2.1"));
+        assert!(text.contains("Will-Retry-Until: "));
+        assert!(!text.contains("Final-Recipient: rfc822; a@example.org"));
+        assert!(
+            delay_notice(
+                &mut after,
+                Duration::from_secs(60),
+                Duration::from_secs(3600),
+                &late_ctx
+            )
+            .is_none()
+        );
+        // zero disables
+        let mut fresh = applied.message.clone();
+        assert!(
+            delay_notice(
+                &mut fresh,
+                Duration::ZERO,
+                Duration::from_secs(3600),
+                &late_ctx
+            )
+            .is_none()
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The scheduler loop: lease due messages while there is capacity, start one worker per message,
 //! sleep until the next due time, new work, or shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +12,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::health::{Breaker, SuspendedDestination};
 use crate::mx::MxResolver;
+use crate::pool::Pool;
+use crate::rate::RateLimiter;
 use crate::settings::{DeliverySettings, InvalidSettings};
+use crate::smtp::{TlsTrust, quit};
 use crate::worker::{Shared, clock_now, run_attempt};
 
 /// Pause after a store error before the scheduler tries again.
@@ -23,6 +27,7 @@ const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct DeliveryHandle {
     scheduler: JoinHandle<()>,
+    reaper: JoinHandle<()>,
     workers: TaskTracker,
     shared: Arc<Shared>,
 }
@@ -37,6 +42,21 @@ impl DeliveryHandle {
         }
         self.workers.close();
         self.workers.wait().await;
+        if let Err(e) = self.reaper.await {
+            tracing::error!(error = %e, "connection reaper task failed");
+        }
+        // Idle pooled connections get a polite QUIT.
+        let idle = self.shared.pool.drain();
+        let limit = self.shared.settings.timeouts.quit;
+        let quits = idle.into_iter().map(|mut s| async move {
+            quit(&mut s.conn, limit).await;
+        });
+        let _ = tokio::time::timeout(limit, futures_join(quits)).await;
+    }
+
+    /// Destinations the circuit breaker currently suspends (for the admin API), by host name.
+    pub fn suspended(&self) -> Vec<SuspendedDestination> {
+        self.shared.suspended()
     }
 
     /// Attempts running right now.
@@ -59,13 +79,30 @@ pub fn spawn_delivery(
     shutdown: CancellationToken,
 ) -> Result<DeliveryHandle, InvalidSettings> {
     settings.validate()?;
+    let extra_roots = match &settings.ca_file {
+        Some(path) => read_roots(path)?,
+        None => Vec::new(),
+    };
+    let pool = Pool::new(
+        settings.max_outbound_connections,
+        settings.max_connections_per_host,
+        settings.connection_idle_timeout,
+        metrics.outbound_connections.clone(),
+    );
     let shared = Arc::new(Shared {
         store,
         resolver,
+        pool,
+        breaker: Mutex::new(Breaker::new(settings.breaker)),
+        rate: Mutex::new(RateLimiter::default()),
+        domain_limits: Mutex::new(HashMap::new()),
+        tls: TlsTrust::new(extra_roots),
+        metric_domains: Mutex::new(HashSet::new()),
         settings,
         metrics,
         inflight: Mutex::new(HashMap::new()),
     });
+    let reaper = tokio::spawn(reaper_loop(Arc::clone(&shared), shutdown.clone()));
     let workers = TaskTracker::new();
     let scheduler = tokio::spawn(scheduler_loop(
         Arc::clone(&shared),
@@ -74,9 +111,58 @@ pub fn spawn_delivery(
     ));
     Ok(DeliveryHandle {
         scheduler,
+        reaper,
         workers,
         shared,
     })
+}
+
+/// Reads the PEM certificates of `ca_file`.
+fn read_roots(
+    path: &std::path::Path,
+) -> Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>, InvalidSettings> {
+    let bad = InvalidSettings {
+        setting: "ca_file",
+        reason: "cannot be read or holds no PEM certificate",
+    };
+    let pem = std::fs::read(path).map_err(|_| bad.clone())?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad.clone())?;
+    if certs.is_empty() {
+        return Err(bad);
+    }
+    Ok(certs)
+}
+
+/// Runs futures concurrently to completion (a tiny `join_all`).
+async fn futures_join<F: Future<Output = ()>>(futures: impl IntoIterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    for f in set {
+        f.await;
+    }
+}
+
+/// Closes idle pooled connections past their idle timeout (with QUIT) and refreshes the
+/// suspended-destinations gauge, until shutdown.
+async fn reaper_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let every = (shared.settings.connection_idle_timeout / 2)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let expired = shared.pool.reap();
+        let limit = shared.settings.timeouts.quit;
+        for mut s in expired {
+            tokio::spawn(async move { quit(&mut s.conn, limit).await });
+        }
+        let _ = shared.suspended();
+    }
 }
 
 async fn scheduler_loop(shared: Arc<Shared>, workers: TaskTracker, shutdown: CancellationToken) {

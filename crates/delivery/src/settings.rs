@@ -1,11 +1,13 @@
 //! Tunables of the scheduler and the SMTP client, with RFC 5321 defaults.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use postrider_core::RetryPolicy;
 
 /// How the client uses STARTTLS (RFC 3207).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TlsMode {
     /// Use STARTTLS when the server offers it, without verifying the certificate (anything is
     /// better than plaintext against a passive observer). If the handshake fails, the same host is
@@ -17,6 +19,150 @@ pub enum TlsMode {
     Required,
     /// Never use STARTTLS.
     Disabled,
+}
+
+/// Overrides for one recipient domain (key of [`DeliverySettings::domains`], lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DomainPolicy {
+    /// Sessions delivering to this domain at once (on top of the per-host limit); `None` = only
+    /// the per-host limit applies.
+    pub max_connections: Option<usize>,
+    /// Messages started per minute for this domain; beyond it messages are postponed (not counted
+    /// as attempts) until a slot frees. `None` = unlimited.
+    pub messages_per_minute: Option<u32>,
+    /// STARTTLS policy for this domain instead of [`DeliverySettings::tls`].
+    pub tls: Option<TlsMode>,
+}
+
+/// A static route: recipient domains matching `domain` go to `host:port` instead of their MX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `example.com` (exact) or `*.example.com` (any subdomain, not the domain itself); lower case.
+    pub domain: String,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Route {
+    /// Parses `to` as `host:port`, `[v6]:port` or `host` (port 25).
+    pub fn parse(domain: &str, to: &str) -> Result<Route, InvalidSettings> {
+        let bad = InvalidSettings {
+            setting: "routes",
+            reason: "destination must be host, host:port or [ipv6]:port",
+        };
+        let (host, port) = if let Some(rest) = to.strip_prefix('[') {
+            let (h, p) = rest.split_once(']').ok_or(bad.clone())?;
+            let port = match p.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad.clone())?,
+                None if p.is_empty() => 25,
+                None => return Err(bad),
+            };
+            (h.to_owned(), port)
+        } else {
+            match to.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad.clone())?),
+                None => (to.to_owned(), 25),
+            }
+        };
+        if host.is_empty() || port == 0 {
+            return Err(bad);
+        }
+        Ok(Route {
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            host,
+            port,
+        })
+    }
+
+    /// Whether recipient domain `domain` (lower case) uses this route.
+    pub fn matches(&self, domain: &str) -> bool {
+        match self.domain.strip_prefix("*.") {
+            Some(parent) => domain
+                .strip_suffix(parent)
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            None => self.domain == domain,
+        }
+    }
+}
+
+/// How the session with the relay host is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayTls {
+    /// STARTTLS is mandatory (submission port 587 style).
+    #[default]
+    Required,
+    /// STARTTLS when offered.
+    Opportunistic,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// An upstream provider that receives all mail not matched by a [`Route`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayhost {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port (587 typical).
+    pub port: u16,
+    /// AUTH user; AUTH is used when both user and password are set.
+    pub username: Option<String>,
+    /// AUTH password.
+    pub password: Option<String>,
+    /// Transport protection.
+    pub tls: RelayTls,
+    /// Allow AUTH over a plaintext session (default false: credentials only travel encrypted).
+    pub allow_plaintext_auth: bool,
+}
+
+/// The destination circuit breaker: consecutive connection failures or `421` replies from an MX
+/// host suspend it for a backoff period that doubles on every renewed failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the breaker (3); 0 disables the breaker.
+    pub failure_threshold: u32,
+    /// First suspension (1 min).
+    pub initial_backoff: Duration,
+    /// Longest suspension (30 min).
+    pub max_backoff: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failure_threshold: 3,
+            initial_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// The DNS resolver built by [`crate::HickoryMxResolver::system_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Timeout of one query (5 s).
+    pub timeout: Duration,
+    /// Tries per query (2).
+    pub attempts: usize,
+    /// Cached answers, bounded (8192); entries expire with their TTL.
+    pub cache_size: u64,
+    /// Longest time a negative answer (NXDOMAIN, NODATA) is cached (5 min), whatever its SOA says.
+    pub negative_max_ttl: Duration,
+    /// Longest time a positive answer is cached (1 day), whatever its TTL says.
+    pub positive_max_ttl: Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+            cache_size: 8192,
+            negative_max_ttl: Duration::from_secs(300),
+            positive_max_ttl: Duration::from_secs(86_400),
+        }
+    }
 }
 
 /// Per-phase client timeouts. The defaults are RFC 5321 §4.5.3.2's minimums; lettre has no timeout
@@ -110,6 +256,44 @@ pub struct DeliverySettings {
     /// Largest original returned in full by a `RET=FULL` bounce (10 MiB); larger originals are
     /// returned as headers only.
     pub max_returned_message: usize,
+
+    // ---- production delivery engine ----
+    /// Name sent in EHLO; `None` uses `hostname` (which stays the DSN `Reporting-MTA`).
+    pub helo_name: Option<String>,
+    /// Source address of outbound connections; `None` lets the OS choose.
+    pub source_ip: Option<IpAddr>,
+    /// Idle pooled connections are closed after this long (30 s).
+    pub connection_idle_timeout: Duration,
+    /// Transactions on one connection before it is closed (100).
+    pub max_messages_per_connection: u32,
+    /// Outbound connections open at once, idle pooled ones included (256).
+    pub max_outbound_connections: usize,
+    /// Connections open at once to one destination address (IP and port), idle ones included
+    /// (16).
+    pub max_connections_per_host: usize,
+    /// Per recipient domain overrides, keyed by lower-case domain.
+    pub domains: HashMap<String, DomainPolicy>,
+    /// The destination circuit breaker.
+    pub breaker: BreakerSettings,
+    /// Verify server certificates (false). When false, certificates are accepted as they are
+    /// (and whether they would have verified is recorded); when true, a certificate that does not
+    /// verify fails the STARTTLS handshake: transient in required mode, plaintext fallback in
+    /// opportunistic mode.
+    pub verify_certificates: bool,
+    /// PEM file of extra trusted root certificates (for private relay hosts).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Static routes, first match wins; they take precedence over `relayhost` and MX lookup.
+    pub routes: Vec<Route>,
+    /// Send everything not matched by a route through this host.
+    pub relayhost: Option<Relayhost>,
+    /// Queue a delay warning (`Action: delayed`) once when a message has been deferred this long
+    /// (4 h); zero disables delay warnings.
+    pub delay_warning_after: Duration,
+    /// Distinct recipient domains given their own label in
+    /// `postrider_delivery_by_domain_total` (50, the first seen); the rest count as `other`.
+    pub metrics_max_domains: usize,
+    /// Signs each message before transmission (DKIM); `None` sends messages as stored.
+    pub signer: Option<std::sync::Arc<dyn postrider_core::MessageSigner>>,
 }
 
 impl Default for DeliverySettings {
@@ -129,6 +313,21 @@ impl Default for DeliverySettings {
             max_mx_hosts: 5,
             max_addresses_per_host: 2,
             max_returned_message: 10 * 1024 * 1024,
+            helo_name: None,
+            source_ip: None,
+            connection_idle_timeout: Duration::from_secs(30),
+            max_messages_per_connection: 100,
+            max_outbound_connections: 256,
+            max_connections_per_host: 16,
+            domains: HashMap::new(),
+            breaker: BreakerSettings::default(),
+            verify_certificates: false,
+            ca_file: None,
+            routes: Vec::new(),
+            relayhost: None,
+            delay_warning_after: Duration::from_secs(4 * 3600),
+            metrics_max_domains: 50,
+            signer: None,
         }
     }
 }
@@ -144,6 +343,21 @@ pub struct InvalidSettings {
 }
 
 impl DeliverySettings {
+    /// The EHLO name.
+    pub fn helo(&self) -> &str {
+        self.helo_name.as_deref().unwrap_or(&self.hostname)
+    }
+
+    /// The policy of recipient domain `domain` (lower case), default when none is configured.
+    pub fn policy(&self, domain: &str) -> DomainPolicy {
+        self.domains.get(domain).copied().unwrap_or_default()
+    }
+
+    /// The STARTTLS mode for recipient domain `domain`.
+    pub fn tls_for(&self, domain: &str) -> TlsMode {
+        self.policy(domain).tls.unwrap_or(self.tls)
+    }
+
     /// Checks the relations between settings: non-zero limits, and an attempt that always ends
     /// before its lease does (otherwise a second attempt of the same message could start).
     pub fn validate(&self) -> Result<(), InvalidSettings> {
@@ -168,6 +382,51 @@ impl DeliverySettings {
         }
         if self.max_idle.is_zero() {
             return bad("max_idle", "must be positive");
+        }
+        if let Some(h) = &self.helo_name
+            && (h.is_empty() || h.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            return bad("helo_name", "must be a non-empty ASCII host name");
+        }
+        if self.max_messages_per_connection == 0 {
+            return bad("max_messages_per_connection", "must be at least 1");
+        }
+        if self.max_outbound_connections == 0 || self.max_connections_per_host == 0 {
+            return bad(
+                "max_outbound_connections",
+                "connection limits must be at least 1",
+            );
+        }
+        if self
+            .domains
+            .values()
+            .any(|p| p.max_connections == Some(0) || p.messages_per_minute == Some(0))
+        {
+            return bad("domains", "per-domain limits must be at least 1");
+        }
+        if self.breaker.failure_threshold > 0
+            && (self.breaker.initial_backoff.is_zero()
+                || self.breaker.max_backoff < self.breaker.initial_backoff)
+        {
+            return bad(
+                "breaker",
+                "initial_backoff must be positive and not above max_backoff",
+            );
+        }
+        if self
+            .routes
+            .iter()
+            .any(|r| r.domain.is_empty() || r.host.is_empty() || r.port == 0)
+        {
+            return bad("routes", "every route needs a domain, a host and a port");
+        }
+        if let Some(r) = &self.relayhost {
+            if r.host.is_empty() || r.port == 0 {
+                return bad("relayhost", "needs a host and a port");
+            }
+            if r.username.is_some() != r.password.is_some() {
+                return bad("relayhost", "username and password go together");
+            }
         }
         if self.max_attempt_duration.is_zero() || self.max_attempt_duration >= self.lease {
             return bad(
@@ -207,5 +466,19 @@ mod tests {
             ..Default::default()
         };
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn routes_parse_and_match() {
+        let r = Route::parse("*.Example.com", "smtp.internal:2525").unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("smtp.internal", 2525));
+        assert!(r.matches("a.example.com") && r.matches("b.a.example.com"));
+        assert!(!r.matches("example.com") && !r.matches("badexample.com"));
+        let r = Route::parse("example.com", "[::1]:26").unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("::1", 26));
+        assert!(r.matches("example.com") && !r.matches("a.example.com"));
+        assert_eq!(Route::parse("x", "10.0.0.1").unwrap().port, 25);
+        assert!(Route::parse("x", "host:port").is_err());
+        assert!(Route::parse("x", ":25").is_err());
     }
 }

@@ -1,23 +1,35 @@
-//! One SMTP transaction for one (message, destination domain): MX hosts in order, per-recipient
-//! replies, over lettre's low-level [`AsyncSmtpConnection`].
+//! One SMTP transaction for one (message, destination domain): destinations in order (route,
+//! relay host or MX hosts), pooled sessions, per-recipient replies, over lettre's low-level
+//! [`AsyncSmtpConnection`].
 //!
 //! lettre has no timeouts after connecting, so every call is wrapped in `tokio::time::timeout` and
 //! the connection is dropped when one expires. Expected remote outcomes (4xx/5xx) are values in
 //! [`DomainAttempt`], never errors.
+//!
+//! Sessions are reused ([`crate::pool`]): after a transaction that ended cleanly (final reply to
+//! the data, or a successful RSET) the session goes back to the pool, so the next message to the
+//! same address skips connect, greeting, EHLO, STARTTLS and AUTH. A pooled session the server has
+//! closed meanwhile fails before any reply to MAIL; the transaction is then repeated on another
+//! session, which is safe because nothing was accepted.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use postrider_core::{
-    Domain, EnhancedStatus, RecipientRequest, ReplyClass, ReversePath, SmtpPhase, SmtpReply,
-    classify_reply,
+    Domain, DsnRet, EnhancedStatus, RecipientRequest, ReplyClass, ReversePath, SmtpPhase,
+    SmtpReply, Timestamp, TlsInfo, classify_reply,
 };
+use tokio_rustls::rustls;
 
-use crate::mx::{MxHost, MxResolver};
-use crate::settings::{DeliverySettings, TlsMode};
+use crate::mx::MxError;
+use crate::pool::{Capabilities, Checkout, ConnectionSlot, PoolKey, Session, SessionMode};
+use crate::settings::{DeliverySettings, RelayTls, Relayhost, TlsMode};
+use crate::worker::{Shared, clock_now};
 
 /// What to send to one domain.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +40,10 @@ pub(crate) struct Transaction<'a> {
     pub recipients: &'a [(usize, &'a RecipientRequest)],
     /// The message, CRLF line endings.
     pub body: &'a [u8],
+    /// RFC 3461 `RET`, passed on when the server supports DSN.
+    pub ret: Option<DsnRet>,
+    /// RFC 3461 `ENVID`, passed on when the server supports DSN.
+    pub envid: Option<&'a str>,
 }
 
 /// The outcome for one recipient.
@@ -42,14 +58,21 @@ pub(crate) struct RecipientResult {
 }
 
 /// The outcome of delivering to one domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct DomainAttempt {
     /// One result per recipient of the transaction.
     pub results: Vec<RecipientResult>,
-    /// The MX host whose session decided the outcome, when a server was reached.
+    /// The host whose session decided the outcome, when a server was reached.
     pub mx_host: Option<String>,
-    /// Whether that session used TLS.
-    pub tls: bool,
+    /// How that session was protected, when a server was reached.
+    pub tls: Option<TlsInfo>,
+    /// Retry no earlier than this (every host was suspended: the end of the suspension).
+    pub retry_at: Option<Timestamp>,
+    /// Not attempted at all (rate limit): the recipients wait until `retry_at` without the
+    /// attempt counting.
+    pub postponed: bool,
+    /// The server supports DSN and got the recipients' DSN requests (it reports success itself).
+    pub dsn_relayed: bool,
 }
 
 impl DomainAttempt {
@@ -72,25 +95,125 @@ impl DomainAttempt {
         DomainAttempt {
             results,
             mx_host,
-            tls: false,
+            ..DomainAttempt::default()
         }
     }
 }
 
-/// Delivers `tx` to `domain`: resolves it, then tries hosts and their addresses in order until one
-/// session completes a transaction.
+/// One host to try.
+struct Target<'s> {
+    name: String,
+    port: u16,
+    addresses: Vec<IpAddr>,
+    mode: SessionMode,
+    relay: Option<&'s Relayhost>,
+}
+
+/// A configured host (route or relay host) as the only target.
+async fn fixed_target<'s>(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+    mode: SessionMode,
+    relay: Option<&'s Relayhost>,
+) -> Result<Vec<Target<'s>>, MxError> {
+    let addresses = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => shared.resolver.resolve_host(host).await?,
+    };
+    Ok(vec![Target {
+        name: host.to_owned(),
+        port,
+        addresses,
+        mode,
+        relay,
+    }])
+}
+
+/// The hosts for `domain`: a matching route, else the relay host, else its MX hosts.
+async fn targets<'s>(
+    shared: &'s Shared,
+    domain: &Domain,
+    name: &str,
+) -> Result<Vec<Target<'s>>, MxError> {
+    let s = &shared.settings;
+    let mode = SessionMode::Mx(s.tls_for(name));
+    if let Some(route) = s.routes.iter().find(|r| r.matches(name)) {
+        return fixed_target(shared, &route.host, route.port, mode, None).await;
+    }
+    if let Some(relay) = &s.relayhost {
+        return fixed_target(
+            shared,
+            &relay.host,
+            relay.port,
+            SessionMode::Relay,
+            Some(relay),
+        )
+        .await;
+    }
+    let hosts = shared.resolver.resolve(domain).await?;
+    Ok(hosts
+        .into_iter()
+        .take(s.max_mx_hosts)
+        .map(|h| Target {
+            name: h.name,
+            port: s.port,
+            addresses: h.addresses,
+            mode,
+            relay: None,
+        })
+        .collect())
+}
+
+/// Delivers `tx` to `domain`: applies the domain's rate and connection limits, finds its hosts,
+/// then tries hosts and their addresses in order until one session completes a transaction.
 ///
-/// A host is skipped (next address, next host) when the connection fails, times out before the
-/// transaction, or the greeting/EHLO is refused. When every host was skipped, the recipients get
-/// the last failure: permanent only if every host refused with a 5xx, otherwise transient.
+/// A host is skipped (next address, next host) when it is suspended by the circuit breaker, the
+/// connection fails, times out before the transaction, or the greeting/EHLO is refused. When every
+/// host was skipped, the recipients get the last failure: permanent only if every host refused
+/// with a 5xx, otherwise transient.
 pub(crate) async fn deliver_to_domain(
-    resolver: &dyn MxResolver,
-    settings: &DeliverySettings,
+    shared: &Shared,
     domain: &Domain,
     tx: &Transaction<'_>,
 ) -> DomainAttempt {
-    let hosts = match resolver.resolve(domain).await {
-        Ok(hosts) => hosts,
+    let settings = &shared.settings;
+    let name = domain.as_str().to_ascii_lowercase();
+    let policy = settings.policy(&name);
+    if let Some(per_minute) = policy.messages_per_minute
+        && let Err(at) = shared.rate_limit(&name, per_minute, clock_now())
+    {
+        let reply = SmtpReply::synthetic(
+            451,
+            EnhancedStatus::new(4, 7, 0),
+            format!(
+                "rate limit of {per_minute} messages per minute for {name} reached; postponed until {}",
+                at.to_rfc3339()
+            ),
+        );
+        let mut attempt = DomainAttempt::all(tx, reply, ReplyClass::Transient, None);
+        attempt.retry_at = Some(at);
+        attempt.postponed = true;
+        return attempt;
+    }
+    let _domain_permit = match policy.max_connections {
+        Some(n) => shared.domain_semaphore(&name, n).acquire_owned().await.ok(),
+        None => None,
+    };
+
+    let resolved = targets(shared, domain, &name).await;
+    if let Ok(m) = shared
+        .metrics
+        .dns_lookups
+        .get_metric_with_label_values(&[match &resolved {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        }])
+    {
+        m.inc();
+    }
+    let targets = match resolved {
+        Ok(t) => t,
         Err(e) => {
             let reply = e.reply(domain);
             let class = classify_reply(SmtpPhase::Greeting, &reply);
@@ -100,18 +223,32 @@ pub(crate) async fn deliver_to_domain(
 
     let mut last: Option<(SmtpReply, Option<String>)> = None;
     let mut all_permanent = true;
-    for host in hosts.iter().take(settings.max_mx_hosts) {
-        for ip in host.addresses.iter().take(settings.max_addresses_per_host) {
-            match try_host(settings, host, *ip, tx).await {
+    let mut suspended_until: Option<Timestamp> = None;
+    let mut only_suspended = true;
+    for target in &targets {
+        if let Some(s) = shared.breaker_check(&target.name) {
+            tracing::debug!(domain = %name, mx = %target.name, until = %s.until.to_rfc3339(), "destination suspended; skipped");
+            all_permanent = false;
+            suspended_until = Some(suspended_until.map_or(s.until, |u| u.min(s.until)));
+            last = Some((s.reply(), None));
+            continue;
+        }
+        for ip in target
+            .addresses
+            .iter()
+            .take(settings.max_addresses_per_host)
+        {
+            only_suspended = false;
+            match try_address(shared, target, *ip, tx).await {
                 HostOutcome::Done(attempt) => return attempt,
                 HostOutcome::Skip {
                     reply,
                     permanent,
                     reached,
                 } => {
-                    tracing::debug!(domain = %domain, mx = %host.name, ip = %ip, reply = %reply, "MX host skipped");
+                    tracing::debug!(domain = %name, mx = %target.name, ip = %ip, reply = %reply, "host skipped");
                     all_permanent &= permanent;
-                    last = Some((reply, reached.then(|| host.name.clone())));
+                    last = Some((reply, reached.then(|| target.name.clone())));
                 }
             }
         }
@@ -123,7 +260,11 @@ pub(crate) async fn deliver_to_domain(
             } else {
                 ReplyClass::Transient
             };
-            DomainAttempt::all(tx, reply, class, mx)
+            let mut attempt = DomainAttempt::all(tx, reply, class, mx);
+            if only_suspended {
+                attempt.retry_at = suspended_until;
+            }
+            attempt
         }
         None => {
             let reply = SmtpReply::synthetic(
@@ -151,47 +292,19 @@ enum HostOutcome {
     },
 }
 
-/// Capabilities from the EHLO reply that lettre does not record.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Capabilities {
-    /// `SIZE`, with the limit when given (0 = no fixed limit).
-    pub size: Option<u64>,
-    /// `PIPELINING` (RFC 2920).
-    pub pipelining: bool,
-    /// `8BITMIME` (RFC 6152).
-    pub eight_bit_mime: bool,
-    /// `SMTPUTF8` (RFC 6531).
-    pub smtputf8: bool,
-    /// `STARTTLS` (RFC 3207).
-    pub starttls: bool,
-}
-
-impl Capabilities {
-    /// Parses the lines of an EHLO reply (the first line is the greeting and is skipped).
-    pub(crate) fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut caps = Capabilities::default();
-        for line in lines.into_iter().skip(1) {
-            let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else {
-                continue;
-            };
-            match keyword.to_ascii_uppercase().as_str() {
-                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
-                "PIPELINING" => caps.pipelining = true,
-                "8BITMIME" => caps.eight_bit_mime = true,
-                "SMTPUTF8" => caps.smtputf8 = true,
-                "STARTTLS" => caps.starttls = true,
-                _ => {}
-            }
-        }
-        caps
-    }
-}
-
 /// A reply from lettre's `Ok(Response)`.
 fn reply_of(resp: &Response) -> SmtpReply {
     let text: Vec<&str> = resp.message().collect();
     SmtpReply::new(u16::from(resp.code()), &text.join("\n"))
+}
+
+/// A reply from a lettre error that carries a status code.
+fn reply_of_error(e: &lettre::transport::smtp::Error) -> Option<SmtpReply> {
+    let code = e.status()?;
+    let text = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    Some(SmtpReply::new(u16::from(code), &text))
 }
 
 /// How a lettre call ended.
@@ -209,13 +322,8 @@ where
 {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(resp)) => Step::Reply(reply_of(&resp)),
-        Ok(Err(e)) => match e.status() {
-            Some(code) => {
-                let text = std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
-                Step::Reply(SmtpReply::new(u16::from(code), &text))
-            }
+        Ok(Err(e)) => match reply_of_error(&e) {
+            Some(reply) => Step::Reply(reply),
             None => Step::Broken(SmtpReply::synthetic(
                 451,
                 EnhancedStatus::new(4, 4, 2),
@@ -238,223 +346,529 @@ where
 
 /// Why [`open_session`] gave no usable connection.
 enum OpenError {
-    /// The host cannot be used (connection, greeting or EHLO failure).
+    /// The host cannot be used (connection, greeting, EHLO or AUTH failure).
     Skip(HostOutcome),
     /// The server offered STARTTLS but it failed; the connection is gone. Opportunistic mode
     /// reconnects in plaintext.
     TlsFailed(SmtpReply),
 }
 
-/// Connects to `ip` and runs the greeting, EHLO and STARTTLS (when `use_tls` and offered).
-/// Returns the connection and whether it is encrypted.
+fn skip(reply: SmtpReply, permanent: bool, reached: bool) -> OpenError {
+    OpenError::Skip(HostOutcome::Skip {
+        reply,
+        permanent,
+        reached,
+    })
+}
+
+/// TLS client parameters for server name `sni` under the verification policy.
+fn tls_parameters(
+    shared: &Shared,
+    sni: &str,
+) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+    let mut builder = TlsParameters::builder(sni.to_owned());
+    if shared.settings.verify_certificates {
+        for der in &shared.tls.extra_roots {
+            builder = builder.add_root_certificate(Certificate::from_der(der.to_vec())?);
+        }
+    } else {
+        builder = builder
+            .dangerous_accept_invalid_certs(true)
+            .dangerous_accept_invalid_hostnames(true);
+    }
+    builder.build_rustls()
+}
+
+/// Trust material for outbound TLS.
+#[derive(Debug)]
+pub(crate) struct TlsTrust {
+    /// Extra roots from `ca_file` (DER).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Checks chains after the fact when certificates are not verified during the handshake, to
+    /// record whether they would have verified.
+    verifier: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+}
+
+impl TlsTrust {
+    /// Builds the trust store: webpki roots plus `extra_roots`.
+    pub(crate) fn new(extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> Self {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for c in &extra_roots {
+            let _ = roots.add(c.clone());
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .ok();
+        TlsTrust {
+            extra_roots,
+            verifier,
+        }
+    }
+
+    /// Whether `chain` (leaf first) verifies for `name`.
+    fn verifies(&self, chain: &[Vec<u8>], name: &str) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        let (Some(verifier), Some((leaf, rest))) = (&self.verifier, chain.split_first()) else {
+            return false;
+        };
+        let Ok(server_name) = rustls::pki_types::ServerName::try_from(name.to_owned()) else {
+            return false;
+        };
+        let leaf = rustls::pki_types::CertificateDer::from(leaf.as_slice());
+        let intermediates: Vec<_> = rest
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.as_slice()))
+            .collect();
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &intermediates,
+                &server_name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .is_ok()
+    }
+}
+
+/// Connects to `ip` and runs the greeting, EHLO, STARTTLS (when `use_tls` and offered), AUTH
+/// (relay host) and a second EHLO to learn the extensions lettre does not record.
 async fn open_session(
-    settings: &DeliverySettings,
-    host: &MxHost,
+    shared: &Shared,
+    target: &Target<'_>,
     ip: IpAddr,
-    helo: &ClientId,
     use_tls: bool,
-) -> Result<(AsyncSmtpConnection, bool), OpenError> {
+    slot: ConnectionSlot,
+) -> Result<Session, OpenError> {
+    let settings = &shared.settings;
     let t = &settings.timeouts;
-    let addr = SocketAddr::new(ip, settings.port);
+    let helo = ClientId::Domain(settings.helo().to_owned());
+    let addr = SocketAddr::new(ip, target.port);
+    let sni = target
+        .name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let implicit = match target.relay {
+        Some(r) if r.tls == RelayTls::Implicit => match tls_parameters(shared, &sni) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return Err(skip(tls_error_reply(&target.name, &e), false, false));
+            }
+        },
+        _ => None,
+    };
+    let implicit_tls = implicit.is_some();
     // lettre reads the greeting and sends EHLO inside connect, so one timeout covers all three.
     let limit = t.connect + t.greeting + t.ehlo;
-    let connect = AsyncSmtpConnection::connect_tokio1(addr, Some(t.connect), helo, None, None);
+    let connect = AsyncSmtpConnection::connect_tokio1(
+        addr,
+        Some(t.connect),
+        &helo,
+        implicit,
+        settings.source_ip,
+    );
     let mut conn = match tokio::time::timeout(limit, connect).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            return Err(OpenError::Skip(match e.status() {
-                Some(code) => {
-                    let text = std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
-                    let reply = SmtpReply::new(u16::from(code), &text);
+            return Err(match reply_of_error(&e) {
+                Some(reply) => {
                     let permanent =
                         classify_reply(SmtpPhase::Greeting, &reply) == ReplyClass::Permanent;
-                    HostOutcome::Skip {
-                        reply,
-                        permanent,
-                        reached: true,
-                    }
+                    skip(reply, permanent, true)
                 }
-                None => HostOutcome::Skip {
-                    reply: SmtpReply::synthetic(
+                None => skip(
+                    SmtpReply::synthetic(
                         451,
                         EnhancedStatus::new(4, 4, 1),
                         format!(
-                            "cannot connect to {} [{ip}]: {}",
-                            host.name,
+                            "cannot connect to {} [{ip}]:{}: {}",
+                            target.name,
+                            target.port,
                             postrider_core::dsn::one_line(&e.to_string())
                         ),
                     ),
-                    permanent: false,
-                    reached: false,
-                },
-            }));
+                    false,
+                    false,
+                ),
+            });
         }
         Err(_) => {
-            return Err(OpenError::Skip(HostOutcome::Skip {
-                reply: SmtpReply::synthetic(
+            return Err(skip(
+                SmtpReply::synthetic(
                     451,
                     EnhancedStatus::new(4, 4, 2),
                     format!(
                         "timed out connecting to {} [{ip}] or waiting for its greeting",
-                        host.name
+                        target.name
                     ),
                 ),
-                permanent: false,
-                reached: false,
-            }));
+                false,
+                false,
+            ));
         }
     };
-    let mut tls = false;
-    if use_tls && conn.can_starttls() {
-        let sni = host
-            .name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let params = TlsParameters::builder(sni)
-            .dangerous_accept_invalid_certs(true)
-            .dangerous_accept_invalid_hostnames(true)
-            .build_rustls();
+    if use_tls && !implicit_tls && conn.can_starttls() {
         let handshake = async {
-            match params {
-                Ok(p) => conn.starttls(p, helo).await,
-                Err(e) => Err(e),
-            }
+            let params = tls_parameters(shared, &sni)?;
+            conn.starttls(params, &helo).await
         };
         match tokio::time::timeout(t.ehlo, handshake).await {
-            Ok(Ok(())) => tls = true,
-            Ok(Err(e)) => {
-                return Err(OpenError::TlsFailed(SmtpReply::synthetic(
-                    451,
-                    EnhancedStatus::new(4, 7, 0),
-                    format!(
-                        "STARTTLS with {} failed: {}",
-                        host.name,
-                        postrider_core::dsn::one_line(&e.to_string())
-                    ),
-                )));
-            }
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(OpenError::TlsFailed(tls_error_reply(&target.name, &e))),
             Err(_) => {
                 return Err(OpenError::TlsFailed(SmtpReply::synthetic(
                     451,
                     EnhancedStatus::new(4, 7, 0),
-                    format!("STARTTLS with {} timed out", host.name),
+                    format!("STARTTLS with {} timed out", target.name),
                 )));
             }
         }
     }
-    Ok((conn, tls))
-}
-
-/// Tries one address of one host: session setup (with the plaintext fallback of opportunistic
-/// TLS), then the transaction.
-async fn try_host(
-    settings: &DeliverySettings,
-    host: &MxHost,
-    ip: IpAddr,
-    tx: &Transaction<'_>,
-) -> HostOutcome {
-    let helo = ClientId::Domain(settings.hostname.clone());
-    let want_tls = settings.tls != TlsMode::Disabled;
-    let (mut conn, tls) = match open_session(settings, host, ip, &helo, want_tls).await {
-        Ok(session) => session,
-        Err(OpenError::TlsFailed(reply)) if settings.tls == TlsMode::Opportunistic => {
-            tracing::info!(mx = %host.name, ip = %ip, reply = %reply, "STARTTLS failed; retrying the host in plaintext");
-            match open_session(settings, host, ip, &helo, false).await {
-                Ok(session) => session,
-                Err(OpenError::Skip(skip)) => return skip,
-                Err(OpenError::TlsFailed(reply)) => {
-                    return HostOutcome::Skip {
-                        reply,
-                        permanent: false,
-                        reached: true,
-                    };
-                }
-            }
-        }
-        Err(OpenError::TlsFailed(reply)) => {
-            return HostOutcome::Skip {
-                reply,
-                permanent: false,
-                reached: true,
-            };
-        }
-        Err(OpenError::Skip(skip)) => return skip,
+    let encrypted = conn.is_encrypted();
+    let tls_required = match target.mode {
+        SessionMode::Mx(m) => m == TlsMode::Required,
+        SessionMode::Relay => target
+            .relay
+            .is_some_and(|r| r.tls != RelayTls::Opportunistic),
     };
-    if settings.tls == TlsMode::Required && !tls {
-        quit(&mut conn, settings.timeouts.quit).await;
-        return HostOutcome::Skip {
-            reply: SmtpReply::synthetic(
+    if tls_required && !encrypted {
+        quit(&mut conn, t.quit).await;
+        return Err(skip(
+            SmtpReply::synthetic(
                 451,
                 EnhancedStatus::new(4, 7, 10),
-                format!("TLS is required, but {} does not offer STARTTLS", host.name),
+                format!(
+                    "TLS is required, but {} does not offer STARTTLS",
+                    target.name
+                ),
             ),
-            permanent: false,
-            reached: true,
-        };
+            false,
+            true,
+        ));
     }
-    // lettre keeps only a few extensions; ask again to learn SIZE and PIPELINING.
-    let caps = match step(
-        settings.timeouts.ehlo,
-        "EHLO",
-        conn.command(format!("EHLO {helo}\r\n")),
-    )
-    .await
+    if let Some(relay) = target.relay
+        && let (Some(user), Some(password)) = (&relay.username, &relay.password)
     {
+        if !encrypted && !relay.allow_plaintext_auth {
+            quit(&mut conn, t.quit).await;
+            return Err(skip(
+                SmtpReply::synthetic(
+                    451,
+                    EnhancedStatus::new(4, 7, 10),
+                    format!(
+                        "refusing to send credentials to {} over a plaintext session",
+                        target.name
+                    ),
+                ),
+                false,
+                true,
+            ));
+        }
+        let credentials = Credentials::new(user.clone(), password.clone());
+        let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials);
+        match tokio::time::timeout(t.ehlo, auth).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let reply = reply_of_error(&e).unwrap_or_else(|| {
+                    SmtpReply::synthetic(
+                        451,
+                        EnhancedStatus::new(4, 7, 0),
+                        format!(
+                            "AUTH with {} failed: {}",
+                            target.name,
+                            postrider_core::dsn::one_line(&e.to_string())
+                        ),
+                    )
+                });
+                quit(&mut conn, t.quit).await;
+                // A refused login is our configuration's fault: never bounce mail over it.
+                return Err(skip(reply, false, true));
+            }
+            Err(_) => {
+                return Err(skip(
+                    SmtpReply::synthetic(
+                        451,
+                        EnhancedStatus::new(4, 4, 2),
+                        format!("AUTH with {} timed out", target.name),
+                    ),
+                    false,
+                    true,
+                ));
+            }
+        }
+    }
+    // lettre keeps only a few extensions; ask again to learn SIZE, PIPELINING and DSN.
+    let caps = match step(t.ehlo, "EHLO", conn.command(format!("EHLO {helo}\r\n"))).await {
         Step::Reply(reply) if reply.is_positive() => {
             Capabilities::parse(reply.text.lines().map(|l| l.trim()))
         }
         Step::Reply(reply) => {
-            quit(&mut conn, settings.timeouts.quit).await;
+            quit(&mut conn, t.quit).await;
             let permanent = classify_reply(SmtpPhase::Ehlo, &reply) == ReplyClass::Permanent;
-            return HostOutcome::Skip {
-                reply,
-                permanent,
-                reached: true,
-            };
+            return Err(skip(reply, permanent, true));
         }
-        Step::Broken(reply) => {
-            return HostOutcome::Skip {
-                reply,
-                permanent: false,
-                reached: true,
-            };
-        }
+        Step::Broken(reply) => return Err(skip(reply, false, true)),
     };
-    let (results, broken) = transaction(&mut conn, settings, &caps, tx).await;
-    if !broken {
-        quit(&mut conn, settings.timeouts.quit).await;
+    let verified = encrypted
+        && (settings.verify_certificates
+            || conn
+                .certificate_chain()
+                .is_ok_and(|chain| shared.tls.verifies(&chain, &sni)));
+    let tls = TlsInfo {
+        encrypted,
+        version: None,
+        verified,
+    };
+    let label = if encrypted { "tls" } else { "plaintext" };
+    if let Ok(c) = shared
+        .metrics
+        .outbound_tls
+        .get_metric_with_label_values(&[label])
+    {
+        c.inc();
     }
-    HostOutcome::Done(DomainAttempt {
-        results,
-        mx_host: Some(host.name.clone()),
+    Ok(Session {
+        conn,
+        caps,
         tls,
+        transactions: 0,
+        idle_since: Instant::now(),
+        _slot: slot,
     })
 }
 
-/// Sends QUIT and waits briefly for the 221; failures are irrelevant by now.
-async fn quit(conn: &mut AsyncSmtpConnection, limit: Duration) {
-    let _ = tokio::time::timeout(limit, conn.command("QUIT\r\n")).await;
+fn tls_error_reply(host: &str, e: &lettre::transport::smtp::Error) -> SmtpReply {
+    SmtpReply::synthetic(
+        451,
+        EnhancedStatus::new(4, 7, 0),
+        format!(
+            "TLS with {host} failed: {}",
+            postrider_core::dsn::one_line(&e.to_string())
+        ),
+    )
 }
 
-/// Sends RSET, briefly waiting for its reply, to leave the session clean before QUIT.
-async fn rset(conn: &mut AsyncSmtpConnection, limit: Duration) {
-    let _ = tokio::time::timeout(limit, conn.command("RSET\r\n")).await;
+/// A new session to `ip`, with the plaintext fallback of opportunistic TLS.
+async fn new_session(
+    shared: &Shared,
+    target: &Target<'_>,
+    ip: IpAddr,
+    key: &PoolKey,
+    slot: ConnectionSlot,
+) -> Result<Session, HostOutcome> {
+    let want_tls = match target.mode {
+        SessionMode::Mx(m) => m != TlsMode::Disabled,
+        SessionMode::Relay => true,
+    };
+    let opportunistic = match target.mode {
+        SessionMode::Mx(m) => m == TlsMode::Opportunistic,
+        SessionMode::Relay => target
+            .relay
+            .is_some_and(|r| r.tls == RelayTls::Opportunistic),
+    };
+    match open_session(shared, target, ip, want_tls, slot).await {
+        Ok(s) => Ok(s),
+        Err(OpenError::TlsFailed(reply)) if opportunistic => {
+            tracing::info!(mx = %target.name, ip = %ip, reply = %reply, "STARTTLS failed; retrying the host in plaintext");
+            // The failed connection's permits were released with it: take new ones.
+            let slot = match shared.pool.checkout(key).await {
+                Checkout::New(slot) => slot,
+                Checkout::Reused(s) => return Ok(s),
+            };
+            match open_session(shared, target, ip, false, slot).await {
+                Ok(s) => Ok(s),
+                Err(OpenError::Skip(skip)) => Err(skip),
+                Err(OpenError::TlsFailed(reply)) => Err(HostOutcome::Skip {
+                    reply,
+                    permanent: false,
+                    reached: true,
+                }),
+            }
+        }
+        Err(OpenError::TlsFailed(reply)) => Err(HostOutcome::Skip {
+            reply,
+            permanent: false,
+            reached: true,
+        }),
+        Err(OpenError::Skip(skip)) => Err(skip),
+    }
+}
+
+/// Tries one address of one host: a pooled or new session, then the transaction; returns the
+/// session to the pool when it is still clean. Updates the circuit breaker.
+async fn try_address(
+    shared: &Shared,
+    target: &Target<'_>,
+    ip: IpAddr,
+    tx: &Transaction<'_>,
+) -> HostOutcome {
+    let settings = &shared.settings;
+    let key = PoolKey {
+        addr: SocketAddr::new(ip, target.port),
+        mode: target.mode,
+    };
+    let mut round = 0;
+    loop {
+        round += 1;
+        let (mut session, reused) = match shared.pool.checkout(&key).await {
+            Checkout::Reused(s) => (s, true),
+            Checkout::New(slot) => match new_session(shared, target, ip, &key, slot).await {
+                Ok(s) => (s, false),
+                Err(outcome) => {
+                    if let HostOutcome::Skip { reply, reached, .. } = &outcome
+                        && (!reached || reply.code == 421)
+                    {
+                        shared.breaker_failure(&target.name, &reply.to_string());
+                    }
+                    return outcome;
+                }
+            },
+        };
+        let (results, flow) = transaction(&mut session.conn, settings, &session.caps, tx).await;
+        if reused && flow.broken && !flow.any_reply && round < 3 {
+            tracing::debug!(mx = %target.name, ip = %ip, "pooled session was closed by the server; using another");
+            continue;
+        }
+        session.transactions = session.transactions.saturating_add(1);
+        if flow.closing {
+            shared.breaker_failure(&target.name, "421 during the transaction");
+        } else if !flow.broken {
+            shared.breaker_success(&target.name);
+        }
+        let tls = Some(session.tls.clone());
+        let dsn_relayed = session.caps.dsn;
+        if flow.reusable() && session.transactions < settings.max_messages_per_connection {
+            shared.pool.put_back(key, session);
+        } else if !flow.broken {
+            quit(&mut session.conn, settings.timeouts.quit).await;
+        }
+        return HostOutcome::Done(DomainAttempt {
+            results,
+            mx_host: Some(target.name.clone()),
+            tls,
+            retry_at: None,
+            postponed: false,
+            dsn_relayed,
+        });
+    }
+}
+
+/// Sends QUIT and waits briefly for the 221; failures are irrelevant by now.
+pub(crate) async fn quit(conn: &mut AsyncSmtpConnection, limit: Duration) {
+    let _ = tokio::time::timeout(limit, conn.command("QUIT\r\n")).await;
 }
 
 /// A recipient's outcome within one transaction; `None` until a reply decides it.
 type Slot = Option<(SmtpReply, ReplyClass)>;
 
-/// One transaction on an open session. Returns a result for every recipient of `tx`, and whether
-/// the connection broke (then it must not be used again).
+/// How the session fared during one transaction.
+#[derive(Debug, Default, Clone, Copy)]
+struct Flow {
+    /// The connection is unusable (network error, timeout).
+    broken: bool,
+    /// At least one reply arrived.
+    any_reply: bool,
+    /// The server said `421` (closing).
+    closing: bool,
+    /// An RSET was sent and not answered with 250.
+    dirty: bool,
+}
+
+impl Flow {
+    fn see(&mut self, step: Step) -> Result<SmtpReply, SmtpReply> {
+        match step {
+            Step::Reply(r) => {
+                self.any_reply = true;
+                if r.code == 421 {
+                    self.closing = true;
+                }
+                Ok(r)
+            }
+            Step::Broken(r) => {
+                self.broken = true;
+                Err(r)
+            }
+        }
+    }
+
+    fn reusable(&self) -> bool {
+        !self.broken && !self.closing && !self.dirty
+    }
+
+    /// Sends RSET to leave the session clean for the next transaction.
+    async fn rset(&mut self, conn: &mut AsyncSmtpConnection, limit: Duration) {
+        match step(limit, "RSET", conn.command("RSET\r\n")).await {
+            Step::Reply(r) if r.code == 250 => {}
+            Step::Reply(r) => {
+                self.closing |= r.code == 421;
+                self.dirty = true;
+            }
+            Step::Broken(_) => self.broken = true,
+        }
+    }
+}
+
+/// RFC 3461 xtext: `+`, `=`, controls, space and non-ASCII become `+XX`.
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `RCPT TO` with the DSN parameters when the server supports DSN.
+fn rcpt_line(r: &RecipientRequest, dsn: bool) -> String {
+    let mut line = format!("RCPT TO:<{}>", r.address);
+    if dsn {
+        if let Some(n) = r.notify {
+            if n.never {
+                line.push_str(" NOTIFY=NEVER");
+            } else {
+                let words: Vec<&str> = [
+                    (n.success, "SUCCESS"),
+                    (n.failure, "FAILURE"),
+                    (n.delay, "DELAY"),
+                ]
+                .into_iter()
+                .filter_map(|(on, w)| on.then_some(w))
+                .collect();
+                if !words.is_empty() {
+                    line.push_str(" NOTIFY=");
+                    line.push_str(&words.join(","));
+                }
+            }
+        }
+        if let Some(orcpt) = &r.orcpt
+            && let Some((kind, addr)) = orcpt.split_once(';')
+            && !kind.is_empty()
+            && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            line.push_str(&format!(" ORCPT={kind};{}", xtext(addr)));
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// One transaction on an open session. Returns a result for every recipient of `tx`, and how the
+/// session fared.
 async fn transaction(
     conn: &mut AsyncSmtpConnection,
     settings: &DeliverySettings,
     caps: &Capabilities,
     tx: &Transaction<'_>,
-) -> (Vec<RecipientResult>, bool) {
+) -> (Vec<RecipientResult>, Flow) {
+    let mut flow = Flow::default();
     let mut results: Vec<RecipientResult> = Vec::with_capacity(tx.recipients.len());
     let all = |reply: SmtpReply, class: ReplyClass| {
         tx.recipients
@@ -479,7 +893,7 @@ async fn transaction(
                 tx.body.len()
             ),
         );
-        return (all(reply, ReplyClass::Permanent), false);
+        return (all(reply, ReplyClass::Permanent), flow);
     }
     let utf8_reply = || {
         SmtpReply::synthetic(
@@ -490,7 +904,7 @@ async fn transaction(
     };
     let sender_utf8 = tx.sender.address().is_some_and(|a| a.needs_smtputf8());
     if sender_utf8 && !caps.smtputf8 {
-        return (all(utf8_reply(), ReplyClass::Permanent), false);
+        return (all(utf8_reply(), ReplyClass::Permanent), flow);
     }
     let mut sendable: Vec<(usize, &RecipientRequest)> = Vec::with_capacity(tx.recipients.len());
     for (i, r) in tx.recipients {
@@ -505,7 +919,7 @@ async fn transaction(
         }
     }
     if sendable.is_empty() {
-        return (results, false);
+        return (results, flow);
     }
     let needs_utf8 = sender_utf8 || sendable.iter().any(|(_, r)| r.address.needs_smtputf8());
     let mut mail = format!("MAIL FROM:<{}>", tx.sender);
@@ -518,13 +932,25 @@ async fn transaction(
     if needs_utf8 {
         mail.push_str(" SMTPUTF8");
     }
+    if caps.dsn {
+        match tx.ret {
+            Some(DsnRet::Full) => mail.push_str(" RET=FULL"),
+            Some(DsnRet::Hdrs) => mail.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = tx.envid {
+            mail.push_str(" ENVID=");
+            mail.push_str(&xtext(envid));
+        }
+    }
     mail.push_str("\r\n");
 
     let mut slots: Vec<Slot> = vec![None; sendable.len()];
-    let broken = run_envelope(conn, settings, caps, mail, &sendable, tx.body, &mut slots)
-        .await
-        .err();
-    let is_broken = broken.is_some();
+    let broken = run_envelope(
+        conn, settings, caps, mail, &sendable, tx.body, &mut slots, &mut flow,
+    )
+    .await
+    .err();
     let fallback = broken.unwrap_or_else(|| {
         SmtpReply::synthetic(
             451,
@@ -541,21 +967,12 @@ async fn transaction(
         });
     }
     results.sort_by_key(|r| r.index);
-    (results, is_broken)
-}
-
-impl Step {
-    /// The reply, or the synthetic reply of a broken connection as `Err`.
-    fn into_result(self) -> Result<SmtpReply, SmtpReply> {
-        match self {
-            Step::Reply(r) => Ok(r),
-            Step::Broken(r) => Err(r),
-        }
-    }
+    (results, flow)
 }
 
 /// MAIL, RCPTs, DATA and the content, filling `slots` (parallel to `sendable`) as replies arrive.
 /// `Err` means the connection broke; recipients whose slot is still empty are then undecided.
+#[allow(clippy::too_many_arguments)]
 async fn run_envelope(
     conn: &mut AsyncSmtpConnection,
     settings: &DeliverySettings,
@@ -564,25 +981,21 @@ async fn run_envelope(
     sendable: &[(usize, &RecipientRequest)],
     body: &[u8],
     slots: &mut [Slot],
+    flow: &mut Flow,
 ) -> Result<(), SmtpReply> {
     let t = &settings.timeouts;
-    let rcpt_line = |r: &RecipientRequest| format!("RCPT TO:<{}>\r\n", r.address);
     let mut accepted: Vec<usize> = Vec::with_capacity(sendable.len());
     let data_reply = if caps.pipelining {
         // RFC 2920: MAIL, every RCPT and DATA in one write, then one reply each, in order.
         let mut batch = mail;
         for (_, r) in sendable {
-            batch.push_str(&rcpt_line(r));
+            batch.push_str(&rcpt_line(r, caps.dsn));
         }
         batch.push_str("DATA\r\n");
-        let mail_reply = step(t.mail, "MAIL FROM", conn.command(batch))
-            .await
-            .into_result()?;
+        let mail_reply = flow.see(step(t.mail, "MAIL FROM", conn.command(batch)).await)?;
         let mail_class = classify_reply(SmtpPhase::MailFrom, &mail_reply);
         for (k, slot) in slots.iter_mut().enumerate() {
-            let reply = step(t.rcpt, "RCPT TO", conn.read_response())
-                .await
-                .into_result()?;
+            let reply = flow.see(step(t.rcpt, "RCPT TO", conn.read_response()).await)?;
             if mail_class != ReplyClass::Success {
                 // After a refused MAIL the RCPT replies only say "need MAIL"; MAIL's reply decides.
                 *slot = Some((mail_reply.clone(), mail_class));
@@ -593,37 +1006,30 @@ async fn run_envelope(
                 class => *slot = Some((reply, class)),
             }
         }
-        step(t.data, "DATA", conn.read_response())
-            .await
-            .into_result()?
+        flow.see(step(t.data, "DATA", conn.read_response()).await)?
     } else {
-        let mail_reply = step(t.mail, "MAIL FROM", conn.command(mail))
-            .await
-            .into_result()?;
+        let mail_reply = flow.see(step(t.mail, "MAIL FROM", conn.command(mail)).await)?;
         let mail_class = classify_reply(SmtpPhase::MailFrom, &mail_reply);
         if mail_class != ReplyClass::Success {
             for slot in slots.iter_mut() {
                 *slot = Some((mail_reply.clone(), mail_class));
             }
-            rset(conn, t.quit).await;
+            flow.rset(conn, t.quit).await;
             return Ok(());
         }
         for (k, (_, r)) in sendable.iter().enumerate() {
-            let reply = step(t.rcpt, "RCPT TO", conn.command(rcpt_line(r)))
-                .await
-                .into_result()?;
+            let reply =
+                flow.see(step(t.rcpt, "RCPT TO", conn.command(rcpt_line(r, caps.dsn))).await)?;
             match classify_reply(SmtpPhase::RcptTo, &reply) {
                 ReplyClass::Success => accepted.push(k),
                 class => slots[k] = Some((reply, class)),
             }
         }
         if accepted.is_empty() {
-            rset(conn, t.quit).await;
+            flow.rset(conn, t.quit).await;
             return Ok(());
         }
-        step(t.data, "DATA", conn.command("DATA\r\n"))
-            .await
-            .into_result()?
+        flow.see(step(t.data, "DATA", conn.command("DATA\r\n")).await)?
     };
 
     if data_reply.code != 354 {
@@ -636,22 +1042,18 @@ async fn run_envelope(
         for k in &accepted {
             slots[*k] = Some((data_reply.clone(), class));
         }
-        rset(conn, t.quit).await;
+        flow.rset(conn, t.quit).await;
         return Ok(());
     }
     if accepted.is_empty() {
         // 354 with no recipient accepted: end the empty data and reset.
-        step(t.data_end, "end of data", conn.message(b""))
-            .await
-            .into_result()?;
-        rset(conn, t.quit).await;
+        flow.see(step(t.data_end, "end of data", conn.message(b"")).await)?;
+        flow.rset(conn, t.quit).await;
         return Ok(());
     }
     // lettre appends CRLF.CRLF itself; drop one trailing CRLF so the content is sent unchanged.
     let content = body.strip_suffix(b"\r\n").unwrap_or(body);
-    let final_reply = step(t.data_end, "end of data", conn.message(content))
-        .await
-        .into_result()?;
+    let final_reply = flow.see(step(t.data_end, "end of data", conn.message(content)).await)?;
     let class = classify_reply(SmtpPhase::DataEnd, &final_reply);
     for k in &accepted {
         slots[*k] = Some((final_reply.clone(), class));
@@ -662,6 +1064,7 @@ async fn run_envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postrider_core::{Address, NotifyFlags};
 
     #[test]
     fn parses_ehlo_capabilities() {
@@ -680,7 +1083,8 @@ mod tests {
                 pipelining: true,
                 eight_bit_mime: true,
                 smtputf8: false,
-                starttls: true
+                starttls: true,
+                dsn: true,
             }
         );
         let caps = Capabilities::parse(["hi", "SIZE", "SMTPUTF8"]);
@@ -690,5 +1094,28 @@ mod tests {
             Capabilities::parse(["only a greeting"]),
             Capabilities::default()
         );
+    }
+
+    #[test]
+    fn dsn_parameters_are_xtext_encoded() {
+        assert_eq!(xtext("a+b=c d\u{e9}"), "a+2Bb+3Dc+20d+C3+A9");
+        let mut r = RecipientRequest::new(Address::parse("bob@example.test").unwrap());
+        assert_eq!(rcpt_line(&r, true), "RCPT TO:<bob@example.test>\r\n");
+        r.notify = Some(NotifyFlags {
+            success: true,
+            delay: true,
+            ..Default::default()
+        });
+        r.orcpt = Some("rfc822;Bob+x@example.test".into());
+        assert_eq!(
+            rcpt_line(&r, true),
+            "RCPT TO:<bob@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Bob+2Bx@example.test\r\n"
+        );
+        assert_eq!(rcpt_line(&r, false), "RCPT TO:<bob@example.test>\r\n");
+        r.notify = Some(NotifyFlags {
+            never: true,
+            ..Default::default()
+        });
+        assert!(rcpt_line(&r, true).contains(" NOTIFY=NEVER "));
     }
 }

@@ -2,23 +2,28 @@
 //! concurrently (bounded), then record the outcome, the retry decision and any failure notice in
 //! one store call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use postrider_core::{
-    Domain, EnhancedStatus, MessageId, QueuedMessage, RecipientRequest, ReplyClass, ReversePath,
-    SmtpReply, Timestamp,
+    Domain, EnhancedStatus, MessageId, QueuedMessage, RecipientRequest, ReplyClass, SmtpReply,
+    Timestamp,
 };
 use postrider_metrics::Metrics;
 use postrider_store::{AttemptUpdate, Lease, RecordOutcome, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::health::{Breaker, SuspendedDestination};
 use crate::mx::MxResolver;
-use crate::outcome::{NoticeContext, RecipientOutcome, apply_attempt, failure_notice};
+use crate::outcome::{
+    NoticeContext, RecipientOutcome, apply_attempt, delay_notice, failure_notice, success_notice,
+};
+use crate::pool::Pool;
+use crate::rate::RateLimiter;
 use crate::settings::DeliverySettings;
-use crate::smtp::{Transaction, deliver_to_domain};
+use crate::smtp::{TlsTrust, Transaction, deliver_to_domain};
 
 /// State shared by the scheduler and its workers.
 pub(crate) struct Shared {
@@ -30,6 +35,18 @@ pub(crate) struct Shared {
     /// while its attempt still runs and the scheduler leases the message again, no second attempt
     /// starts; the newer lease replaces the old one here and the running attempt records with it.
     pub(crate) inflight: Mutex<HashMap<MessageId, Lease>>,
+    /// Outbound connections: reuse and limits.
+    pub(crate) pool: Pool,
+    /// Destination health.
+    pub(crate) breaker: Mutex<Breaker>,
+    /// Per-domain message rates.
+    pub(crate) rate: Mutex<RateLimiter>,
+    /// Per-domain session limits (only domains with `max_connections`).
+    pub(crate) domain_limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Outbound TLS trust.
+    pub(crate) tls: TlsTrust,
+    /// Domains with their own metric label (bounded by `metrics_max_domains`).
+    pub(crate) metric_domains: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -57,6 +74,92 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
             .cloned()
+    }
+
+    /// Takes a rate slot for `domain`; `Err(t)`: none free before `t`.
+    pub(crate) fn rate_limit(
+        &self,
+        domain: &str,
+        per_minute: u32,
+        now: Timestamp,
+    ) -> Result<(), Timestamp> {
+        self.rate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_take(domain, per_minute, now)
+    }
+
+    /// The session limit of `domain` (created with `limit` permits on first use).
+    pub(crate) fn domain_semaphore(&self, domain: &str, limit: usize) -> Arc<Semaphore> {
+        let mut map = self
+            .domain_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(domain.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit))),
+        )
+    }
+
+    /// `Some` when `host` is suspended now.
+    pub(crate) fn breaker_check(&self, host: &str) -> Option<SuspendedDestination> {
+        self.breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(host, clock_now())
+    }
+
+    /// Records a connection failure or 421 of `host`.
+    pub(crate) fn breaker_failure(&self, host: &str, reason: &str) {
+        let now = clock_now();
+        let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = b.record_failure(host, reason, now) {
+            tracing::warn!(mx = %s.host, failures = s.failures, until = %s.until.to_rfc3339(), reason = %s.reason, "destination suspended");
+        }
+        self.metrics
+            .destinations_suspended
+            .set(i64::try_from(b.suspended(now).len()).unwrap_or(i64::MAX));
+    }
+
+    /// Records a working session with `host`.
+    pub(crate) fn breaker_success(&self, host: &str) {
+        let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        if b.record_success(host) {
+            tracing::info!(mx = %host, "destination healthy again");
+            self.metrics
+                .destinations_suspended
+                .set(i64::try_from(b.suspended(clock_now()).len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Destinations suspended now (also refreshes the gauge).
+    pub(crate) fn suspended(&self) -> Vec<SuspendedDestination> {
+        let v = self
+            .breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .suspended(clock_now());
+        self.metrics
+            .destinations_suspended
+            .set(i64::try_from(v.len()).unwrap_or(i64::MAX));
+        v
+    }
+
+    /// The metric label of recipient domain `domain`: itself for the first
+    /// `metrics_max_domains` distinct domains, `other` after that.
+    fn domain_label(&self, domain: &str) -> String {
+        let mut set = self
+            .metric_domains
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if set.contains(domain) {
+            return domain.to_owned();
+        }
+        if set.len() < self.settings.metrics_max_domains {
+            set.insert(domain.to_owned());
+            return domain.to_owned();
+        }
+        "other".to_owned()
     }
 
     /// Attempts currently running.
@@ -103,7 +206,7 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
     };
     let message = &lease.message;
     let body = match shared.store.body(id) {
-        Ok(body) => body.map(Arc::new),
+        Ok(body) => body.map(|b| Arc::new(sign(shared.settings.signer.as_deref(), b))),
         Err(e) => {
             // Nothing recorded: the lease expires and the message is tried again later.
             tracing::error!(message_id = %id, error = %e, "cannot read the message body; attempt abandoned");
@@ -125,14 +228,13 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
             message
                 .pending()
                 .map(|index| Timed {
-                    outcome: RecipientOutcome {
+                    outcome: RecipientOutcome::new(
                         index,
-                        reply: reply.clone(),
-                        class: ReplyClass::Permanent,
-                        mx_host: None,
-                    },
+                        reply.clone(),
+                        ReplyClass::Permanent,
+                        None,
+                    ),
                     duration: Duration::ZERO,
-                    tls: false,
                 })
                 .collect()
         }
@@ -140,7 +242,7 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
 
     let now = clock_now();
     let plain: Vec<RecipientOutcome> = outcomes.iter().map(|t| t.outcome.clone()).collect();
-    let applied = apply_attempt(message, &plain, now, &shared.settings.retry);
+    let mut applied = apply_attempt(message, &plain, now, &shared.settings.retry);
     let (delivered, deferred, bounced) = applied.counts;
     for (result, n) in [
         ("delivered", delivered),
@@ -156,18 +258,35 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
             c.inc_by(n);
         }
     }
+    record_result_metrics(&shared, message, &applied.message);
+    if applied.message.is_finished() {
+        shared
+            .metrics
+            .delivery_queue_time
+            .observe(now.saturating_since(message.received_at).as_secs_f64());
+    }
     log_outcomes(message, &applied.message, &outcomes);
 
-    let notice = failure_notice(
-        &applied.message,
-        &applied.bounced,
-        &NoticeContext {
-            hostname: &shared.settings.hostname,
-            original: body.as_deref().map(Vec::as_slice),
-            max_returned_message: shared.settings.max_returned_message,
-            now,
-        },
-    );
+    let ctx = NoticeContext {
+        hostname: &shared.settings.hostname,
+        original: body.as_deref().map(Vec::as_slice),
+        max_returned_message: shared.settings.max_returned_message,
+        now,
+    };
+    let mut notice: Vec<_> = failure_notice(&applied.message, &applied.bounced, &ctx)
+        .into_iter()
+        .chain(success_notice(
+            &applied.message,
+            &applied.success_reports,
+            &ctx,
+        ))
+        .collect();
+    notice.extend(delay_notice(
+        &mut applied.message,
+        shared.settings.delay_warning_after,
+        shared.settings.retry.max_age(),
+        &ctx,
+    ));
     let notifications: Vec<_> = notice.into_iter().collect();
     let notices = notifications.len() as u64;
     let update = AttemptUpdate {
@@ -194,12 +313,47 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
     }
 }
 
-/// A recipient's outcome with how its domain attempt went.
+/// A recipient's outcome with how long its domain attempt took.
 #[derive(Debug, Clone)]
 struct Timed {
     outcome: RecipientOutcome,
     duration: Duration,
-    tls: bool,
+}
+
+/// `postrider_delivery_results_total` and `postrider_delivery_by_domain_total` for the
+/// recipients whose state this attempt changed (postponed ones count as `postponed`).
+fn record_result_metrics(shared: &Shared, before: &QueuedMessage, after: &QueuedMessage) {
+    for (b, a) in before.recipients.iter().zip(&after.recipients) {
+        if b.state.is_final() {
+            continue;
+        }
+        let changed = a.attempts != b.attempts || a.state != b.state;
+        let result = if changed {
+            a.state.as_str()
+        } else {
+            "postponed"
+        };
+        let class = match a.last_reply.as_ref().map(|r| r.status().class) {
+            Some(2) => "2.x",
+            Some(5) => "5.x",
+            _ => "4.x",
+        };
+        if let Ok(c) = shared
+            .metrics
+            .delivery_results
+            .get_metric_with_label_values(&[result, class])
+        {
+            c.inc();
+        }
+        let domain = shared.domain_label(&a.request.address.domain().as_str().to_ascii_lowercase());
+        if let Ok(c) = shared
+            .metrics
+            .delivery_by_domain
+            .get_metric_with_label_values(&[&domain, result])
+        {
+            c.inc();
+        }
+    }
 }
 
 /// One tracing event per recipient and attempt, with the state it ended in.
@@ -221,7 +375,9 @@ fn log_outcomes(before: &QueuedMessage, after: &QueuedMessage, outcomes: &[Timed
             result = r.state.as_str(),
             mx = t.outcome.mx_host.as_deref().unwrap_or("-"),
             reply = %t.outcome.reply,
-            tls = t.tls,
+            tls = t.outcome.tls.as_ref().is_some_and(|t| t.encrypted),
+            tls_verified = t.outcome.tls.as_ref().is_some_and(|t| t.verified),
+            postponed = t.outcome.postponed,
             duration_ms = u64::try_from(t.duration.as_millis()).unwrap_or(u64::MAX),
             attempt = after.attempts,
             "delivery attempt"
@@ -252,14 +408,14 @@ async fn deliver_all(
         let shared = Arc::clone(shared);
         let body = Arc::clone(&body);
         let limit = Arc::clone(&limit);
-        let sender = message.sender.clone();
+        let message_meta = Arc::new(message.clone());
         let id = message.id;
         let indices: Vec<usize> = recipients.iter().map(|(i, _)| *i).collect();
         let handle = tasks.spawn(async move {
             let started = Instant::now();
             let attempt = tokio::time::timeout_at(deadline, async {
                 let _permit = limit.acquire().await;
-                deliver_domain(&shared, &sender, &domain, &recipients, &body).await
+                deliver_domain(&shared, &message_meta, &domain, &recipients, &body).await
             })
             .await;
             let duration = started.elapsed();
@@ -279,9 +435,8 @@ async fn deliver_all(
                     recipients
                         .iter()
                         .map(|(index, _)| Timed {
-                            outcome: RecipientOutcome { index: *index, reply: reply.clone(), class: ReplyClass::Transient, mx_host: None },
+                            outcome: RecipientOutcome::new(*index, reply.clone(), ReplyClass::Transient, None),
                             duration,
-                            tls: false,
                         })
                         .collect::<Vec<_>>()
                 }
@@ -306,14 +461,13 @@ async fn deliver_all(
                 );
                 for index in pending_domains.remove(&e.id()).unwrap_or_default() {
                     all.push(Timed {
-                        outcome: RecipientOutcome {
+                        outcome: RecipientOutcome::new(
                             index,
-                            reply: reply.clone(),
-                            class: ReplyClass::Transient,
-                            mx_host: None,
-                        },
+                            reply.clone(),
+                            ReplyClass::Transient,
+                            None,
+                        ),
                         duration: Duration::ZERO,
-                        tls: false,
                     });
                 }
             }
@@ -326,18 +480,20 @@ async fn deliver_all(
 /// One (message, domain) transaction.
 async fn deliver_domain(
     shared: &Shared,
-    sender: &ReversePath,
+    message: &QueuedMessage,
     domain: &Domain,
     recipients: &[(usize, RecipientRequest)],
     body: &[u8],
 ) -> Vec<Timed> {
     let refs: Vec<(usize, &RecipientRequest)> = recipients.iter().map(|(i, r)| (*i, r)).collect();
     let tx = Transaction {
-        sender,
+        sender: &message.sender,
         recipients: &refs,
         body,
+        ret: message.ret,
+        envid: message.envid.as_deref(),
     };
-    let attempt = deliver_to_domain(shared.resolver.as_ref(), &shared.settings, domain, &tx).await;
+    let attempt = deliver_to_domain(shared, domain, &tx).await;
     attempt
         .results
         .into_iter()
@@ -347,9 +503,24 @@ async fn deliver_domain(
                 reply: r.reply,
                 class: r.class,
                 mx_host: attempt.mx_host.clone(),
+                tls: attempt.tls.clone(),
+                postponed: attempt.postponed,
+                retry_at: attempt.retry_at,
+                dsn_relayed: attempt.dsn_relayed,
             },
             duration: Duration::ZERO,
-            tls: attempt.tls,
         })
         .collect()
+}
+
+/// Prepends the signer's header fields (DKIM) to the stored message. Signing happens per attempt,
+/// so a rotated key applies to mail already queued; an unsigned message goes out as stored.
+fn sign(signer: Option<&dyn postrider_core::MessageSigner>, body: Vec<u8>) -> Vec<u8> {
+    match signer.and_then(|s| s.sign(&body)) {
+        Some(mut headers) => {
+            headers.extend_from_slice(&body);
+            headers
+        }
+        None => body,
+    }
 }
