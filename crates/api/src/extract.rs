@@ -21,6 +21,24 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let RawJsonBody { value, .. } = RawJsonBody::from_request(req, state).await?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// Like [`JsonBody`], keeping the raw bytes too (the idempotency check hashes them).
+#[derive(Debug)]
+pub(crate) struct RawJsonBody {
+    /// The parsed body.
+    pub(crate) value: serde_json::Value,
+    /// The body exactly as received.
+    pub(crate) bytes: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for RawJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let essence = ct
                 .to_str()
@@ -60,7 +78,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 format!("the body is not valid JSON: {e}"),
             )
         })?;
-        Ok(JsonBody(value))
+        Ok(RawJsonBody { value, bytes })
     }
 }
 

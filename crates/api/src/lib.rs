@@ -8,6 +8,10 @@
 //!   after the store made the message durable.
 //! - Status: `GET /v1/messages/{id}`; queue administration under `/v1/queue`;
 //!   `GET /healthz` and `GET /metrics` (Prometheus text).
+//! - `Idempotency-Key` on `POST /v1/messages` (stored atomically with the message);
+//!   `GET /v1/events` (event log with a durable cursor); the suppression list under
+//!   `/v1/suppressions`; `GET /openapi.json`, generated from the route table in `openapi.rs`
+//!   (checked in as `crates/api/openapi.json`).
 //! - Security: bearer API keys configured as SHA-256 hashes ([`ApiKey`], [`generate_api_key`]),
 //!   with [`Scope`]s `send`, `read` and `admin`; without keys only loopback clients are served.
 //!   Optional per-key [`RateLimit`].
@@ -20,9 +24,13 @@
 mod auth;
 mod compose;
 mod error;
+mod events;
 mod extract;
+mod openapi;
 mod queue;
 mod routes;
+mod suppressions;
+mod trust_routes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +39,6 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
-use axum::routing::{get, post};
 use postrider_metrics::Metrics;
 use postrider_store::Store;
 
@@ -63,6 +70,10 @@ pub struct ApiSettings {
     pub api_keys: Vec<ApiKey>,
     /// Per-key request rate limit; `None` (the default) means unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// How long an `Idempotency-Key` of `POST /v1/messages` is remembered (default 24 h).
+    /// The binary should also call `Store::purge_idempotency(now - idempotency_ttl)`
+    /// periodically.
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for ApiSettings {
@@ -76,6 +87,7 @@ impl Default for ApiSettings {
             max_schedule_ahead: Duration::from_secs(72 * 3600),
             api_keys: Vec::new(),
             rate_limit: None,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -161,6 +173,9 @@ pub struct ApiState {
     pub settings: Arc<ApiSettings>,
     keys: Arc<auth::KeyRing>,
     limiter: Arc<auth::RateLimiter>,
+    /// Domain checks and address verification (`/v1/domains/{domain}/check`, `/v1/verify`);
+    /// `None` (the default) answers them with 501. Set with [`ApiState::with_trust`].
+    pub trust: Option<Arc<postrider_trust::TrustServices>>,
 }
 
 impl ApiState {
@@ -172,7 +187,14 @@ impl ApiState {
             store,
             metrics,
             settings: Arc::new(settings),
+            trust: None,
         }
+    }
+
+    /// Enables the trust endpoints with these services.
+    pub fn with_trust(mut self, trust: Arc<postrider_trust::TrustServices>) -> Self {
+        self.trust = Some(trust);
+        self
     }
 }
 
@@ -189,37 +211,41 @@ pub fn router(state: ApiState) -> Router {
         )
     };
 
-    let send = Router::new()
-        .route("/v1/messages", post(routes::send_message))
-        .route("/v1/messages/batch", post(routes::send_batch))
-        .route_layer(guard(Scope::Send));
-    let read = Router::new()
-        .route("/v1/messages/{id}", get(routes::get_message))
-        .route_layer(guard(Scope::Read));
-    let admin = Router::new()
-        .route("/v1/queue", get(queue::list))
-        .route("/v1/queue/stats", get(queue::stats))
-        .route("/v1/queue/retry", post(queue::retry_many))
-        .route("/v1/queue/{id}", get(queue::show).delete(queue::delete))
-        .route("/v1/queue/{id}/retry", post(queue::retry_one))
-        .route("/v1/queue/{id}/hold", post(queue::hold))
-        .route("/v1/queue/{id}/release", post(queue::release))
-        .route("/v1/queue/{id}/bounce", post(queue::bounce))
-        .route_layer(guard(Scope::Admin));
-    let open = Router::new()
-        .route("/healthz", get(routes::healthz))
-        .route("/metrics", get(routes::metrics));
+    // Every documented route comes from the one table the OpenAPI document is built from.
+    let send = openapi_routes(Some(Scope::Send)).route_layer(guard(Scope::Send));
+    let read = openapi_routes(Some(Scope::Read)).route_layer(guard(Scope::Read));
+    let admin = openapi_routes(Some(Scope::Admin)).route_layer(guard(Scope::Admin));
+    let open = openapi_routes(None);
+    let trust_read = trust_routes::routes(Scope::Read).route_layer(guard(Scope::Read));
+    let trust_send = trust_routes::routes(Scope::Send).route_layer(guard(Scope::Send));
 
     Router::new()
         .merge(send)
         .merge(read)
         .merge(admin)
         .merge(open)
+        .merge(trust_read)
+        .merge(trust_send)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
+}
+
+/// The routes of [`openapi::ROUTES`] that need `scope` (`None`: open routes).
+fn openapi_routes(scope: Option<Scope>) -> Router<ApiState> {
+    openapi::ROUTES
+        .iter()
+        .filter(|r| r.scope == scope)
+        .fold(Router::new(), |router, r| {
+            router.route(r.path, (r.handler)())
+        })
+}
+
+/// The OpenAPI 3.0 document of the API (also served at `GET /openapi.json`).
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
 }
 
 /// Counts `postrider_http_requests_total{route,status}` with the route template as label

@@ -3,20 +3,23 @@
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use postrider_core::{MessageId, QueuedMessage, RecipientStatus, SmtpReply, Timestamp};
-use postrider_store::StoreError;
+use postrider_store::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, StoreError};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use crate::ApiState;
+use crate::auth::Principal;
 use crate::compose::{ComposeContext, Composed, compose};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ClientAddr, JsonBody, decode};
+use crate::extract::{ClientAddr, JsonBody, RawJsonBody, decode};
 
 /// `202` body of an accepted message.
 #[derive(Debug, Serialize)]
@@ -89,19 +92,136 @@ async fn enqueue(state: &ApiState, composed: Composed) -> Result<Accepted, ApiEr
     })
 }
 
-/// `POST /v1/messages`.
-pub(crate) async fn send_message(
-    State(state): State<ApiState>,
-    client: ClientAddr,
-    JsonBody(value): JsonBody,
-) -> Result<Response, ApiError> {
-    let composed = compose(value, &context(&state, client))?;
-    let accepted = enqueue(&state, composed).await?;
-    let mut response = (StatusCode::ACCEPTED, Json(&accepted)).into_response();
+/// Header carrying a client's idempotency key on `POST /v1/messages`.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Response header set (`true`) when an answer is a replay of an earlier submission.
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// What the store keeps with an idempotency key to rebuild the first answer on a replay.
+#[derive(Serialize, Deserialize)]
+struct StoredReply {
+    state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters; `None` when absent.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::invalid(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ),
+        )
+    };
+    let text = value.to_str().map_err(|_| invalid())?;
+    if text.is_empty()
+        || text.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !text.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid());
+    }
+    Ok(Some(text.to_owned()))
+}
+
+fn accepted_response(accepted: &Accepted, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{}", accepted.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    Ok(response)
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// `POST /v1/messages`. With an `Idempotency-Key` header, a retry with the same key and the
+/// same body (SHA-256 of the raw bytes) within the key lifetime answers like the first call
+/// (plus `Idempotent-Replayed: true`) and queues nothing; another body is a 409.
+pub(crate) async fn send_message(
+    State(state): State<ApiState>,
+    client: ClientAddr,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    RawJsonBody { value, bytes }: RawJsonBody,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let composed = compose(value, &context(&state, client))?;
+    let Some(key) = key else {
+        let accepted = enqueue(&state, composed).await?;
+        return Ok(accepted_response(&accepted, false));
+    };
+    let label = composed.state();
+    let message_id = composed.message_id;
+    let recipients = composed.message.envelope.recipients().len();
+    let now = composed.message.received_at;
+    let reply = serde_json::to_string(&StoredReply {
+        state: label.to_owned(),
+        message_id: message_id.clone(),
+    })
+    .unwrap_or_default();
+    let scope = principal.map_or_else(|| "loopback".to_owned(), |Extension(p)| p.name);
+    let request = IdempotencyKey {
+        scope,
+        key,
+        body_sha256: Sha256::digest(&bytes).into(),
+        reply,
+        valid_after: Timestamp::from_millis(now.as_millis().saturating_sub(
+            u64::try_from(state.settings.idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
+        )),
+    };
+    let result = state
+        .store
+        .enqueue_idempotent(composed.message, request)
+        .await
+        .map_err(|e| store_error(e, "enqueue"))?;
+    match result {
+        EnqueueResult::Created(id) => {
+            state
+                .metrics
+                .messages_accepted
+                .with_label_values(&["http"])
+                .inc();
+            tracing::info!(%id, recipients, state = label, "message accepted over http (idempotency key)");
+            Ok(accepted_response(
+                &Accepted {
+                    id,
+                    state: label,
+                    message_id,
+                },
+                false,
+            ))
+        }
+        EnqueueResult::Replayed { id, reply } => {
+            let stored: Option<StoredReply> = serde_json::from_str(&reply).ok();
+            let state_label = match stored.as_ref().map(|r| r.state.as_str()) {
+                Some("scheduled") => "scheduled",
+                _ => "queued",
+            };
+            tracing::info!(%id, "idempotent submission replayed");
+            Ok(accepted_response(
+                &Accepted {
+                    id,
+                    state: state_label,
+                    message_id: stored.and_then(|r| r.message_id),
+                },
+                true,
+            ))
+        }
+        EnqueueResult::Conflict => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+        )
+        .with_field("Idempotency-Key")),
+    }
 }
 
 #[derive(Deserialize)]

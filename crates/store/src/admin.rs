@@ -235,7 +235,7 @@ impl Store {
                 .insert(&id_bytes[..], codec::encode_message(&new)?);
             match self.apply_plan(&plan)? {
                 Verdict::Applied => return Ok(Some(plan)),
-                Verdict::RecordChanged | Verdict::NotScheduled => continue,
+                Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
             }
         }
         Err(StoreError::Conflict(id))
@@ -416,7 +416,7 @@ impl Store {
                     tracing::info!(%id, "message deleted");
                     return Ok(());
                 }
-                Verdict::RecordChanged | Verdict::NotScheduled => continue,
+                Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
             }
         }
         Err(StoreError::Conflict(id))
@@ -467,7 +467,9 @@ impl Store {
                 tracing::info!(%id, finished = update.next_attempt_at.is_none(), "message completed by operator");
                 Ok(notes.iter().map(|n| n.id).collect())
             }
-            Verdict::RecordChanged | Verdict::NotScheduled => Err(StoreError::Conflict(id)),
+            Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => {
+                Err(StoreError::Conflict(id))
+            }
         }
     }
 
@@ -531,7 +533,7 @@ impl Store {
             }
             match self.apply_plan(&plan)? {
                 Verdict::Applied => return Ok(drops),
-                Verdict::RecordChanged | Verdict::NotScheduled => continue,
+                Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
             }
         }
         Ok(false)

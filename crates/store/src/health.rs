@@ -11,7 +11,13 @@ impl Store {
     /// reopened), while a flush with nothing to write still succeeds, so only a real write tells.
     pub async fn probe_write(&self, now_ms: u64) -> Result<(), StoreError> {
         self.check_writable()?;
-        self.inner.db.insert(PROBE_KEY, &now_ms.to_be_bytes()[..])?;
-        self.inner.commit.durable(&self.inner.db).await
+        let r = self
+            .inner
+            .db
+            .insert(PROBE_KEY, &now_ms.to_be_bytes()[..])
+            .map_err(StoreError::from);
+        self.note_failure(&r);
+        r?;
+        self.durable().await
     }
 }

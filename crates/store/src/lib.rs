@@ -8,7 +8,12 @@
 //! - `schedule`: `be_u64(due_ms) ‖ be_u64(id)` → `()`, so due work is a range scan,
 //! - `finished`: `be_u64(finished_ms) ‖ be_u64(id)` → `()`, for the retention purge,
 //! - `held`: message id → `()`, messages an operator put on hold,
-//! - `meta`: the data-directory format version.
+//! - `meta`: the data-directory format version and the last event sequence number,
+//! - `events`: `be_u64(seq)` → an event (accepted, deferred, delivered, …), see [`Event`],
+//! - `webhook_outbox`: pending webhook deliveries of events, see [`WebhookDelivery`],
+//! - `suppressions`: lowercased address → [`Suppression`],
+//! - `idempotency` / `idempotency_expiry`: idempotency keys of submissions, see
+//!   [`Store::enqueue_idempotent`].
 //!
 //! Every unfinished message that is not held has exactly one `schedule` entry: its next
 //! attempt, or while an attempt is in flight, its lease expiry. Every state change is one sled
@@ -23,22 +28,32 @@
 //!   [`Store::next_due_at`] or [`Store::wait_for_work`].
 //! - Operators: [`Store::list`], [`Store::stats`], [`Store::retry_now`], [`Store::retry_all`],
 //!   [`Store::hold`], [`Store::release`], [`Store::delete`], [`Store::complete_without_lease`],
-//!   and periodically [`Store::purge_finished`].
+//!   and periodically [`Store::purge_finished`], [`Store::purge_events`] and
+//!   [`Store::purge_idempotency`].
+//! - Applications: [`Store::enqueue_idempotent`] (idempotency keys), [`Store::events_after`]
+//!   (the event log, a durable cursor), the suppression list ([`Store::add_suppression`], …;
+//!   hard bounces `5.1.x` are added by `record_attempt`), and the webhook outbox
+//!   ([`Store::set_webhooks`], [`Store::lease_webhook_deliveries`], used by
+//!   `postrider-webhooks`).
 
 mod admin;
 mod codec;
 mod commit;
 mod error;
+mod events;
 mod health;
+mod idempotency;
 mod keys;
+mod outbox;
 mod plan;
 mod queue;
+mod suppress;
 #[cfg(test)]
 mod test_support;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use postrider_core::{MessageId, NewMessage, QueuedMessage, Timestamp};
@@ -47,6 +62,12 @@ use tokio::sync::Notify;
 
 pub use admin::{ListFilter, ListPage, MAX_LIST_LIMIT, MAX_LIST_SCAN, MAX_TOP_DOMAINS, QueueStats};
 pub use error::StoreError;
+pub use events::{Event, EventKind, MAX_EVENTS_PAGE, WebhookSubscription};
+pub use idempotency::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
+pub use outbox::{MAX_OUTBOX_LEASE, WebhookDelivery};
+pub use suppress::{
+    MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, is_hard_bounce, suppression_key,
+};
 
 use crate::codec::{DATA_FORMAT_VERSION, FORMAT_VERSION_KEY};
 use crate::commit::GroupCommit;
@@ -100,6 +121,12 @@ pub(crate) struct Trees {
     pub(crate) schedule: sled::Tree,
     pub(crate) finished: sled::Tree,
     pub(crate) held: sled::Tree,
+    pub(crate) meta: sled::Tree,
+    pub(crate) events: sled::Tree,
+    pub(crate) outbox: sled::Tree,
+    pub(crate) suppressions: sled::Tree,
+    pub(crate) idempotency: sled::Tree,
+    pub(crate) idempotency_expiry: sled::Tree,
 }
 
 #[derive(Debug)]
@@ -107,8 +134,12 @@ pub(crate) struct Inner {
     pub(crate) trees: Trees,
     pub(crate) commit: GroupCommit,
     pub(crate) work: Notify,
+    pub(crate) webhook_work: Notify,
+    pub(crate) webhooks: RwLock<Arc<Vec<WebhookSubscription>>>,
     pub(crate) pending: AtomicI64,
     pub(crate) fail_writes: AtomicBool,
+    /// Set by the first write or flush that failed with a storage error (see [`Store::write_failed`]).
+    pub(crate) write_failed: AtomicBool,
     pub(crate) metrics: Metrics,
     /// Declared last: dropped after the trees.
     pub(crate) db: sled::Db,
@@ -160,6 +191,12 @@ impl Store {
             schedule: db.open_tree("schedule")?,
             finished: db.open_tree("finished")?,
             held: db.open_tree("held")?,
+            meta,
+            events: db.open_tree("events")?,
+            outbox: db.open_tree("webhook_outbox")?,
+            suppressions: db.open_tree("suppressions")?,
+            idempotency: db.open_tree("idempotency")?,
+            idempotency_expiry: db.open_tree("idempotency_expiry")?,
         };
         let pending = queue::count_pending(&trees)?;
         metrics.queue_messages.set(pending);
@@ -170,8 +207,11 @@ impl Store {
                 trees,
                 commit,
                 work: Notify::new(),
+                webhook_work: Notify::new(),
+                webhooks: RwLock::new(Arc::new(Vec::new())),
                 pending: AtomicI64::new(pending),
                 fail_writes: AtomicBool::new(false),
+                write_failed: AtomicBool::new(false),
                 metrics,
                 db,
             }),
@@ -269,7 +309,23 @@ impl Store {
 
     /// Shared by the write paths: make durable and wake the scheduler when needed.
     pub(crate) async fn durable(&self) -> Result<()> {
-        self.inner.commit.durable(&self.inner.db).await
+        let r = self.inner.commit.durable(&self.inner.db).await;
+        self.note_failure(&r);
+        r
+    }
+
+    /// Remembers a storage failure (I/O error, full disk) for [`Store::write_failed`].
+    pub(crate) fn note_failure<T>(&self, r: &Result<T>) {
+        if let Err(StoreError::Sled(_)) = r {
+            self.inner.write_failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether any write or flush has failed with a storage error since the store was opened.
+    /// sled may refuse further writes after such an error even once space is back, so the binary
+    /// uses this to decide when to reopen the store.
+    pub fn write_failed(&self) -> bool {
+        self.inner.write_failed.load(Ordering::Relaxed)
     }
 }
 

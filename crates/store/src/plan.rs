@@ -2,14 +2,23 @@
 //! transaction. Plans are computed outside the transaction (decoding and JSON encoding happen
 //! once), so the transaction closure only checks preconditions and applies batches: it is
 //! side-effect free and cheap to re-run on conflict.
+//!
+//! The few writes that depend on what is in the database at commit time also happen inside:
+//! event sequence numbers (a counter in `meta`; sled runs transactions one at a time, so
+//! sequence order is commit order), webhook outbox entries keyed by those numbers,
+//! suppressions added only when absent, and the idempotency-key check.
 
 use std::convert::Infallible;
 
+use postrider_core::Timestamp;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, IVec, Transactional};
 
 use crate::Trees;
 use crate::error::{Result, StoreError};
+use crate::events::{EVENT_SEQ_KEY, PendingEvent, WebhookSubscription};
+use crate::idempotency::decode_record;
+use crate::outbox::{OutboxKey, OutboxRecord, encode_outbox};
 
 /// Writes to apply atomically, and what must still hold for them to apply.
 #[derive(Debug, Default)]
@@ -23,14 +32,33 @@ pub(crate) struct Plan {
     pub(crate) schedule: Batch,
     pub(crate) finished: Batch,
     pub(crate) held: Batch,
+    /// Events to append (sequence numbers are assigned inside the transaction).
+    pub(crate) events: Vec<PendingEvent>,
+    /// Suppressions `(key, value)` to add unless the address is already listed.
+    pub(crate) suppress_if_absent: Vec<(IVec, IVec)>,
+    /// An idempotency key to check and record.
+    pub(crate) idempotency: Option<IdempotencyWrite>,
     /// Change of the pending-message count once applied.
     pub(crate) pending_delta: i64,
     /// Whether the scheduler should be woken once applied (new or earlier schedule entries).
     pub(crate) wakes: bool,
 }
 
+/// The idempotency part of a plan.
+#[derive(Debug)]
+pub(crate) struct IdempotencyWrite {
+    /// Record key in `idempotency`.
+    pub(crate) key: IVec,
+    /// The new record.
+    pub(crate) value: IVec,
+    /// Its entry in `idempotency_expiry`.
+    pub(crate) expiry_key: IVec,
+    /// Existing records created before this have expired and are replaced.
+    pub(crate) valid_after: Timestamp,
+}
+
 /// What happened to a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Every write was applied.
     Applied,
@@ -38,18 +66,47 @@ pub(crate) enum Verdict {
     RecordChanged,
     /// The expected schedule entry was gone; nothing was written.
     NotScheduled,
+    /// The idempotency key is live; nothing was written. The existing record's bytes.
+    Idempotent(IVec),
 }
 
-/// Applies `plan` in one transaction over every tree.
-pub(crate) fn apply(trees: &Trees, plan: &Plan) -> Result<Verdict> {
+/// Applies `plan` in one transaction over every tree. `webhooks` route the plan's events into
+/// the outbox (entries due at `now`).
+pub(crate) fn apply(
+    trees: &Trees,
+    plan: &Plan,
+    webhooks: &[WebhookSubscription],
+    now: Timestamp,
+) -> Result<Verdict> {
+    // Outbox values depend only on the webhook: encode them once, outside.
+    let outbox_values = if plan.events.is_empty() {
+        Vec::new()
+    } else {
+        webhooks
+            .iter()
+            .map(|w| {
+                encode_outbox(&OutboxRecord {
+                    url: w.url.clone(),
+                    attempts: 0,
+                    first_at: now,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
     let tuple = (
         &trees.messages,
         &trees.bodies,
         &trees.schedule,
         &trees.finished,
         &trees.held,
+        &trees.meta,
+        &trees.events,
+        &trees.outbox,
+        &trees.suppressions,
+        &trees.idempotency,
+        &trees.idempotency_expiry,
     );
-    let result = tuple.transaction(|(m, b, s, f, h)| {
+    let result = tuple.transaction(|(m, b, s, f, h, meta, ev, ob, sup, idem, idem_exp)| {
         if let Some((key, expected)) = &plan.expect_record
             && m.get(key)? != *expected
         {
@@ -60,11 +117,55 @@ pub(crate) fn apply(trees: &Trees, plan: &Plan) -> Result<Verdict> {
         {
             return Ok(Verdict::NotScheduled);
         }
+        if let Some(w) = &plan.idempotency {
+            if let Some(existing) = idem.get(&w.key)? {
+                match decode_record(&w.key, &existing) {
+                    Ok(r) if r.created_at >= w.valid_after => {
+                        return Ok(Verdict::Idempotent(existing));
+                    }
+                    Ok(r) => {
+                        let mut old = r.created_at.as_millis().to_be_bytes().to_vec();
+                        old.extend_from_slice(&w.key);
+                        idem_exp.remove(old)?;
+                    }
+                    // An unreadable record is replaced.
+                    Err(_) => {}
+                }
+            }
+            idem.insert(&w.key, w.value.clone())?;
+            idem_exp.insert(&w.expiry_key, &[][..])?;
+        }
         m.apply_batch(&plan.messages)?;
         b.apply_batch(&plan.bodies)?;
         s.apply_batch(&plan.schedule)?;
         f.apply_batch(&plan.finished)?;
         h.apply_batch(&plan.held)?;
+        for (key, value) in &plan.suppress_if_absent {
+            if sup.get(key)?.is_none() {
+                sup.insert(key, value.clone())?;
+            }
+        }
+        if !plan.events.is_empty() {
+            let mut seq = meta
+                .get(EVENT_SEQ_KEY)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map_or(0, u64::from_be_bytes);
+            for event in &plan.events {
+                seq = seq.saturating_add(1);
+                ev.insert(&seq.to_be_bytes()[..], event.value.clone())?;
+                for (index, (hook, value)) in webhooks.iter().zip(&outbox_values).enumerate() {
+                    if hook.wants(event.kind) {
+                        let key = OutboxKey {
+                            due: now,
+                            seq,
+                            webhook: u32::try_from(index).unwrap_or(u32::MAX),
+                        };
+                        ob.insert(&key.to_bytes()[..], value.clone())?;
+                    }
+                }
+            }
+            meta.insert(EVENT_SEQ_KEY, &seq.to_be_bytes()[..])?;
+        }
         Ok::<_, ConflictableTransactionError<Infallible>>(Verdict::Applied)
     });
     match result {
@@ -72,4 +173,11 @@ pub(crate) fn apply(trees: &Trees, plan: &Plan) -> Result<Verdict> {
         Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
         Err(TransactionError::Abort(never)) => match never {},
     }
+}
+
+/// Whether applying `plan` writes outbox entries for `webhooks`.
+pub(crate) fn feeds_outbox(plan: &Plan, webhooks: &[WebhookSubscription]) -> bool {
+    plan.events
+        .iter()
+        .any(|e| webhooks.iter().any(|w| w.wants(e.kind)))
 }

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use postrider_core::{MessageId, NewMessage, QueuedMessage, Timestamp};
+use postrider_core::{MessageId, NewMessage, QueuedMessage, RecipientState, Timestamp};
 use sled::IVec;
 
 use crate::codec::{self, StoredMessage};
 use crate::error::{Result, StoreError};
+use crate::events::{PendingEvent, attempt_events, enqueue_events};
 use crate::keys::{TimeKey, id_key};
 use crate::plan::{Plan, Verdict};
 use crate::{AttemptUpdate, Lease, RecordOutcome, Store, Trees, clock_now, lease_expiry};
@@ -21,18 +22,28 @@ pub(crate) struct PreparedNew {
     pub(crate) id: MessageId,
     record: IVec,
     body: IVec,
+    /// The schedule entry, or, when every recipient is suppressed, the finished-index entry.
     due: TimeKey,
+    /// Every recipient is suppressed: the message is finished at enqueue.
+    finished: bool,
+    events: Vec<PendingEvent>,
 }
 
 impl PreparedNew {
-    /// Adds the record, body and schedule entry to `plan`.
+    /// Adds the record, body and schedule entry (or, when finished at enqueue, the finished
+    /// entry) and the message's events to `plan`.
     pub(crate) fn add_to(&self, plan: &mut Plan) {
         let key = id_key(self.id);
         plan.messages.insert(&key[..], self.record.clone());
-        plan.bodies.insert(&key[..], self.body.clone());
-        plan.schedule.insert(&self.due.to_bytes()[..], &[][..]);
-        plan.pending_delta += 1;
-        plan.wakes = true;
+        if self.finished {
+            plan.finished.insert(&self.due.to_bytes()[..], &[][..]);
+        } else {
+            plan.bodies.insert(&key[..], self.body.clone());
+            plan.schedule.insert(&self.due.to_bytes()[..], &[][..]);
+            plan.pending_delta += 1;
+            plan.wakes = true;
+        }
+        plan.events.extend(self.events.iter().cloned());
     }
 }
 
@@ -60,25 +71,51 @@ impl Store {
     pub(crate) fn prepare_new(&self, msg: &NewMessage) -> Result<PreparedNew> {
         // sled ids start at 0; ours start at 1 so that 0 never names a message.
         let id = MessageId::from_u64(self.inner.db.generate_id()?.saturating_add(1));
-        let due = msg.first_attempt_at();
+        let mut message = QueuedMessage::new(id, msg);
+        // Suppressed addresses are never attempted. (Checked before the transaction: an
+        // address listed concurrently may still get this one message.)
+        if !self.inner.trees.suppressions.is_empty() {
+            for r in &mut message.recipients {
+                if self.is_suppressed(&r.request.address)? {
+                    r.state = RecipientState::Suppressed;
+                }
+            }
+        }
+        let finished = message.is_finished();
+        let due = if finished {
+            message.next_attempt_at = None;
+            message.finished_at = Some(msg.received_at);
+            msg.received_at
+        } else {
+            msg.first_attempt_at()
+        };
         let record = StoredMessage {
-            schedule_at: Some(due),
+            schedule_at: (!finished).then_some(due),
             lease_until: None,
-            message: QueuedMessage::new(id, msg),
+            message,
         };
         Ok(PreparedNew {
             id,
+            events: enqueue_events(&record.message)?,
             record: codec::encode_message(&record)?.into(),
             body: codec::encode_body(&msg.body).into(),
             due: TimeKey::new(due, id),
+            finished,
         })
     }
 
-    /// Applies a plan and, when applied, updates the pending count.
+    /// Applies a plan and, when applied, updates the pending count and wakes the webhook
+    /// dispatcher when outbox entries were written.
     pub(crate) fn apply_plan(&self, plan: &Plan) -> Result<Verdict> {
-        let verdict = crate::plan::apply(&self.inner.trees, plan)?;
+        let webhooks = self.webhooks();
+        let result = crate::plan::apply(&self.inner.trees, plan, &webhooks, clock_now());
+        self.note_failure(&result);
+        let verdict = result?;
         if verdict == Verdict::Applied {
             self.add_pending(plan.pending_delta);
+            if crate::plan::feeds_outbox(plan, &webhooks) {
+                self.inner.webhook_work.notify_one();
+            }
         }
         Ok(verdict)
     }
@@ -193,7 +230,7 @@ impl Store {
             match self.apply_plan(&plan)? {
                 Verdict::Applied => return Ok(leased),
                 Verdict::NotScheduled => return Ok(None),
-                Verdict::RecordChanged => continue,
+                Verdict::RecordChanged | Verdict::Idempotent(_) => continue,
             }
         }
         Ok(None)
@@ -243,7 +280,7 @@ impl Store {
                     });
                 }
                 Verdict::NotScheduled => return Ok(RecordOutcome::LeaseLost),
-                Verdict::RecordChanged => continue,
+                Verdict::RecordChanged | Verdict::Idempotent(_) => continue,
             }
         }
         Err(StoreError::Conflict(id))
@@ -263,6 +300,9 @@ pub(crate) fn plan_outcome(
     let held = current.message.held;
     let mut message = update.message.clone();
     message.id = id;
+    plan.events
+        .extend(attempt_events(&current.message, &message, finished_at)?);
+    crate::suppress::plan_hard_bounces(plan, &current.message, &message, finished_at)?;
     let mut rec = StoredMessage {
         schedule_at: None,
         lease_until: None,

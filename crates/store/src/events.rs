@@ -1,0 +1,604 @@
+//! The append-only event log (tree `events`) and the webhook subscriptions that route events
+//! into the outbox.
+//!
+//! Events are written in the same transaction as the state change that causes them. Their
+//! sequence number is taken from a counter in `meta` (`event_seq`) inside that transaction, and
+//! sled runs transactions one at a time, so sequence order is commit order: a reader that has
+//! seen `seq = n` will never later find a new event below `n`. That makes `seq` a durable cursor.
+
+use std::collections::BTreeMap;
+
+use postrider_core::{
+    MessageId, QueuedMessage, RecipientState, RecipientStatus, SmtpReply, Source, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use sled::IVec;
+
+use crate::Store;
+use crate::error::{Result, StoreError};
+use crate::keys::hex;
+
+/// The newest event-record version this build writes and reads.
+pub(crate) const EVENT_RECORD_VERSION: u8 = 1;
+/// Key of the last used event sequence number in the `meta` tree (`be_u64`).
+pub(crate) const EVENT_SEQ_KEY: &[u8] = b"event_seq";
+/// Most events returned by one [`Store::events_after`] call.
+pub const MAX_EVENTS_PAGE: usize = 1000;
+/// Events examined per purge round.
+const PURGE_BATCH: usize = 1024;
+
+/// What happened. The serde form (lowercase) is the `type` of the event in the API and webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A message was durably queued (one event per message, no recipient).
+    Accepted,
+    /// An attempt for a recipient failed transiently; it will be retried.
+    Deferred,
+    /// A recipient's server accepted the message.
+    Delivered,
+    /// A recipient failed permanently (5xx).
+    Bounced,
+    /// A recipient was not attempted because its address is on the suppression list.
+    Suppressed,
+    /// A recipient was given up after the maximum queue lifetime (its last reply was transient).
+    Expired,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Accepted,
+        EventKind::Deferred,
+        EventKind::Delivered,
+        EventKind::Bounced,
+        EventKind::Suppressed,
+        EventKind::Expired,
+    ];
+
+    /// Stable label (`accepted`, `deferred`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Deferred => "deferred",
+            EventKind::Delivered => "delivered",
+            EventKind::Bounced => "bounced",
+            EventKind::Suppressed => "suppressed",
+            EventKind::Expired => "expired",
+        }
+    }
+
+    /// Parses a label as written in configuration and query strings.
+    pub fn parse(label: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == label)
+    }
+}
+
+/// The stored part of an event (everything but its sequence number, which is the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EventRecord {
+    #[serde(rename = "type")]
+    pub(crate) kind: EventKind,
+    pub(crate) message_id: MessageId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) recipient: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reply: Option<SmtpReply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) mx_host: Option<String>,
+    pub(crate) source: Source,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) at: Timestamp,
+}
+
+/// One event of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the log: strictly increasing in commit order; the paging cursor.
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The message concerned.
+    pub message_id: MessageId,
+    /// The recipient concerned (absent for `accepted`).
+    pub recipient: Option<String>,
+    /// The reply that caused the event (delivered, deferred, bounced, expired).
+    pub reply: Option<SmtpReply>,
+    /// The MX host that answered, when a server was reached.
+    pub mx_host: Option<String>,
+    /// How the message was submitted.
+    pub source: Source,
+    /// The submitter's tags.
+    pub tags: Vec<String>,
+    /// The submitter's metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// When it happened.
+    pub at: Timestamp,
+}
+
+impl Event {
+    fn from_record(seq: u64, r: EventRecord) -> Event {
+        Event {
+            seq,
+            kind: r.kind,
+            message_id: r.message_id,
+            recipient: r.recipient,
+            reply: r.reply,
+            mx_host: r.mx_host,
+            source: r.source,
+            tags: r.tags,
+            metadata: r.metadata,
+            at: r.at,
+        }
+    }
+
+    /// The JSON shown by `GET /v1/events` and POSTed to webhooks:
+    /// `{seq, type, message_id, recipient?, reply?: {code, enhanced?, text}, mx_host?, source,
+    /// tags, metadata, at (RFC 3339)}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "seq": self.seq,
+            "type": self.kind.as_str(),
+            "message_id": self.message_id.to_string(),
+            "source": self.source.as_str(),
+            "tags": self.tags,
+            "metadata": self.metadata,
+            "at": self.at.to_rfc3339(),
+        });
+        if let Some(obj) = v.as_object_mut() {
+            if let Some(r) = &self.recipient {
+                obj.insert("recipient".into(), r.clone().into());
+            }
+            if let Some(reply) = &self.reply {
+                let mut rv = serde_json::json!({ "code": reply.code, "text": reply.text });
+                if let (Some(e), Some(o)) = (reply.enhanced, rv.as_object_mut()) {
+                    o.insert("enhanced".into(), e.to_string().into());
+                }
+                obj.insert("reply".into(), rv);
+            }
+            if let Some(h) = &self.mx_host {
+                obj.insert("mx_host".into(), h.clone().into());
+            }
+        }
+        v
+    }
+}
+
+/// An event planned outside a transaction: its kind (for webhook routing) and encoded value.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingEvent {
+    pub(crate) kind: EventKind,
+    pub(crate) value: IVec,
+}
+
+/// Encodes an event record in the current version.
+pub(crate) fn encode_event(record: &EventRecord) -> Result<IVec> {
+    let mut out = Vec::with_capacity(256);
+    out.push(EVENT_RECORD_VERSION);
+    serde_json::to_writer(&mut out, record).map_err(|e| StoreError::Corrupt {
+        tree: "events",
+        key: record.message_id.to_string(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    Ok(out.into())
+}
+
+/// Decodes an event record of any known version.
+pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<EventRecord> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree: "events",
+        key: hex(key),
+        reason,
+    };
+    match bytes.split_first() {
+        Some((&1, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
+        }
+        Some((&0, _)) | None => Err(corrupt("missing or zero format version".into())),
+        Some((&v, _)) => Err(StoreError::UnknownFormat {
+            tree: "events",
+            found: u32::from(v),
+            supported: u32::from(EVENT_RECORD_VERSION),
+        }),
+    }
+}
+
+fn record_for(
+    m: &QueuedMessage,
+    kind: EventKind,
+    r: Option<&RecipientStatus>,
+    at: Timestamp,
+) -> EventRecord {
+    EventRecord {
+        kind,
+        message_id: m.id,
+        recipient: r.map(|r| r.request.address.to_string()),
+        reply: r.and_then(|r| r.last_reply.clone()),
+        mx_host: r.and_then(|r| r.mx_host.clone()),
+        source: m.source,
+        tags: m.tags.clone(),
+        metadata: m.metadata.clone(),
+        at,
+    }
+}
+
+/// Events of a newly queued message: `accepted`, then `suppressed` per suppressed recipient.
+pub(crate) fn enqueue_events(m: &QueuedMessage) -> Result<Vec<PendingEvent>> {
+    let mut out = vec![PendingEvent {
+        kind: EventKind::Accepted,
+        value: encode_event(&record_for(m, EventKind::Accepted, None, m.received_at))?,
+    }];
+    for r in m
+        .recipients
+        .iter()
+        .filter(|r| r.state == RecipientState::Suppressed)
+    {
+        out.push(PendingEvent {
+            kind: EventKind::Suppressed,
+            value: encode_event(&record_for(
+                m,
+                EventKind::Suppressed,
+                Some(r),
+                m.received_at,
+            ))?,
+        });
+    }
+    Ok(out)
+}
+
+/// The event kind of a recipient whose state went from `before` to `after` in an attempt, if
+/// the change is worth an event. A recipient deferred again (more attempts) is a new `deferred`.
+/// A bounce whose last reply is not permanent (4xx, or none) is a give-up after the maximum
+/// queue lifetime: `expired`.
+pub(crate) fn transition_kind(
+    before: &RecipientStatus,
+    after: &RecipientStatus,
+) -> Option<EventKind> {
+    let changed = before.state != after.state
+        || before.attempts != after.attempts
+        || before.last_attempt_at != after.last_attempt_at;
+    if !changed {
+        return None;
+    }
+    match after.state {
+        RecipientState::Queued => None,
+        RecipientState::Deferred => Some(EventKind::Deferred),
+        RecipientState::Delivered if before.state != RecipientState::Delivered => {
+            Some(EventKind::Delivered)
+        }
+        RecipientState::Bounced if before.state != RecipientState::Bounced => {
+            match after.last_reply.as_ref() {
+                Some(reply) if reply.code >= 500 => Some(EventKind::Bounced),
+                _ => Some(EventKind::Expired),
+            }
+        }
+        RecipientState::Suppressed if before.state != RecipientState::Suppressed => {
+            Some(EventKind::Suppressed)
+        }
+        _ => None,
+    }
+}
+
+/// Events for the recipients of `before` that changed in `after` (matched by position).
+pub(crate) fn attempt_events(
+    before: &QueuedMessage,
+    after: &QueuedMessage,
+    now: Timestamp,
+) -> Result<Vec<PendingEvent>> {
+    let mut out = Vec::new();
+    for (old, new) in before.recipients.iter().zip(&after.recipients) {
+        if let Some(kind) = transition_kind(old, new) {
+            let at = new.last_attempt_at.unwrap_or(now);
+            out.push(PendingEvent {
+                kind,
+                value: encode_event(&record_for(after, kind, Some(new), at))?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A webhook as the store sees it: which events go into its outbox, and its URL (kept in each
+/// outbox entry so that a changed configuration does not send old entries to a new endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSubscription {
+    /// The endpoint.
+    pub url: String,
+    /// Event kinds to deliver; an empty list means every kind.
+    pub events: Vec<EventKind>,
+}
+
+impl WebhookSubscription {
+    /// Whether events of `kind` go to this webhook.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.is_empty() || self.events.contains(&kind)
+    }
+}
+
+impl Store {
+    /// Events with `seq > after`, oldest first, at most `limit` (capped at [`MAX_EVENTS_PAGE`]).
+    /// Unreadable records are skipped (and logged).
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let limit = limit.min(MAX_EVENTS_PAGE);
+        let start = after.saturating_add(1).to_be_bytes();
+        let mut out = Vec::with_capacity(limit.min(64));
+        if after == u64::MAX {
+            return Ok(out);
+        }
+        for item in self.inner.trees.events.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            let Some(seq) = seq_of(&key) else { continue };
+            match decode_event(&key, &value) {
+                Ok(r) => out.push(Event::from_record(seq, r)),
+                Err(e) => tracing::warn!(seq, error = %e, "unreadable event skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One event by sequence number.
+    pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        let key = seq.to_be_bytes();
+        match self.inner.trees.events.get(key)? {
+            Some(v) => Ok(Some(Event::from_record(seq, decode_event(&key, &v)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The sequence number of the newest event (0 when none was ever written).
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .inner
+            .trees
+            .meta
+            .get(EVENT_SEQ_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Drops events that happened before `before` (the retention cut-off), oldest first; stops
+    /// at the first newer one. Returns how many were dropped. Not flushed by itself (a lost
+    /// purge is redone). Cost: O(purged events).
+    pub fn purge_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.check_writable()?;
+        let mut purged = 0u64;
+        loop {
+            let batch = self
+                .inner
+                .trees
+                .events
+                .iter()
+                .take(PURGE_BATCH)
+                .collect::<Result<Vec<(IVec, IVec)>, sled::Error>>()?;
+            let mut done = batch.len() < PURGE_BATCH;
+            let mut removals = sled::Batch::default();
+            let mut count = 0u64;
+            for (key, value) in &batch {
+                match decode_event(key, value) {
+                    Ok(r) if r.at >= before => {
+                        done = true;
+                        break;
+                    }
+                    // Old and unreadable records alike are dropped.
+                    _ => {
+                        removals.remove(key.clone());
+                        count += 1;
+                    }
+                }
+            }
+            self.inner.trees.events.apply_batch(removals)?;
+            purged += count;
+            if done || count == 0 {
+                break;
+            }
+        }
+        tracing::debug!(purged, before = %before, "old events purged");
+        Ok(purged)
+    }
+
+    /// Sets the webhooks whose subscribed events are written to the outbox from now on
+    /// (index in this list = webhook index in outbox keys). Call once at start-up, before
+    /// submissions are accepted, so no event misses its outbox entry.
+    pub fn set_webhooks(&self, webhooks: Vec<WebhookSubscription>) {
+        let mut guard = match self.inner.webhooks.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = std::sync::Arc::new(webhooks);
+    }
+
+    /// The webhooks set by [`Store::set_webhooks`].
+    pub(crate) fn webhooks(&self) -> std::sync::Arc<Vec<WebhookSubscription>> {
+        match self.inner.webhooks.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Decodes an 8-byte event key.
+pub(crate) fn seq_of(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::{IdempotencyRecord, decode_record, encode_record};
+    use crate::outbox::{OutboxKey, OutboxRecord, decode_outbox, encode_outbox};
+    use crate::suppress::{Suppression, SuppressionReason, decode_suppression, encode_suppression};
+
+    fn sample_event() -> EventRecord {
+        EventRecord {
+            kind: EventKind::Bounced,
+            message_id: MessageId::from_u64(0x1234),
+            recipient: Some("alice@example.net".into()),
+            reply: Some(SmtpReply::new(550, "5.1.1 no such user")),
+            mx_host: Some("mx1.example.net".into()),
+            source: Source::Http,
+            tags: vec!["newsletter".into()],
+            metadata: BTreeMap::from([("campaign".to_string(), "c-7".to_string())]),
+            at: Timestamp::from_millis(1_795_411_200_000),
+        }
+    }
+
+    fn sample_suppression() -> Suppression {
+        Suppression {
+            address: "alice@example.net".into(),
+            reason: SuppressionReason::HardBounce,
+            created_at: Timestamp::from_millis(1_795_411_200_000),
+            source_message: Some(MessageId::from_u64(0x1234)),
+            reply: Some(SmtpReply::new(550, "5.1.1 no such user")),
+        }
+    }
+
+    fn sample_idempotency() -> IdempotencyRecord {
+        IdempotencyRecord {
+            message_id: MessageId::from_u64(0x1234),
+            body_sha256: "ab".repeat(32),
+            created_at: Timestamp::from_millis(1_795_411_197_123),
+            reply: "{\"state\":\"queued\"}".into(),
+        }
+    }
+
+    fn sample_outbox() -> OutboxRecord {
+        OutboxRecord {
+            url: "https://hooks.example.com/postrider".into(),
+            attempts: 2,
+            first_at: Timestamp::from_millis(1_795_411_200_000),
+        }
+    }
+
+    /// Golden fixtures of the version-1 event, suppression, idempotency and outbox records
+    /// (created once with `POSTRIDER_WRITE_FIXTURES=1`, never changed).
+    #[test]
+    fn golden_fixtures_of_feature_records_decode() {
+        let dir = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../migrations-free-data/v1"
+        ));
+        let write = std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some();
+        let fixtures: [(&str, Vec<u8>); 4] = [
+            (
+                "event-record.bin",
+                encode_event(&sample_event()).unwrap().to_vec(),
+            ),
+            (
+                "suppression-record.bin",
+                encode_suppression(&sample_suppression()).unwrap().to_vec(),
+            ),
+            (
+                "idempotency-record.bin",
+                encode_record(&sample_idempotency()).unwrap().to_vec(),
+            ),
+            (
+                "outbox-record.bin",
+                encode_outbox(&sample_outbox()).unwrap().to_vec(),
+            ),
+        ];
+        for (name, bytes) in &fixtures {
+            let path = dir.join(name);
+            if write && !path.exists() {
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
+            })
+        };
+        assert_eq!(
+            decode_event(b"k", &read("event-record.bin")).unwrap(),
+            sample_event()
+        );
+        assert_eq!(
+            decode_suppression(b"k", &read("suppression-record.bin")).unwrap(),
+            sample_suppression()
+        );
+        assert_eq!(
+            decode_record(b"k", &read("idempotency-record.bin")).unwrap(),
+            sample_idempotency()
+        );
+        assert_eq!(
+            decode_outbox(b"k", &read("outbox-record.bin")).unwrap(),
+            sample_outbox()
+        );
+        // Newer versions are refused, per record.
+        let mut newer = read("event-record.bin");
+        newer[0] = 2;
+        assert!(matches!(
+            decode_event(b"k", &newer),
+            Err(StoreError::UnknownFormat {
+                tree: "events",
+                found: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn outbox_keys_round_trip_in_time_order() {
+        let k = OutboxKey {
+            due: Timestamp::from_millis(5),
+            seq: 9,
+            webhook: 2,
+        };
+        assert_eq!(OutboxKey::from_bytes(&k.to_bytes()), Some(k));
+        assert_eq!(OutboxKey::from_bytes(&[0; 19]), None);
+        let later = OutboxKey {
+            due: Timestamp::from_millis(256),
+            seq: 1,
+            webhook: 0,
+        };
+        assert!(k.to_bytes() < later.to_bytes());
+    }
+
+    #[test]
+    fn transitions_name_the_right_event() {
+        use postrider_core::{Address, RecipientRequest};
+        let base = RecipientStatus::new(RecipientRequest::new(Address::parse("a@x.test").unwrap()));
+        let with = |state, code: Option<u16>, attempts| RecipientStatus {
+            state,
+            attempts,
+            last_reply: code.map(|c| SmtpReply::new(c, "x")),
+            ..base.clone()
+        };
+        let q = with(RecipientState::Queued, None, 0);
+        assert_eq!(transition_kind(&q, &q), None);
+        assert_eq!(
+            transition_kind(&q, &with(RecipientState::Deferred, Some(451), 1)),
+            Some(EventKind::Deferred)
+        );
+        let d1 = with(RecipientState::Deferred, Some(451), 1);
+        assert_eq!(
+            transition_kind(&d1, &with(RecipientState::Deferred, Some(451), 2)),
+            Some(EventKind::Deferred)
+        );
+        assert_eq!(
+            transition_kind(&d1, &with(RecipientState::Delivered, Some(250), 2)),
+            Some(EventKind::Delivered)
+        );
+        assert_eq!(
+            transition_kind(&d1, &with(RecipientState::Bounced, Some(550), 2)),
+            Some(EventKind::Bounced)
+        );
+        assert_eq!(
+            transition_kind(&d1, &with(RecipientState::Bounced, Some(451), 1)),
+            Some(EventKind::Expired)
+        );
+        assert_eq!(
+            transition_kind(&q, &with(RecipientState::Bounced, None, 0)),
+            Some(EventKind::Expired)
+        );
+        let b = with(RecipientState::Bounced, Some(550), 1);
+        assert_eq!(transition_kind(&b, &b), None);
+        assert_eq!(EventKind::parse("expired"), Some(EventKind::Expired));
+        assert_eq!(EventKind::parse("nope"), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! The suppression list (tree `suppressions`): addresses that are never attempted again.
+//!
+//! Keys are the address lowercased (UTF-8). Recipients whose bounce carried an enhanced status
+//! `5.1.x` (bad address) are added by [`crate::Store::record_attempt`] in the same transaction;
+//! operators add and remove entries through the API. At enqueue, recipients on the list get the
+//! state [`postrider_core::RecipientState::Suppressed`] and are never attempted.
+
+use postrider_core::{Address, MessageId, SmtpReply, Timestamp};
+use serde::{Deserialize, Serialize};
+use sled::IVec;
+
+use crate::Store;
+use crate::error::{Result, StoreError};
+use crate::keys::hex;
+use crate::plan::Plan;
+
+/// The newest suppression-record version this build writes and reads.
+pub(crate) const SUPPRESSION_RECORD_VERSION: u8 = 1;
+/// Most entries returned by one [`Store::list_suppressions`] call.
+pub const MAX_SUPPRESSIONS_PAGE: usize = 1000;
+
+/// Why an address is suppressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionReason {
+    /// A delivery to it failed with a `5.1.x` status (the address does not exist).
+    HardBounce,
+    /// Added by an operator or application.
+    Manual,
+}
+
+impl SuppressionReason {
+    /// Stable label (`hard_bounce`, `manual`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionReason::HardBounce => "hard_bounce",
+            SuppressionReason::Manual => "manual",
+        }
+    }
+}
+
+/// One suppressed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// The address, lowercased.
+    pub address: String,
+    /// Why it is listed.
+    pub reason: SuppressionReason,
+    /// When it was listed.
+    pub created_at: Timestamp,
+    /// The message whose bounce listed it (hard bounces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_message: Option<MessageId>,
+    /// The bounce reply (hard bounces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<SmtpReply>,
+}
+
+/// The key of an address: its text lowercased.
+pub fn suppression_key(address: &str) -> String {
+    address.trim().to_lowercase()
+}
+
+/// Encodes a suppression record in the current version.
+pub(crate) fn encode_suppression(s: &Suppression) -> Result<IVec> {
+    let mut out = Vec::with_capacity(128);
+    out.push(SUPPRESSION_RECORD_VERSION);
+    serde_json::to_writer(&mut out, s).map_err(|e| StoreError::Corrupt {
+        tree: "suppressions",
+        key: s.address.clone(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    Ok(out.into())
+}
+
+/// Decodes a suppression record of any known version.
+pub(crate) fn decode_suppression(key: &[u8], bytes: &[u8]) -> Result<Suppression> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree: "suppressions",
+        key: hex(key),
+        reason,
+    };
+    match bytes.split_first() {
+        Some((&1, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
+        }
+        Some((&0, _)) | None => Err(corrupt("missing or zero format version".into())),
+        Some((&v, _)) => Err(StoreError::UnknownFormat {
+            tree: "suppressions",
+            found: u32::from(v),
+            supported: u32::from(SUPPRESSION_RECORD_VERSION),
+        }),
+    }
+}
+
+/// Whether a bounce reply means the address itself is bad (`5.1.x`), so it is suppressed.
+pub fn is_hard_bounce(reply: &SmtpReply) -> bool {
+    reply
+        .enhanced
+        .is_some_and(|e| e.class == 5 && e.subject == 1)
+}
+
+impl Store {
+    /// Whether `address` is on the suppression list.
+    pub fn is_suppressed(&self, address: &Address) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .trees
+            .suppressions
+            .contains_key(suppression_key(&address.to_string()))?)
+    }
+
+    /// The entry for `address` (any case), if listed.
+    pub fn suppression(&self, address: &str) -> Result<Option<Suppression>, StoreError> {
+        let key = suppression_key(address);
+        match self.inner.trees.suppressions.get(key.as_bytes())? {
+            Some(v) => decode_suppression(key.as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries in address order after `after` (exclusive), at most `limit` (capped at
+    /// [`MAX_SUPPRESSIONS_PAGE`]). Unreadable entries are skipped (and logged).
+    pub fn list_suppressions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        let limit = limit.min(MAX_SUPPRESSIONS_PAGE);
+        let mut start = after.map(suppression_key).unwrap_or_default().into_bytes();
+        if after.is_some() {
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        for item in self.inner.trees.suppressions.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            match decode_suppression(&key, &value) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::warn!(error = %e, "unreadable suppression skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of listed addresses.
+    pub fn suppression_count(&self) -> usize {
+        self.inner.trees.suppressions.len()
+    }
+
+    /// Lists an address (its `address` is lowercased; the caller has checked it is a valid
+    /// address). Returns `false`, writing nothing, when
+    /// it is already listed. Durable when `Ok`.
+    pub async fn add_suppression(&self, mut entry: Suppression) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        entry.address = suppression_key(&entry.address);
+        let key = entry.address.as_bytes().to_vec();
+        let value = encode_suppression(&entry)?;
+        let added = self
+            .inner
+            .trees
+            .suppressions
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
+            .is_ok();
+        if added {
+            self.durable().await?;
+            tracing::info!(address = %entry.address, reason = entry.reason.as_str(), "address suppressed");
+        }
+        Ok(added)
+    }
+
+    /// Removes an address from the list. Returns whether it was listed. Durable when `Ok`.
+    pub async fn remove_suppression(&self, address: &str) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let key = suppression_key(address);
+        let removed = self
+            .inner
+            .trees
+            .suppressions
+            .remove(key.as_bytes())?
+            .is_some();
+        if removed {
+            self.durable().await?;
+            tracing::info!(address = %key, "address removed from the suppression list");
+        }
+        Ok(removed)
+    }
+}
+
+/// Adds hard-bounce suppressions for `message`'s recipients that newly bounced with `5.1.x`.
+pub(crate) fn plan_hard_bounces(
+    plan: &mut Plan,
+    before: &postrider_core::QueuedMessage,
+    after: &postrider_core::QueuedMessage,
+    now: Timestamp,
+) -> Result<()> {
+    use postrider_core::RecipientState;
+    for (old, new) in before.recipients.iter().zip(&after.recipients) {
+        if old.state == RecipientState::Bounced || new.state != RecipientState::Bounced {
+            continue;
+        }
+        let Some(reply) = new.last_reply.as_ref().filter(|r| is_hard_bounce(r)) else {
+            continue;
+        };
+        let entry = Suppression {
+            address: suppression_key(&new.request.address.to_string()),
+            reason: SuppressionReason::HardBounce,
+            created_at: new.last_attempt_at.unwrap_or(now),
+            source_message: Some(after.id),
+            reply: Some(reply.clone()),
+        };
+        plan.suppress_if_absent
+            .push((entry.address.as_bytes().into(), encode_suppression(&entry)?));
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! Idempotency keys, the event log, the suppression list and the webhook outbox.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use postrider_core::{RecipientState, SmtpReply, Timestamp};
+use postrider_metrics::Metrics;
+use postrider_store::{
+    EnqueueResult, EventKind, IdempotencyKey, Suppression, SuppressionReason, WebhookSubscription,
+};
+
+fn idem(key: &str, body: u8) -> IdempotencyKey {
+    IdempotencyKey {
+        scope: "client-a".into(),
+        key: key.into(),
+        body_sha256: [body; 32],
+        reply: format!("reply-{body}"),
+        valid_after: ts(T0 - 86_400_000),
+    }
+}
+
+fn wall_now() -> Timestamp {
+    Timestamp::from_millis(
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn idempotent_enqueue_replays_conflicts_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q");
+    let metrics = Metrics::new();
+    let store = open_retrying(&path, metrics.clone()).await;
+
+    let first = store
+        .enqueue_idempotent(new_message(&["a@x.test"], T0), idem("k1", 1))
+        .await
+        .unwrap();
+    let EnqueueResult::Created(id) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(store.pending_count(), 1);
+    // Same key, same body: the first id, nothing new.
+    assert_eq!(
+        store
+            .enqueue_idempotent(new_message(&["a@x.test"], T0 + 5), idem("k1", 1))
+            .await
+            .unwrap(),
+        EnqueueResult::Replayed {
+            id,
+            reply: "reply-1".into()
+        }
+    );
+    // Same key, other body: conflict, nothing new.
+    assert_eq!(
+        store
+            .enqueue_idempotent(new_message(&["b@x.test"], T0 + 5), idem("k1", 2))
+            .await
+            .unwrap(),
+        EnqueueResult::Conflict
+    );
+    // The same key in another scope is another key.
+    let other_scope = IdempotencyKey {
+        scope: "client-b".into(),
+        ..idem("k1", 1)
+    };
+    assert!(matches!(
+        store
+            .enqueue_idempotent(new_message(&["a@x.test"], T0), other_scope)
+            .await
+            .unwrap(),
+        EnqueueResult::Created(other) if other != id
+    ));
+    assert_eq!(store.pending_count(), 2);
+
+    // Restart: the key is still there and still answers with the same id.
+    drop(store);
+    let store = open_retrying(&path, Metrics::new()).await;
+    assert_eq!(store.pending_count(), 2);
+    assert_eq!(
+        store
+            .enqueue_idempotent(new_message(&["a@x.test"], T0 + 9), idem("k1", 1))
+            .await
+            .unwrap(),
+        EnqueueResult::Replayed {
+            id,
+            reply: "reply-1".into()
+        }
+    );
+    assert_eq!(store.pending_count(), 2);
+
+    // An expired entry no longer counts: a new message is queued under the key.
+    let later = IdempotencyKey {
+        valid_after: ts(T0 + 1),
+        ..idem("k1", 1)
+    };
+    let again = store
+        .enqueue_idempotent(new_message(&["a@x.test"], T0 + 10), later.clone())
+        .await
+        .unwrap();
+    let EnqueueResult::Created(new_id) = again else {
+        panic!("{again:?}")
+    };
+    assert_ne!(new_id, id);
+    assert_eq!(
+        store
+            .enqueue_idempotent(new_message(&["a@x.test"], T0 + 11), later)
+            .await
+            .unwrap(),
+        EnqueueResult::Replayed {
+            id: new_id,
+            reply: "reply-1".into()
+        }
+    );
+
+    // Purge: entries created before the cut-off go (the replaced one's index entry too).
+    assert_eq!(store.purge_idempotency(ts(T0 + 1)).unwrap(), 1); // client-b's
+    assert_eq!(store.purge_idempotency(ts(T0 + 100)).unwrap(), 1); // the renewed k1
+    assert!(matches!(
+        store
+            .enqueue_idempotent(new_message(&["a@x.test"], T0 + 200), idem("k1", 1))
+            .await
+            .unwrap(),
+        EnqueueResult::Created(_)
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_enqueue_once() {
+    let store = temp_store();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .enqueue_idempotent(new_message(&["a@x.test"], T0), idem("same", 7))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut created = Vec::new();
+    let mut replayed = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            EnqueueResult::Created(id) => created.push(id),
+            EnqueueResult::Replayed { id, .. } => replayed.push(id),
+            EnqueueResult::Conflict => panic!("same body is no conflict"),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one enqueue");
+    assert!(replayed.iter().all(|id| *id == created[0]));
+    assert_eq!(store.pending_count(), 1);
+}
+
+#[tokio::test]
+async fn events_follow_the_message_lifecycle() {
+    let store = temp_store();
+    let id = store
+        .enqueue(new_message(&["a@x.test", "b@y.test"], T0))
+        .await
+        .unwrap();
+    let lease = store.lease_due(ts(T0), LEASE, 1).unwrap().remove(0);
+    // a delivered, b deferred.
+    let mut update = deferred(&lease.message, T0 + 10, T0 + 60_000);
+    update.message.recipients[0].state = RecipientState::Delivered;
+    update.message.recipients[0].last_reply = Some(SmtpReply::new(250, "2.0.0 ok"));
+    update.message.recipients[0].mx_host = Some("mx.x.test".into());
+    let _ = store.record_attempt(&lease, update).await.unwrap();
+    // b expires: bounced with its last transient reply.
+    let lease = store
+        .lease_due(ts(T0 + 60_000), LEASE, 1)
+        .unwrap()
+        .remove(0);
+    let mut m = lease.message.clone();
+    m.recipients[1].state = RecipientState::Bounced;
+    m.recipients[1].attempts += 1;
+    m.recipients[1].last_attempt_at = Some(ts(T0 + 60_001));
+    m.finished_at = Some(ts(T0 + 60_001));
+    let update = postrider_store::AttemptUpdate {
+        message: m,
+        next_attempt_at: None,
+        notifications: vec![bounce_for(&lease.message)],
+    };
+    let _ = store.record_attempt(&lease, update).await.unwrap();
+
+    let events = store.events_after(0, 100).unwrap();
+    let kinds: Vec<_> = events
+        .iter()
+        .filter(|e| e.message_id == id)
+        .map(|e| (e.kind, e.recipient.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Accepted, None),
+            (EventKind::Delivered, Some("a@x.test".into())),
+            (EventKind::Deferred, Some("b@y.test".into())),
+            (EventKind::Expired, Some("b@y.test".into())),
+        ]
+    );
+    // The bounce notification is a message too: it has its own `accepted` event.
+    assert_eq!(events.len(), 5);
+    assert_eq!(events[4].kind, EventKind::Accepted);
+    assert_ne!(events[4].message_id, id);
+    // Sequence numbers increase by one; the cursor pages.
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert_eq!(store.last_event_seq().unwrap(), 5);
+    let page = store.events_after(2, 2).unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert!(store.events_after(5, 10).unwrap().is_empty());
+    let delivered = &events[1];
+    assert_eq!(delivered.mx_host.as_deref(), Some("mx.x.test"));
+    assert_eq!(delivered.reply.as_ref().map(|r| r.code), Some(250));
+    let json = delivered.to_json();
+    assert_eq!(json["type"], "delivered");
+    assert_eq!(json["seq"], 2);
+    assert_eq!(json["message_id"], id.to_string());
+    assert_eq!(json["reply"]["enhanced"], "2.0.0");
+
+    // Retention: events before the cut-off go, oldest first.
+    assert_eq!(store.purge_events(ts(T0 + 11)).unwrap(), 3);
+    let left: Vec<u64> = store
+        .events_after(0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, vec![4, 5]);
+}
+
+#[tokio::test]
+async fn hard_bounces_are_suppressed_and_suppressed_recipients_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q");
+    let store = open_retrying(&path, Metrics::new()).await;
+    let id = store
+        .enqueue(new_message(&["Gone@X.test", "soft@x.test"], T0))
+        .await
+        .unwrap();
+    let lease = store.lease_due(ts(T0), LEASE, 1).unwrap().remove(0);
+    let mut update = bounced_with_dsn(&lease.message, T0 + 5);
+    update.notifications.clear();
+    // The second one bounced for a policy reason (5.7.1): not an address problem.
+    update.message.recipients[1].last_reply = Some(SmtpReply::new(550, "5.7.1 policy"));
+    let _ = store.record_attempt(&lease, update).await.unwrap();
+
+    let s = store.suppression("gone@x.test").unwrap().unwrap();
+    assert_eq!(s.address, "gone@x.test");
+    assert_eq!(s.reason, SuppressionReason::HardBounce);
+    assert_eq!(s.source_message, Some(id));
+    assert_eq!(s.created_at, ts(T0 + 5));
+    assert_eq!(s.reply.as_ref().map(|r| r.code), Some(550));
+    assert!(store.suppression("soft@x.test").unwrap().is_none());
+    assert_eq!(store.suppression_count(), 1);
+
+    // Survives a restart; then a message to it is suppressed at enqueue.
+    drop(store);
+    let store = open_retrying(&path, Metrics::new()).await;
+    assert!(store.suppression("GONE@x.test").unwrap().is_some());
+    let mixed = store
+        .enqueue(new_message(&["gone@x.test", "ok@x.test"], T0 + 100))
+        .await
+        .unwrap();
+    let m = store.message(mixed).unwrap().unwrap();
+    assert_eq!(m.recipients[0].state, RecipientState::Suppressed);
+    assert_eq!(m.recipients[1].state, RecipientState::Queued);
+    let lease = store.lease_due(ts(T0 + 100), LEASE, 1).unwrap().remove(0);
+    assert_eq!(lease.message.pending().collect::<Vec<_>>(), vec![1]);
+
+    // Every recipient suppressed: finished at enqueue, never leased, not pending.
+    let pending = store.pending_count();
+    let all = store
+        .enqueue(new_message(&["gone@x.test"], T0 + 200))
+        .await
+        .unwrap();
+    let m = store.message(all).unwrap().unwrap();
+    assert!(m.is_finished());
+    assert_eq!(m.finished_at, Some(ts(T0 + 200)));
+    assert_eq!(store.body(all).unwrap(), None);
+    assert_eq!(store.pending_count(), pending);
+    assert!(store.lease_due(ts(T0 + 300), LEASE, 10).unwrap().is_empty());
+    let kinds: Vec<_> = store
+        .events_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.message_id == all)
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, vec![EventKind::Accepted, EventKind::Suppressed]);
+    // It is purged like any finished message.
+    assert_eq!(store.purge_finished(ts(T0 + 201)).unwrap(), 2);
+
+    // Manual entries: add (once), list in order with a cursor, remove.
+    let manual = |a: &str| Suppression {
+        address: a.into(),
+        reason: SuppressionReason::Manual,
+        created_at: ts(T0),
+        source_message: None,
+        reply: None,
+    };
+    assert!(store.add_suppression(manual("B@y.test")).await.unwrap());
+    assert!(!store.add_suppression(manual("b@y.test")).await.unwrap());
+    assert!(!store.add_suppression(manual("gone@x.test")).await.unwrap());
+    let all: Vec<String> = store
+        .list_suppressions(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.address)
+        .collect();
+    assert_eq!(all, vec!["b@y.test", "gone@x.test"]);
+    let page: Vec<String> = store
+        .list_suppressions(Some("b@y.test"), 10)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.address)
+        .collect();
+    assert_eq!(page, vec!["gone@x.test"]);
+    assert!(store.remove_suppression("Gone@x.test").await.unwrap());
+    assert!(!store.remove_suppression("gone@x.test").await.unwrap());
+    let id = store
+        .enqueue(new_message(&["gone@x.test"], T0 + 300))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.message(id).unwrap().unwrap().recipients[0].state,
+        RecipientState::Queued
+    );
+}
+
+#[tokio::test]
+async fn outbox_entries_follow_subscriptions_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q");
+    let store = open_retrying(&path, Metrics::new()).await;
+    store.set_webhooks(vec![
+        WebhookSubscription {
+            url: "http://127.0.0.1:1/all".into(),
+            events: vec![],
+        },
+        WebhookSubscription {
+            url: "http://127.0.0.1:1/delivered".into(),
+            events: vec![EventKind::Delivered],
+        },
+    ]);
+    let id = store.enqueue(new_message(&["a@x.test"], T0)).await.unwrap();
+    // accepted → webhook 0 only.
+    assert_eq!(store.webhook_outbox_len(), 1);
+    let lease = store.lease_due(ts(T0), LEASE, 1).unwrap().remove(0);
+    let _ = store
+        .record_attempt(&lease, delivered(&lease.message, T0 + 1))
+        .await
+        .unwrap();
+    // delivered → both.
+    assert_eq!(store.webhook_outbox_len(), 3);
+
+    drop(store);
+    let store = open_retrying(&path, Metrics::new()).await;
+    assert_eq!(store.webhook_outbox_len(), 3);
+    let now = wall_now().saturating_add(Duration::from_secs(1));
+    let mut got = store
+        .lease_webhook_deliveries(now, Duration::from_secs(60), 10)
+        .unwrap();
+    got.sort_by_key(|d| (d.seq, d.webhook));
+    let summary: Vec<_> = got
+        .iter()
+        .map(|d| {
+            (
+                d.seq,
+                d.webhook,
+                d.url.as_str(),
+                d.event.as_ref().map(|e| e.kind),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, 0, "http://127.0.0.1:1/all", Some(EventKind::Accepted)),
+            (2, 0, "http://127.0.0.1:1/all", Some(EventKind::Delivered)),
+            (
+                2,
+                1,
+                "http://127.0.0.1:1/delivered",
+                Some(EventKind::Delivered)
+            ),
+        ]
+    );
+    assert_eq!(got[1].event.as_ref().unwrap().message_id, id);
+    // Leased: not due again until the lease ends.
+    assert!(
+        store
+            .lease_webhook_deliveries(now, Duration::from_secs(60), 10)
+            .unwrap()
+            .is_empty()
+    );
+    store.webhook_delivered(&got[0]).await.unwrap();
+    store.webhook_delivered(&got[1]).await.unwrap();
+    let retry_at = now.saturating_add(Duration::from_secs(10));
+    store.webhook_retry_at(&got[2], retry_at).await.unwrap();
+    assert_eq!(store.webhook_outbox_len(), 1);
+    assert_eq!(store.next_webhook_due().unwrap(), Some(retry_at));
+    let again = store
+        .lease_webhook_deliveries(retry_at, Duration::from_secs(60), 10)
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].seq, 2);
+    // A lapsed lease makes the entry due again (at-least-once).
+    let after_lease = retry_at.saturating_add(Duration::from_secs(61));
+    assert_eq!(
+        store
+            .lease_webhook_deliveries(after_lease, Duration::from_secs(60), 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
