@@ -7,7 +7,8 @@
 //! [`Metrics::render`] produces the text exposition format served at `GET /metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the relay exports.
@@ -35,6 +36,59 @@ pub struct Metrics {
     pub store_flush_duration: Histogram,
     /// `postrider_store_flush_batch`: submissions made durable by one flush.
     pub store_flush_batch: Histogram,
+
+    // ---- operations metrics (ops helper): queue shape, disk, build, SMTP transactions ----
+    /// `postrider_queue_messages_by_state{state}`: pending messages by state (`queued`, `deferred`,
+    /// `held`, `scheduled`), so dashboards can tell a backlog of retries from fresh mail.
+    pub queue_messages_by_state: prometheus::IntGaugeVec,
+    /// `postrider_queue_oldest_message_age_seconds`: age of the oldest pending message, held ones
+    /// excluded (0 when nothing is pending); a steadily rising value means mail is stuck.
+    pub queue_oldest_message_age: prometheus::Gauge,
+    /// `postrider_data_dir_free_bytes`: free bytes on the file system holding `data_dir`, because
+    /// a full disk stops the relay from accepting mail.
+    pub data_dir_free_bytes: IntGauge,
+    /// `postrider_store_size_bytes`: on-disk size of the queue database.
+    pub store_size_bytes: IntGauge,
+    /// `postrider_build_info{version}`: always 1; carries the running version as a label so
+    /// dashboards and alerts can join on it and spot mixed versions during a rollout.
+    pub build_info: prometheus::IntGaugeVec,
+    /// `postrider_smtp_transactions_total{result}`: SMTP mail transactions by outcome
+    /// (`accepted` = queued, `rejected` = refused by policy or limits, `failed` = aborted by an
+    /// error such as a storage failure or a dropped connection).
+    pub smtp_transactions: IntCounterVec,
+    // ---- end of operations metrics ----
+
+    // ---- delivery engine metrics (delivery helper) ----
+    /// `postrider_delivery_results_total{result,status_class}`: per-recipient attempt results
+    /// (`delivered`, `deferred`, `bounced`, `postponed`) by the class of the enhanced status
+    /// (`2.x`, `4.x`, `5.x`).
+    pub delivery_results: IntCounterVec,
+    /// `postrider_delivery_by_domain_total{domain,result}`: per-recipient results by recipient
+    /// domain; only the first N distinct domains seen get their own label, the rest are `other`.
+    pub delivery_by_domain: IntCounterVec,
+    /// `postrider_outbound_connections`: outbound SMTP connections open, idle pooled ones included.
+    pub outbound_connections: IntGauge,
+    /// `postrider_dns_lookups_total{result}`: destination lookups by result (`ok`, `nxdomain`,
+    /// `nodata`, `nullmx`, `servfail`, `timeout`, `error`).
+    pub dns_lookups: IntCounterVec,
+    /// `postrider_destinations_suspended`: destinations currently suspended by the circuit breaker.
+    pub destinations_suspended: IntGauge,
+    /// `postrider_delivery_queue_time_seconds`: time from arrival to the final state of a message.
+    pub delivery_queue_time: Histogram,
+    /// `postrider_outbound_tls_total{result}`: outbound sessions opened, `tls` or `plaintext`.
+    pub outbound_tls: IntCounterVec,
+    // ---- end of delivery engine metrics ----
+
+    // ---- webhook metrics (api helper) ----
+    /// `postrider_webhook_deliveries_total{result}`: webhook POST attempts by result
+    /// (`delivered` = 2xx, `failed` = other status or transport error; retried later).
+    pub webhook_deliveries: IntCounterVec,
+    /// `postrider_webhook_dropped_total`: webhook deliveries given up after their retry
+    /// lifetime (or dropped because the webhook is no longer configured).
+    pub webhook_dropped: IntCounter,
+    /// `postrider_webhook_outbox`: webhook deliveries waiting in the durable outbox.
+    pub webhook_outbox: IntGauge,
+    // ---- end of webhook metrics ----
 }
 
 impl Metrics {
@@ -42,40 +96,246 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("static metric definition");
-            registry.register(Box::new(h.clone())).expect("metric registered once");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("static metric definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registered once");
             h
         };
-        let latency = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
 
-        let messages_accepted = counter_vec("postrider_messages_accepted_total", "Messages durably queued, by submission source.", &["source"]);
-        let delivery_attempts = counter_vec("postrider_delivery_attempts_total", "Per-recipient delivery attempt results.", &["result"]);
+        let messages_accepted = counter_vec(
+            "postrider_messages_accepted_total",
+            "Messages durably queued, by submission source.",
+            &["source"],
+        );
+        let delivery_attempts = counter_vec(
+            "postrider_delivery_attempts_total",
+            "Per-recipient delivery attempt results.",
+            &["result"],
+        );
         for r in ["delivered", "deferred", "bounced"] {
             delivery_attempts.with_label_values(&[r]);
         }
         for s in ["smtp", "http"] {
             messages_accepted.with_label_values(&[s]);
         }
-        let bounces_generated = IntCounter::new("postrider_bounces_generated_total", "Delivery status notifications queued for senders.").expect("static metric definition");
-        registry.register(Box::new(bounces_generated.clone())).expect("metric registered once");
-        let queue_messages = IntGauge::new("postrider_queue_messages", "Messages accepted and not yet finished.").expect("static metric definition");
-        registry.register(Box::new(queue_messages.clone())).expect("metric registered once");
-        let delivery_duration = histogram("postrider_delivery_duration_seconds", "Duration of one delivery attempt to one destination domain.", latency.clone());
-        let smtp_sessions = IntCounter::new("postrider_smtp_sessions_total", "SMTP submission sessions opened.").expect("static metric definition");
-        registry.register(Box::new(smtp_sessions.clone())).expect("metric registered once");
-        let smtp_rejections = counter_vec("postrider_smtp_rejections_total", "SMTP commands or messages refused, by reason.", &["reason"]);
-        let http_requests = counter_vec("postrider_http_requests_total", "API requests by route and status class.", &["route", "status"]);
-        let store_flush_duration = histogram("postrider_store_flush_seconds", "Duration of one group-commit flush of the store.", latency);
+        let bounces_generated = IntCounter::new(
+            "postrider_bounces_generated_total",
+            "Delivery status notifications queued for senders.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(bounces_generated.clone()))
+            .expect("metric registered once");
+        let queue_messages = IntGauge::new(
+            "postrider_queue_messages",
+            "Messages accepted and not yet finished.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(queue_messages.clone()))
+            .expect("metric registered once");
+        let delivery_duration = histogram(
+            "postrider_delivery_duration_seconds",
+            "Duration of one delivery attempt to one destination domain.",
+            latency.clone(),
+        );
+        let smtp_sessions = IntCounter::new(
+            "postrider_smtp_sessions_total",
+            "SMTP submission sessions opened.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(smtp_sessions.clone()))
+            .expect("metric registered once");
+        let smtp_rejections = counter_vec(
+            "postrider_smtp_rejections_total",
+            "SMTP commands or messages refused, by reason.",
+            &["reason"],
+        );
+        let http_requests = counter_vec(
+            "postrider_http_requests_total",
+            "API requests by route and status class.",
+            &["route", "status"],
+        );
+        let store_flush_duration = histogram(
+            "postrider_store_flush_seconds",
+            "Duration of one group-commit flush of the store.",
+            latency,
+        );
         let store_flush_batch = histogram(
             "postrider_store_flush_batch",
             "Writes made durable by one group-commit flush.",
             vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
         );
+
+        // ---- operations metrics (ops helper) ----
+        let queue_messages_by_state = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "postrider_queue_messages_by_state",
+                "Pending messages by queue state.",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(queue_messages_by_state.clone()))
+            .expect("metric registered once");
+        for state in ["queued", "deferred", "held", "scheduled"] {
+            queue_messages_by_state.with_label_values(&[state]);
+        }
+        let queue_oldest_message_age = prometheus::Gauge::new(
+            "postrider_queue_oldest_message_age_seconds",
+            "Age in seconds of the oldest pending message; 0 when the queue is empty.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(queue_oldest_message_age.clone()))
+            .expect("metric registered once");
+        let data_dir_free_bytes = IntGauge::new(
+            "postrider_data_dir_free_bytes",
+            "Free bytes on the file system holding data_dir.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(data_dir_free_bytes.clone()))
+            .expect("metric registered once");
+        let store_size_bytes = IntGauge::new(
+            "postrider_store_size_bytes",
+            "On-disk size of the queue database in bytes.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(store_size_bytes.clone()))
+            .expect("metric registered once");
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "postrider_build_info",
+                "Always 1; the running build's version as a label.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let smtp_transactions = counter_vec(
+            "postrider_smtp_transactions_total",
+            "SMTP mail transactions by outcome: accepted, rejected, failed.",
+            &["result"],
+        );
+        for r in ["accepted", "rejected", "failed"] {
+            smtp_transactions.with_label_values(&[r]);
+        }
+        // ---- end of operations metrics ----
+
+        // ---- delivery engine metrics (delivery helper) ----
+        let delivery_results = counter_vec(
+            "postrider_delivery_results_total",
+            "Per-recipient delivery attempt results by enhanced status class.",
+            &["result", "status_class"],
+        );
+        let delivery_by_domain = counter_vec(
+            "postrider_delivery_by_domain_total",
+            "Per-recipient delivery results by recipient domain (bounded; the rest is other).",
+            &["domain", "result"],
+        );
+        let outbound_connections = IntGauge::new(
+            "postrider_outbound_connections",
+            "Outbound SMTP connections open, idle pooled ones included.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(outbound_connections.clone()))
+            .expect("metric registered once");
+        let dns_lookups = counter_vec(
+            "postrider_dns_lookups_total",
+            "Destination DNS lookups by result.",
+            &["result"],
+        );
+        for r in [
+            "ok", "nxdomain", "nodata", "nullmx", "servfail", "timeout", "error",
+        ] {
+            dns_lookups.with_label_values(&[r]);
+        }
+        let destinations_suspended = IntGauge::new(
+            "postrider_destinations_suspended",
+            "Destinations currently suspended by the circuit breaker.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(destinations_suspended.clone()))
+            .expect("metric registered once");
+        let delivery_queue_time = histogram(
+            "postrider_delivery_queue_time_seconds",
+            "Time from arrival to the final state of a message.",
+            vec![
+                0.1,
+                0.5,
+                1.0,
+                5.0,
+                30.0,
+                60.0,
+                300.0,
+                900.0,
+                3600.0,
+                4.0 * 3600.0,
+                86_400.0,
+                5.0 * 86_400.0,
+            ],
+        );
+        let outbound_tls = counter_vec(
+            "postrider_outbound_tls_total",
+            "Outbound SMTP sessions by transport protection.",
+            &["result"],
+        );
+        for r in ["tls", "plaintext"] {
+            outbound_tls.with_label_values(&[r]);
+        }
+        // ---- end of delivery engine metrics ----
+
+        // ---- webhook metrics (api helper) ----
+        let webhook_deliveries = counter_vec(
+            "postrider_webhook_deliveries_total",
+            "Webhook POST attempts by result: delivered (2xx) or failed.",
+            &["result"],
+        );
+        for r in ["delivered", "failed"] {
+            webhook_deliveries.with_label_values(&[r]);
+        }
+        let webhook_dropped = IntCounter::new(
+            "postrider_webhook_dropped_total",
+            "Webhook deliveries given up after their retry lifetime.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(webhook_dropped.clone()))
+            .expect("metric registered once");
+        let webhook_outbox = IntGauge::new(
+            "postrider_webhook_outbox",
+            "Webhook deliveries waiting in the outbox.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(webhook_outbox.clone()))
+            .expect("metric registered once");
+        // ---- end of webhook metrics ----
         Metrics {
             registry,
             messages_accepted,
@@ -88,6 +348,24 @@ impl Metrics {
             http_requests,
             store_flush_duration,
             store_flush_batch,
+            // operations metrics (ops helper)
+            queue_messages_by_state,
+            queue_oldest_message_age,
+            data_dir_free_bytes,
+            store_size_bytes,
+            build_info,
+            smtp_transactions,
+            // delivery engine metrics (delivery helper)
+            delivery_results,
+            delivery_by_domain,
+            outbound_connections,
+            dns_lookups,
+            destinations_suspended,
+            delivery_queue_time,
+            outbound_tls,
+            webhook_deliveries,
+            webhook_dropped,
+            webhook_outbox,
         }
     }
 
@@ -128,6 +406,38 @@ mod tests {
             "postrider_bounces_generated_total 0",
             "postrider_queue_messages 0",
             "postrider_delivery_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn renders_operations_names() {
+        let m = Metrics::new();
+        m.queue_messages_by_state
+            .with_label_values(&["deferred"])
+            .set(3);
+        m.queue_oldest_message_age.set(42.5);
+        m.data_dir_free_bytes.set(1_073_741_824);
+        m.store_size_bytes.set(4096);
+        m.smtp_transactions.with_label_values(&["rejected"]).inc();
+        let text = m.render();
+        let build = format!(
+            "postrider_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        for name in [
+            "postrider_queue_messages_by_state{state=\"deferred\"} 3",
+            "postrider_queue_messages_by_state{state=\"held\"} 0",
+            "postrider_queue_messages_by_state{state=\"queued\"} 0",
+            "postrider_queue_messages_by_state{state=\"scheduled\"} 0",
+            "postrider_queue_oldest_message_age_seconds 42.5",
+            "postrider_data_dir_free_bytes 1073741824",
+            "postrider_store_size_bytes 4096",
+            build.as_str(),
+            "postrider_smtp_transactions_total{result=\"accepted\"} 0",
+            "postrider_smtp_transactions_total{result=\"failed\"} 0",
+            "postrider_smtp_transactions_total{result=\"rejected\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
