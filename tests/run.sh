@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 for extra in tests/check-*.sh; do
   [[ -e $extra ]] || continue

@@ -14,7 +14,11 @@ fn queue_cmd(relay: &TestRelay, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .expect("run postrider queue");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -22,8 +26,20 @@ async fn queue_commands_inspect_hold_retry_bounce_and_delete() {
     let world = World::start().await;
     // Retries are an hour apart: only operator actions move these messages.
     let relay = TestRelay::start(&world.config(&["1h"], "5d")).await;
-    let later = submit(relay.smtp, "app@sender.test", &["later@example.test"], &message("app@sender.test", "later@example.test", "admin-1")).await;
-    let doomed = submit(relay.smtp, "app@sender.test", &["later2@example.test"], &message("app@sender.test", "later2@example.test", "admin-2")).await;
+    let later = submit(
+        relay.smtp,
+        "app@sender.test",
+        &["later@example.test"],
+        &message("app@sender.test", "later@example.test", "admin-1"),
+    )
+    .await;
+    let doomed = submit(
+        relay.smtp,
+        "app@sender.test",
+        &["later2@example.test"],
+        &message("app@sender.test", "later2@example.test", "admin-2"),
+    )
+    .await;
     wait_until("both deferred", async || {
         let (_, a) = relay.get_json(&format!("/v1/messages/{later}")).await;
         let (_, b) = relay.get_json(&format!("/v1/messages/{doomed}")).await;
@@ -34,11 +50,17 @@ async fn queue_commands_inspect_hold_retry_bounce_and_delete() {
     let (ok, out, err) = queue_cmd(&relay, &["list"]);
     assert!(ok, "{err}");
     assert!(out.starts_with("ID"), "{out}");
-    assert!(out.contains(&later) && out.contains(&doomed) && out.contains("deferred"), "{out}");
+    assert!(
+        out.contains(&later) && out.contains(&doomed) && out.contains("deferred"),
+        "{out}"
+    );
 
     let (ok, out, _) = queue_cmd(&relay, &["show", &later]);
     assert!(ok);
-    assert!(out.contains("later@example.test") && out.contains("450 4.2.1"), "{out}");
+    assert!(
+        out.contains("later@example.test") && out.contains("450 4.2.1"),
+        "{out}"
+    );
 
     let (ok, out, _) = queue_cmd(&relay, &["--json", "stats"]);
     assert!(ok);
@@ -62,10 +84,19 @@ async fn queue_commands_inspect_hold_retry_bounce_and_delete() {
     let (ok, out, err) = queue_cmd(&relay, &["bounce", &doomed]);
     assert!(ok, "{out}{err}");
     let dsn = received(&world.sender_mx, 1).await;
-    assert!(String::from_utf8_lossy(&dsn[0].data).contains("Final-Recipient: rfc822; later2@example.test"));
+    assert!(
+        String::from_utf8_lossy(&dsn[0].data)
+            .contains("Final-Recipient: rfc822; later2@example.test")
+    );
 
     // Delete: gone without a trace, and unknown ids are errors.
-    let third = submit(relay.smtp, "app@sender.test", &["x@servfail.test"], &message("app@sender.test", "x@servfail.test", "admin-3")).await;
+    let third = submit(
+        relay.smtp,
+        "app@sender.test",
+        &["x@servfail.test"],
+        &message("app@sender.test", "x@servfail.test", "admin-3"),
+    )
+    .await;
     let (ok, _, _) = queue_cmd(&relay, &["delete", &third]);
     assert!(ok);
     let (status, _) = relay.get_json(&format!("/v1/messages/{third}")).await;

@@ -11,23 +11,39 @@ use crate::world::{World, received, stays_at};
 
 /// The `message/delivery-status` part of a DSN, checking the report's MIME structure on the way.
 fn delivery_status(dsn: &ReceivedMessage) -> String {
-    let parsed = MessageParser::default().parse(&dsn.data).expect("DSN parses as a message");
+    let parsed = MessageParser::default()
+        .parse(&dsn.data)
+        .expect("DSN parses as a message");
     let ct = parsed.content_type().expect("content type");
     assert_eq!(ct.ctype(), "multipart");
     assert_eq!(ct.subtype(), Some("report"));
     assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
-    let from = parsed.from().and_then(|a| a.first()).and_then(|a| a.address()).unwrap_or_default().to_owned();
+    let from = parsed
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(from, "MAILER-DAEMON@relay.postrider.test");
     assert!(parsed.message_id().is_some(), "DSN has a Message-ID");
     assert!(parsed.date().is_some(), "DSN has a Date");
     let kinds: Vec<String> = parsed
         .parts
         .iter()
-        .filter_map(|p| p.content_type().map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or(""))))
+        .filter_map(|p| {
+            p.content_type()
+                .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")))
+        })
         .collect();
     assert!(kinds.iter().any(|k| k == "text/plain"), "{kinds:?}");
-    assert!(kinds.iter().any(|k| k == "message/delivery-status"), "{kinds:?}");
-    assert!(kinds.iter().any(|k| k == "text/rfc822-headers"), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k == "message/delivery-status"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| k == "text/rfc822-headers"),
+        "{kinds:?}"
+    );
     let raw = String::from_utf8_lossy(&dsn.data).to_string();
     let start = raw.find("Reporting-MTA:").expect("Reporting-MTA field");
     raw[start..].to_owned()
@@ -36,71 +52,150 @@ fn delivery_status(dsn: &ReceivedMessage) -> String {
 #[tokio::test]
 async fn permanent_failure_bounces_with_a_full_dsn() {
     let world = World::start().await;
-    world.mx1.update_behaviour(|b| b.rcpt_rules.push(RcptRule::local_prefix("nobody", Reply::new(553, "5.1.3 mailbox name not allowed"))));
+    world.mx1.update_behaviour(|b| {
+        b.rcpt_rules.push(RcptRule::local_prefix(
+            "nobody",
+            Reply::new(553, "5.1.3 mailbox name not allowed"),
+        ))
+    });
     let relay = world.relay().await;
     let data = message("app@sender.test", "bad@example.test", "will-bounce");
-    let id = submit(relay.smtp, "app@sender.test", &["bad@example.test", "nobody@example.test"], &data).await;
+    let id = submit(
+        relay.smtp,
+        "app@sender.test",
+        &["bad@example.test", "nobody@example.test"],
+        &data,
+    )
+    .await;
 
     let dsn = received(&world.sender_mx, 1).await;
     assert_eq!(dsn.len(), 1, "one DSN per message");
     assert_eq!(dsn[0].mail_from, "", "DSNs use the null reverse-path");
     assert_eq!(dsn[0].rcpt_to, vec!["app@sender.test"]);
     let status = delivery_status(&dsn[0]);
-    assert!(status.contains("Reporting-MTA: dns; relay.postrider.test"), "{status}");
+    assert!(
+        status.contains("Reporting-MTA: dns; relay.postrider.test"),
+        "{status}"
+    );
     assert!(status.contains("Arrival-Date: "), "{status}");
-    for (rcpt, code, diag) in [("bad", "5.1.1", "550 5.1.1 no such user"), ("nobody", "5.1.3", "553 5.1.3 mailbox name not allowed")] {
-        let group_start = status.find(&format!("Final-Recipient: rfc822; {rcpt}@example.test")).unwrap_or_else(|| panic!("{rcpt} in\n{status}"));
+    for (rcpt, code, diag) in [
+        ("bad", "5.1.1", "550 5.1.1 no such user"),
+        ("nobody", "5.1.3", "553 5.1.3 mailbox name not allowed"),
+    ] {
+        let group_start = status
+            .find(&format!("Final-Recipient: rfc822; {rcpt}@example.test"))
+            .unwrap_or_else(|| panic!("{rcpt} in\n{status}"));
         let group = &status[group_start..];
         let group = &group[..group.find("\r\n\r\n").unwrap_or(group.len())];
         assert!(group.contains("Action: failed"), "{group}");
         assert!(group.contains(&format!("Status: {code}")), "{group}");
-        assert!(group.contains("Remote-MTA: dns; mx1.example.test"), "{group}");
-        assert!(group.contains(&format!("Diagnostic-Code: smtp; {diag}")), "{group}");
+        assert!(
+            group.contains("Remote-MTA: dns; mx1.example.test"),
+            "{group}"
+        );
+        assert!(
+            group.contains(&format!("Diagnostic-Code: smtp; {diag}")),
+            "{group}"
+        );
     }
     let raw = String::from_utf8_lossy(&dsn[0].data);
-    assert!(raw.contains("Subject: will-bounce"), "original headers are returned:\n{raw}");
-    assert!(!raw.contains("Hello from the end-to-end tests."), "RET=HDRS by default: no body:\n{raw}");
+    assert!(
+        raw.contains("Subject: will-bounce"),
+        "original headers are returned:\n{raw}"
+    );
+    assert!(
+        !raw.contains("Hello from the end-to-end tests."),
+        "RET=HDRS by default: no body:\n{raw}"
+    );
 
     let (_, body) = relay.get_json(&format!("/v1/messages/{id}")).await;
     assert_eq!(body["state"], "bounced");
-    assert_eq!(relay.metric("postrider_bounces_generated_total").await, Some(1.0));
-    assert_eq!(relay.metric("postrider_delivery_attempts_total{result=\"bounced\"}").await, Some(2.0));
+    assert_eq!(
+        relay.metric("postrider_bounces_generated_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        relay
+            .metric("postrider_delivery_attempts_total{result=\"bounced\"}")
+            .await,
+        Some(2.0)
+    );
     // 5xx is never retried.
     stays_at(&world.sender_mx, 1, Duration::from_millis(1500)).await;
-    assert_eq!(world.mx1.transaction_count(), 1, "{:?}", world.mx1.transcript());
+    assert_eq!(
+        world.mx1.transaction_count(),
+        1,
+        "{:?}",
+        world.mx1.transcript()
+    );
 }
 
 #[tokio::test]
 async fn null_mx_and_nxdomain_bounce_immediately() {
     let world = World::start().await;
     let relay = world.relay().await;
-    submit(relay.smtp, "app@sender.test", &["user@nullmx.test", "user@missing.test"], &message("app@sender.test", "user@nullmx.test", "dns-bounce")).await;
+    submit(
+        relay.smtp,
+        "app@sender.test",
+        &["user@nullmx.test", "user@missing.test"],
+        &message("app@sender.test", "user@nullmx.test", "dns-bounce"),
+    )
+    .await;
     let dsn = received(&world.sender_mx, 1).await;
     let status = delivery_status(&dsn[0]);
     let group = |rcpt: &str| {
-        let start = status.find(&format!("Final-Recipient: rfc822; {rcpt}")).unwrap_or_else(|| panic!("{rcpt} in\n{status}"));
+        let start = status
+            .find(&format!("Final-Recipient: rfc822; {rcpt}"))
+            .unwrap_or_else(|| panic!("{rcpt} in\n{status}"));
         let g = &status[start..];
         g[..g.find("\r\n\r\n").unwrap_or(g.len())].to_owned()
     };
-    assert!(group("user@nullmx.test").contains("Status: 5.1.10"), "{status}");
-    assert!(group("user@missing.test").contains("Status: 5.1.2"), "{status}");
-    assert!(group("user@nullmx.test").contains("Action: failed"), "{status}");
+    assert!(
+        group("user@nullmx.test").contains("Status: 5.1.10"),
+        "{status}"
+    );
+    assert!(
+        group("user@missing.test").contains("Status: 5.1.2"),
+        "{status}"
+    );
+    assert!(
+        group("user@nullmx.test").contains("Action: failed"),
+        "{status}"
+    );
 }
 
 #[tokio::test]
 async fn undeliverable_past_max_age_bounces_with_the_last_transient_reply() {
     let world = World::start().await;
     let relay = TestRelay::start(&world.config(&["1s"], "3s")).await;
-    let id = submit(relay.smtp, "app@sender.test", &["later@example.test"], &message("app@sender.test", "later@example.test", "expires")).await;
+    let id = submit(
+        relay.smtp,
+        "app@sender.test",
+        &["later@example.test"],
+        &message("app@sender.test", "later@example.test", "expires"),
+    )
+    .await;
     let dsn = received(&world.sender_mx, 1).await;
     let status = delivery_status(&dsn[0]);
-    assert!(status.contains("Final-Recipient: rfc822; later@example.test"), "{status}");
+    assert!(
+        status.contains("Final-Recipient: rfc822; later@example.test"),
+        "{status}"
+    );
     assert!(status.contains("Action: failed"), "{status}");
-    assert!(status.contains("Status: 4.2.1"), "expiry keeps the 4.x.x status:\n{status}");
-    assert!(status.contains("Diagnostic-Code: smtp; 450 4.2.1 mailbox busy, try later"), "{status}");
+    assert!(
+        status.contains("Status: 4.2.1"),
+        "expiry keeps the 4.x.x status:\n{status}"
+    );
+    assert!(
+        status.contains("Diagnostic-Code: smtp; 450 4.2.1 mailbox busy, try later"),
+        "{status}"
+    );
     let (_, body) = relay.get_json(&format!("/v1/messages/{id}")).await;
     assert_eq!(body["state"], "bounced");
-    assert!(world.mx1.transaction_count() >= 2, "retried before expiring");
+    assert!(
+        world.mx1.transaction_count() >= 2,
+        "retried before expiring"
+    );
 }
 
 #[tokio::test]
@@ -109,7 +204,13 @@ async fn a_message_from_the_null_sender_is_never_bounced() {
     let relay = world.relay().await;
     let (mut c, _) = SmtpClient::connect(relay.smtp).await;
     c.cmd("EHLO client.postrider.test").await;
-    let r = c.send_mail("", &["bad@example.test"], &message("", "bad@example.test", "bounce-of-bounce")).await;
+    let r = c
+        .send_mail(
+            "",
+            &["bad@example.test"],
+            &message("", "bad@example.test", "bounce-of-bounce"),
+        )
+        .await;
     assert_eq!(r.code, 250, "{r:?}");
     let id = r.text.rsplit(' ').next().unwrap().to_owned();
     wait_until("bounced", async || {
@@ -117,6 +218,9 @@ async fn a_message_from_the_null_sender_is_never_bounced() {
         (b["state"] == "bounced").then_some(())
     })
     .await;
-    assert_eq!(relay.metric("postrider_bounces_generated_total").await, Some(0.0));
+    assert_eq!(
+        relay.metric("postrider_bounces_generated_total").await,
+        Some(0.0)
+    );
     stays_at(&world.sender_mx, 0, Duration::from_millis(500)).await;
 }

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,8 +17,17 @@ pub fn free_port(ip: &str) -> u16 {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after [`PATIENCE`].
-pub async fn wait_until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
+pub async fn wait_until<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    wait_until_for(PATIENCE, what, f).await
+}
+
+/// [`wait_until`] with an explicit patience, for conditions that involve a restart.
+pub async fn wait_until_for<T>(
+    patience: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + patience;
     loop {
         if let Some(v) = f().await {
             return v;
@@ -33,8 +42,8 @@ pub async fn wait_until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) ->
 /// A relay process with its own data directory and ports.
 pub struct TestRelay {
     child: Option<Child>,
-    /// The data directory (kept across restarts).
-    pub dir: Arc<tempfile::TempDir>,
+    /// Keeps the data directory alive across restarts; removed when the relay is dropped.
+    _dir: Arc<tempfile::TempDir>,
     /// SMTP submission address.
     pub smtp: SocketAddr,
     /// HTTP API address.
@@ -53,8 +62,12 @@ impl TestRelay {
 
     /// Starts a relay on an existing data directory (a restart).
     pub async fn start_in(dir: Arc<tempfile::TempDir>, extra: &str) -> TestRelay {
-        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().expect("addr");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().expect("addr");
+        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .expect("addr");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .expect("addr");
         let config = format!(
             "hostname = \"relay.postrider.test\"\ndata_dir = {data:?}\n{extra}\n",
             data = dir.path().join("data").display().to_string(),
@@ -62,7 +75,14 @@ impl TestRelay {
         let config = merge_listeners(&config, smtp, http);
         let config_path = dir.path().join(format!("postrider-{}.toml", smtp.port()));
         std::fs::write(&config_path, config).expect("write config");
-        let mut relay = TestRelay { child: None, dir, smtp, http, config_path, log: Arc::default() };
+        let mut relay = TestRelay {
+            child: None,
+            _dir: dir,
+            smtp,
+            http,
+            config_path,
+            log: Arc::default(),
+        };
         relay.spawn();
         relay.wait_healthy().await;
         relay
@@ -73,7 +93,10 @@ impl TestRelay {
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", std::env::var("POSTRIDER_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("POSTRIDER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -98,13 +121,19 @@ impl TestRelay {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Ok(Some(status)) = self.child.as_mut().expect("child").try_wait() {
-                panic!("postrider exited early with {status}; log:\n{}", self.log_text());
+                panic!(
+                    "postrider exited early with {status}; log:\n{}",
+                    self.log_text()
+                );
             }
             if let Ok((200, _)) = http_request(http, "GET", "/healthz", None, &[]).await {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("postrider did not become healthy; log:\n{}", self.log_text());
+                panic!(
+                    "postrider did not become healthy; log:\n{}",
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -118,7 +147,10 @@ impl TestRelay {
     /// Sends a signal and waits for the process to exit, returning its exit code.
     pub async fn stop_with(&mut self, signal: &str) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -126,7 +158,10 @@ impl TestRelay {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("postrider did not exit after SIG{signal}; log:\n{}", self.log_text());
+                panic!(
+                    "postrider did not exit after SIG{signal}; log:\n{}",
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -141,29 +176,50 @@ impl TestRelay {
         self.wait_healthy().await;
     }
 
-    /// The config file path.
-    pub fn config_path(&self) -> &Path {
-        &self.config_path
-    }
-
     /// `GET` returning status and parsed JSON (Null when the body is not JSON).
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let (status, body) = http_request(self.http, "GET", path, None, &[]).await.expect("http GET");
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        let (status, body) = http_request(self.http, "GET", path, None, &[])
+            .await
+            .expect("http GET");
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// `POST` a JSON body, returning status and parsed JSON.
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let raw = serde_json::to_vec(body).expect("json");
-        let (status, body) = http_request(self.http, "POST", path, Some(&raw), &[("Content-Type", "application/json")]).await.expect("http POST");
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        let (status, body) = http_request(
+            self.http,
+            "POST",
+            path,
+            Some(&raw),
+            &[("Content-Type", "application/json")],
+        )
+        .await
+        .expect("http POST");
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// The value of a metric line (`name{labels} value`) in `/metrics`, if present.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let (_, body) = http_request(self.http, "GET", "/metrics", None, &[]).await.ok()?;
+        let (_, body) = http_request(self.http, "GET", "/metrics", None, &[])
+            .await
+            .ok()?;
         let text = String::from_utf8(body).ok()?;
-        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
     }
 }
 
@@ -212,9 +268,13 @@ pub async fn http_request(
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
     let body = body.unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -223,11 +283,21 @@ pub async fn http_request(
     s.write_all(body).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other("no status"))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
     let mut payload = buf[head_end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         payload = dechunk(&payload);
     }
     Ok((status, payload))
@@ -236,7 +306,8 @@ pub async fn http_request(
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(pos) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..pos]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..pos]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }

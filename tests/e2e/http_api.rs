@@ -36,7 +36,10 @@ async fn structured_message_is_rendered_queued_and_delivered() {
     assert!(data.contains("Subject: Your receipt"), "{data}");
     assert!(data.contains("Message-ID: <"), "{data}");
     assert!(data.contains("Date: "), "{data}");
-    assert!(!data.to_ascii_lowercase().contains("\nbcc:"), "Bcc never appears in headers:\n{data}");
+    assert!(
+        !data.to_ascii_lowercase().contains("\nbcc:"),
+        "Bcc never appears in headers:\n{data}"
+    );
     assert!(data.contains("r.txt"), "{data}");
 
     let body = wait_until("delivered", async || {
@@ -45,7 +48,12 @@ async fn structured_message_is_rendered_queued_and_delivered() {
     })
     .await;
     assert_eq!(body["recipients"].as_array().map(Vec::len), Some(2));
-    assert_eq!(relay.metric("postrider_messages_accepted_total{source=\"http\"}").await, Some(1.0));
+    assert_eq!(
+        relay
+            .metric("postrider_messages_accepted_total{source=\"http\"}")
+            .await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -79,9 +87,20 @@ async fn bad_requests_get_json_errors_and_queue_nothing() {
     for case in cases {
         let (status, body) = relay.post_json("/v1/messages", &case).await;
         assert!((400..500).contains(&status), "{case} → {status} {body}");
-        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{case} → {body}");
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{case} → {body}"
+        );
     }
-    let (status, body) = http_request(relay.http, "POST", "/v1/messages", Some(b"{not json"), &[("Content-Type", "application/json")]).await.expect("post");
+    let (status, body) = http_request(
+        relay.http,
+        "POST",
+        "/v1/messages",
+        Some(b"{not json"),
+        &[("Content-Type", "application/json")],
+    )
+    .await
+    .expect("post");
     assert_eq!(status, 400);
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json error body");
     assert!(body["error"]["code"].is_string());
@@ -93,5 +112,10 @@ async fn bad_requests_get_json_errors_and_queue_nothing() {
     assert_eq!(status, 400);
     let (status, body) = relay.get_json("/healthz").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
-    assert_eq!(relay.metric("postrider_messages_accepted_total{source=\"http\"}").await, Some(0.0));
+    assert_eq!(
+        relay
+            .metric("postrider_messages_accepted_total{source=\"http\"}")
+            .await,
+        Some(0.0)
+    );
 }

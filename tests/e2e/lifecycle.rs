@@ -4,20 +4,40 @@ use std::time::Duration;
 
 use crate::harness::{TestRelay, wait_until};
 use crate::smtp_client::{SmtpClient, message, submit};
-use crate::world::{World, received, stays_at};
+use crate::world::{World, stays_at};
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_delivery_finish_and_exits_cleanly() {
     let world = World::start().await;
     // The peer takes a while to accept the message: the delivery is in flight when SIGTERM lands.
-    world.mx1.update_behaviour(|b| b.end_of_data_delay = Duration::from_millis(1500));
+    world
+        .mx1
+        .update_behaviour(|b| b.end_of_data_delay = Duration::from_millis(1500));
     let mut relay = world.relay().await;
-    let id = submit(relay.smtp, "app@sender.test", &["user@example.test"], &message("app@sender.test", "user@example.test", "in-flight")).await;
-    wait_until("delivery in flight", async || world.mx1.transcript().iter().any(|l| l.contains("C: DATA")).then_some(())).await;
+    let id = submit(
+        relay.smtp,
+        "app@sender.test",
+        &["user@example.test"],
+        &message("app@sender.test", "user@example.test", "in-flight"),
+    )
+    .await;
+    wait_until("delivery in flight", async || {
+        world
+            .mx1
+            .transcript()
+            .iter()
+            .any(|l| l.contains("C: DATA"))
+            .then_some(())
+    })
+    .await;
 
     let code = relay.stop_with("TERM").await;
     assert_eq!(code, Some(0), "clean exit; log:\n{}", relay.log_text());
-    assert_eq!(world.mx1.messages().len(), 1, "the in-flight delivery completed before exit");
+    assert_eq!(
+        world.mx1.messages().len(),
+        1,
+        "the in-flight delivery completed before exit"
+    );
 
     // Restarted, the relay knows the message was delivered and does not send it again.
     relay.restart().await;
@@ -30,8 +50,12 @@ async fn sigterm_lets_in_flight_delivery_finish_and_exits_cleanly() {
 async fn sigterm_during_data_still_accepts_that_message_then_closes() {
     let world = World::start().await;
     // Hold deliveries back so the accepted message stays queued across the restart.
-    world.mx1.update_behaviour(|b| b.greeting = Some(postrider_testkit::Reply::new(421, "4.3.2 not now")));
-    world.mx2.update_behaviour(|b| b.greeting = Some(postrider_testkit::Reply::new(421, "4.3.2 not now")));
+    world.mx1.update_behaviour(|b| {
+        b.greeting = Some(postrider_testkit::Reply::new(421, "4.3.2 not now"))
+    });
+    world.mx2.update_behaviour(|b| {
+        b.greeting = Some(postrider_testkit::Reply::new(421, "4.3.2 not now"))
+    });
     let mut relay = TestRelay::start(&world.config(&["1h"], "5d")).await;
 
     let (mut c, _) = SmtpClient::connect(relay.smtp).await;
@@ -52,14 +76,20 @@ async fn sigterm_during_data_still_accepts_that_message_then_closes() {
             () = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
         // New connections are refused politely (or the listener is already closed).
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(smtp)).await {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(smtp)).await
+        {
             drop(s);
         }
         c.send_raw(b"last line\r\n.\r\n").await;
         let r = c.read_reply().await;
         assert_eq!(r.code, 250, "the message in DATA is accepted: {r:?}");
         let next = c.cmd("NOOP").await;
-        assert_eq!((next.code, next.text.starts_with("4.3.2")), (421, true), "{next:?}");
+        assert_eq!(
+            (next.code, next.text.starts_with("4.3.2")),
+            (421, true),
+            "{next:?}"
+        );
         stop.await
     };
     assert_eq!(pid_stop, Some(0));

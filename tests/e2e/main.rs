@@ -8,7 +8,9 @@ mod world;
 
 mod admin;
 mod bounces;
+mod crash;
 mod delivery;
+mod features;
 mod http_api;
 mod lifecycle;
 mod storage;

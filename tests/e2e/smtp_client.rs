@@ -23,8 +23,13 @@ pub struct SmtpClient {
 impl SmtpClient {
     /// Connects and reads the greeting.
     pub async fn connect(addr: SocketAddr) -> (SmtpClient, Reply) {
-        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await.expect("connect timeout").expect("connect");
-        let mut c = SmtpClient { stream: BufReader::new(s) };
+        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        let mut c = SmtpClient {
+            stream: BufReader::new(s),
+        };
         let greeting = c.read_reply().await;
         (c, greeting)
     }
@@ -34,14 +39,20 @@ impl SmtpClient {
         let mut text = Vec::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read_line(&mut line)).await.expect("reply timeout").expect("read");
+            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read_line(&mut line))
+                .await
+                .expect("reply timeout")
+                .expect("read");
             assert!(n > 0, "connection closed while waiting for a reply");
             let line = line.trim_end_matches(['\r', '\n']);
             assert!(line.len() >= 3, "short reply line {line:?}");
             let code: u16 = line[..3].parse().expect("reply code");
             text.push(line.get(4..).unwrap_or("").to_owned());
             if line.as_bytes().get(3) != Some(&b'-') {
-                return Reply { code, text: text.join("\n") };
+                return Reply {
+                    code,
+                    text: text.join("\n"),
+                };
             }
         }
     }
@@ -100,5 +111,7 @@ pub async fn submit(addr: SocketAddr, from: &str, rcpts: &[&str], data: &str) ->
 
 /// A small RFC 5322 message.
 pub fn message(from: &str, to: &str, subject: &str) -> String {
-    format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.postrider.test>\r\n\r\nHello from the end-to-end tests.\r\n.leading dot line\r\n")
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.postrider.test>\r\n\r\nHello from the end-to-end tests.\r\n.leading dot line\r\n"
+    )
 }

@@ -47,8 +47,17 @@ impl World {
             .await
             .expect("mx1");
         let port = mx1.port();
-        let mx2 = SmtpSink::builder().bind(IpAddr::V4(MX2), port).behaviour(Behaviour::with_standard_rules()).start().await.expect("mx2");
-        let sender_mx = SmtpSink::builder().bind(IpAddr::V4(SENDER_MX), port).start().await.expect("sender mx");
+        let mx2 = SmtpSink::builder()
+            .bind(IpAddr::V4(MX2), port)
+            .behaviour(Behaviour::with_standard_rules())
+            .start()
+            .await
+            .expect("mx2");
+        let sender_mx = SmtpSink::builder()
+            .bind(IpAddr::V4(SENDER_MX), port)
+            .start()
+            .await
+            .expect("sender mx");
         let dns = DnsServer::start([Zone::new("test.")
             .mx("example.test", 10, "mx1.example.test")
             .mx("example.test", 20, "mx2.example.test")
@@ -63,8 +72,14 @@ impl World {
             .a("mx.sender.test", SENDER_MX)])
         .await
         .expect("dns");
-        dns.set_failure("servfail.test", Failure::ServFail).expect("servfail");
-        World { dns, mx1, mx2, sender_mx }
+        dns.set_failure("servfail.test", Failure::ServFail)
+            .expect("servfail");
+        World {
+            dns,
+            mx1,
+            mx2,
+            sender_mx,
+        }
     }
 
     /// The port every MX host listens on.
@@ -74,7 +89,11 @@ impl World {
 
     /// Relay configuration pointing at this world, with the given retry schedule.
     pub fn config(&self, intervals: &[&str], max_age: &str) -> String {
-        let intervals = intervals.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
+        let intervals = intervals
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
             "[dns]\nnameservers = [\"{dns}\"]\ntimeout = \"1s\"\n\n[delivery]\nport = {port}\nconnect_timeout = \"1s\"\ncommand_timeout = \"3s\"\ndata_timeout = \"3s\"\nlease = \"20s\"\n\n[retry]\nintervals = [{intervals}]\nmax_age = {max_age:?}\n",
             dns = self.dns.addr(),
@@ -99,5 +118,10 @@ pub async fn received(sink: &SmtpSink, n: usize) -> Vec<postrider_testkit::Recei
 /// Asserts that `sink` receives nothing more than `n` messages within `quiet`.
 pub async fn stays_at(sink: &SmtpSink, n: usize, quiet: Duration) {
     tokio::time::sleep(quiet).await;
-    assert_eq!(sink.messages().len(), n, "unexpected messages: {:#?}", sink.messages());
+    assert_eq!(
+        sink.messages().len(),
+        n,
+        "unexpected messages: {:#?}",
+        sink.messages()
+    );
 }

@@ -88,7 +88,12 @@ pub(crate) struct ApiTarget {
 pub(crate) fn run(target: &ApiTarget, action: QueueAction) -> anyhow::Result<()> {
     let api = target.api.trim_end_matches('/');
     let (method, path, body) = match &action {
-        QueueAction::List { state, domain, all, limit } => {
+        QueueAction::List {
+            state,
+            domain,
+            all,
+            limit,
+        } => {
             let mut q = format!("limit={limit}");
             if let Some(s) = state {
                 let _ = write!(q, "&state={}", encode(s));
@@ -102,9 +107,27 @@ pub(crate) fn run(target: &ApiTarget, action: QueueAction) -> anyhow::Result<()>
             ("GET", format!("/v1/queue?{q}"), None)
         }
         QueueAction::Show { id } => ("GET", format!("/v1/queue/{}", encode(id)), None),
-        QueueAction::Retry { id: Some(id), .. } => ("POST", format!("/v1/queue/{}/retry", encode(id)), None),
-        QueueAction::Retry { id: None, domain: Some(d), .. } => ("POST", "/v1/queue/retry".to_owned(), Some(serde_json::json!({"domain": d}))),
-        QueueAction::Retry { id: None, domain: None, .. } => ("POST", "/v1/queue/retry".to_owned(), Some(serde_json::json!({"all": true}))),
+        QueueAction::Retry { id: Some(id), .. } => {
+            ("POST", format!("/v1/queue/{}/retry", encode(id)), None)
+        }
+        QueueAction::Retry {
+            id: None,
+            domain: Some(d),
+            ..
+        } => (
+            "POST",
+            "/v1/queue/retry".to_owned(),
+            Some(serde_json::json!({"domain": d})),
+        ),
+        QueueAction::Retry {
+            id: None,
+            domain: None,
+            ..
+        } => (
+            "POST",
+            "/v1/queue/retry".to_owned(),
+            Some(serde_json::json!({"all": true})),
+        ),
         QueueAction::Delete { id } => ("DELETE", format!("/v1/queue/{}", encode(id)), None),
         QueueAction::Bounce { id } => ("POST", format!("/v1/queue/{}/bounce", encode(id)), None),
         QueueAction::Hold { id } => ("POST", format!("/v1/queue/{}/hold", encode(id)), None),
@@ -120,7 +143,13 @@ pub(crate) fn run(target: &ApiTarget, action: QueueAction) -> anyhow::Result<()>
     Ok(())
 }
 
-fn request(api: &str, key: Option<&str>, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+fn request(
+    api: &str,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let url = format!("{api}{path}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -164,7 +193,13 @@ fn request(api: &str, key: Option<&str>, method: &str, path: &str, body: Option<
 /// Percent-encodes a path or query component.
 fn encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -202,7 +237,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<String>, out: &mut String| {
-        let joined: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let joined: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(joined.join("  ").trim_end());
         out.push('\n');
     };
@@ -223,10 +262,29 @@ fn render(action: &QueueAction, v: &Value) -> String {
                 .iter()
                 .map(|m| {
                     let rcpts = m["recipients"].as_array().map_or(0, Vec::len);
-                    vec![text(&m["id"]), text(&m["state"]), text(&m["from"]), rcpts.to_string(), text(&m["attempts"]), text(&m["next_attempt_at"]), text(&m["created_at"])]
+                    vec![
+                        text(&m["id"]),
+                        text(&m["state"]),
+                        text(&m["from"]),
+                        rcpts.to_string(),
+                        text(&m["attempts"]),
+                        text(&m["next_attempt_at"]),
+                        text(&m["created_at"]),
+                    ]
                 })
                 .collect();
-            let mut out = table(&["ID", "STATE", "FROM", "RCPTS", "ATTEMPTS", "NEXT ATTEMPT", "CREATED"], &rows);
+            let mut out = table(
+                &[
+                    "ID",
+                    "STATE",
+                    "FROM",
+                    "RCPTS",
+                    "ATTEMPTS",
+                    "NEXT ATTEMPT",
+                    "CREATED",
+                ],
+                &rows,
+            );
             if let Some(next) = v["next_after"].as_str() {
                 let _ = writeln!(out, "(more: continue after {next})");
             }
@@ -234,7 +292,17 @@ fn render(action: &QueueAction, v: &Value) -> String {
         }
         QueueAction::Show { .. } => {
             let mut out = String::new();
-            for k in ["id", "state", "from", "source", "created_at", "attempts", "next_attempt_at", "finished_at", "size"] {
+            for k in [
+                "id",
+                "state",
+                "from",
+                "source",
+                "created_at",
+                "attempts",
+                "next_attempt_at",
+                "finished_at",
+                "size",
+            ] {
                 let _ = writeln!(out, "{k:<16}{}", text(&v[k]));
             }
             let empty = Vec::new();
@@ -242,27 +310,56 @@ fn render(action: &QueueAction, v: &Value) -> String {
                 .as_array()
                 .unwrap_or(&empty)
                 .iter()
-                .map(|r| vec![text(&r["address"]), text(&r["state"]), text(&r["attempts"]), text(&r["mx_host"]), reply_text(&r["last_reply"])])
+                .map(|r| {
+                    vec![
+                        text(&r["address"]),
+                        text(&r["state"]),
+                        text(&r["attempts"]),
+                        text(&r["mx_host"]),
+                        reply_text(&r["last_reply"]),
+                    ]
+                })
                 .collect();
             out.push('\n');
-            out.push_str(&table(&["RECIPIENT", "STATE", "ATTEMPTS", "MX HOST", "LAST REPLY"], &rows));
+            out.push_str(&table(
+                &["RECIPIENT", "STATE", "ATTEMPTS", "MX HOST", "LAST REPLY"],
+                &rows,
+            ));
             out
         }
         QueueAction::Stats { .. } => {
             let mut out = format!("pending messages: {}\n\n", text(&v["pending"]));
-            let rows: Vec<Vec<String>> = v["by_state"].as_object().map_or_else(Vec::new, |m| m.iter().map(|(k, n)| vec![k.clone(), text(n)]).collect());
+            let rows: Vec<Vec<String>> = v["by_state"].as_object().map_or_else(Vec::new, |m| {
+                m.iter().map(|(k, n)| vec![k.clone(), text(n)]).collect()
+            });
             out.push_str(&table(&["STATE", "MESSAGES"], &rows));
             let empty = Vec::new();
-            let rows: Vec<Vec<String>> = v["top_domains"].as_array().unwrap_or(&empty).iter().map(|d| vec![text(&d["domain"]), text(&d["count"])]).collect();
+            let rows: Vec<Vec<String>> = v["top_domains"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|d| vec![text(&d["domain"]), text(&d["count"])])
+                .collect();
             out.push('\n');
             out.push_str(&table(&["DOMAIN", "PENDING"], &rows));
             out
         }
-        QueueAction::Retry { id: None, .. } => format!("{} message(s) due now\n", text(&v["retried"])),
+        QueueAction::Retry { id: None, .. } => {
+            format!("{} message(s) due now\n", text(&v["retried"]))
+        }
         QueueAction::Delete { .. } => format!("{} deleted\n", text(&v["id"])),
-        QueueAction::Bounce { .. } => format!("{} bounced ({} recipient(s)); DSN {}\n", text(&v["id"]), text(&v["bounced"]), text(&v["dsn_id"])),
+        QueueAction::Bounce { .. } => format!(
+            "{} bounced ({} recipient(s)); DSN {}\n",
+            text(&v["id"]),
+            text(&v["bounced"]),
+            text(&v["dsn_id"])
+        ),
         QueueAction::Retry { .. } | QueueAction::Hold { .. } | QueueAction::Release { .. } => {
-            let verb = if v["changed"].as_bool() == Some(true) { "changed" } else { "unchanged" };
+            let verb = if v["changed"].as_bool() == Some(true) {
+                "changed"
+            } else {
+                "unchanged"
+            };
             format!("{} {verb}, now {}\n", text(&v["id"]), text(&v["state"]))
         }
     }
@@ -285,6 +382,9 @@ mod tests {
             {"address": "a@b.test", "state": "deferred", "attempts": 2, "mx_host": "mx.b.test", "last_reply": {"code": 450, "enhanced": "4.2.1", "text": "busy"}}
         ]});
         let out = render(&QueueAction::Show { id: "x".into() }, &v);
-        assert!(out.contains("a@b.test  deferred  2         mx.b.test  450 4.2.1 busy"), "{out}");
+        assert!(
+            out.contains("a@b.test   deferred  2         mx.b.test  450 4.2.1 busy"),
+            "{out}"
+        );
     }
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use postrider_api::{ApiKey, ApiSettings, ApiState, RateLimit, Scope};
 use postrider_core::Timestamp;
-use postrider_delivery::{DeliverySettings, HickoryMxResolver, MxResolver, SmtpTimeouts, TlsMode};
+use postrider_delivery::{
+    BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, HickoryMxResolver, MxResolver,
+    RelayTls, Relayhost, Route, SmtpTimeouts, TlsMode,
+};
 use postrider_metrics::Metrics;
 use postrider_smtp::{BareNewlinePolicy, SmtpServer, SmtpSettings, SmtpUser};
 use postrider_store::Store;
@@ -16,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BareNewlines, Config, DeliveryTls};
+use crate::config::{BareNewlines, Config, DeliveryTls, RelayTlsMode};
 
 /// How often finished messages past their retention are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
@@ -44,18 +47,35 @@ pub(crate) enum Exit {
 pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
     let metrics = Metrics::new();
     let raw = &config.raw;
-    std::fs::create_dir_all(&raw.data_dir).with_context(|| format!("cannot create data_dir {}", raw.data_dir.display()))?;
-    let store = Store::open(&raw.data_dir, metrics.clone()).with_context(|| format!("cannot open the queue in {}", raw.data_dir.display()))?;
+    std::fs::create_dir_all(&raw.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", raw.data_dir.display()))?;
+    let store = Store::open(&raw.data_dir, metrics.clone())
+        .with_context(|| format!("cannot open the queue in {}", raw.data_dir.display()))?;
 
     let smtp_settings = smtp_settings(&config)?;
     let api_settings = api_settings(&config)?;
-    let delivery_settings = delivery_settings(&config);
-    let resolver: Arc<dyn MxResolver> = if config.nameservers.is_empty() {
-        Arc::new(HickoryMxResolver::system().context("cannot read the system DNS configuration")?)
+    let delivery_settings = delivery_settings(&config)?;
+    let mut dns = DnsSettings::default();
+    if let Some(t) = raw.dns.timeout {
+        dns.timeout = t.0;
+    }
+    if let Some(a) = raw.dns.attempts {
+        dns.attempts = a;
+    }
+    if let Some(c) = raw.dns.cache_size {
+        dns.cache_size = c;
+    }
+    let hickory = if config.nameservers.is_empty() {
+        HickoryMxResolver::system_with(&dns).context("cannot read the system DNS configuration")?
     } else {
-        let timeout = raw.dns.timeout.map_or(Duration::from_secs(5), |d| d.0);
-        Arc::new(HickoryMxResolver::with_nameservers(&config.nameservers, timeout).context("invalid [dns] settings")?)
+        HickoryMxResolver::with_nameservers_and(&config.nameservers, &dns)
+            .context("invalid [dns] settings")?
     };
+    let dkim = load_dkim(&config)?;
+    let trust = trust_services(&config, hickory.resolver().clone(), dkim.as_ref());
+    let mut delivery_settings = delivery_settings;
+    delivery_settings.signer = dkim.map(|d| d as Arc<dyn postrider_core::MessageSigner>);
+    let resolver: Arc<dyn MxResolver> = Arc::new(hickory);
 
     // Bind everything before serving anything, so a port conflict fails start-up cleanly.
     let mut smtp_listeners = Vec::new();
@@ -69,7 +89,10 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let smtp = Arc::new(SmtpServer::new(smtp_settings, store.clone(), metrics.clone()).context("invalid [smtp] settings")?);
+    let smtp = Arc::new(
+        SmtpServer::new(smtp_settings, store.clone(), metrics.clone())
+            .context("invalid [smtp] settings")?,
+    );
     for (listener, implicit_tls) in smtp_listeners {
         let addr = listener.local_addr().ok();
         let (smtp, token) = (Arc::clone(&smtp), shutdown.clone());
@@ -80,20 +103,41 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
         });
     }
 
-    let router = postrider_api::router(ApiState::new(store.clone(), metrics.clone(), api_settings));
+    // Webhook subscriptions must be known to the store before the first message is accepted,
+    // so their outbox entries are written with the events.
+    let webhooks = postrider_webhooks::spawn_webhooks(
+        store.clone(),
+        webhook_settings(&config)?,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let router = postrider_api::router(
+        ApiState::new(store.clone(), metrics.clone(), api_settings).with_trust(Arc::new(trust)),
+    );
     let http_shutdown = shutdown.clone();
     let http_addr = http_listener.local_addr().ok();
     let http = tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(http_listener, service).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
+        if let Err(e) = axum::serve(http_listener, service)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+        {
             tracing::error!(error = %e, "HTTP listener failed");
         }
     });
 
-    let delivery = postrider_delivery::spawn_delivery(store.clone(), resolver, delivery_settings, metrics.clone(), shutdown.clone())
-        .context("invalid [delivery] settings")?;
+    let delivery = postrider_delivery::spawn_delivery(
+        store.clone(),
+        resolver,
+        delivery_settings,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .context("invalid [delivery] settings")?;
 
     let retention = raw.queue.retention.0;
+    let event_retention = raw.events.retention.0;
+    let idempotency_ttl = raw.http.idempotency_ttl.0;
     let purge_store = store.clone();
     let purge_token = shutdown.clone();
     tasks.spawn(async move {
@@ -102,11 +146,19 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
                 _ = purge_token.cancelled() => break,
                 _ = tokio::time::sleep(PURGE_INTERVAL) => {}
             }
-            let cutoff = Timestamp::from_millis(now_millis().saturating_sub(retention.as_millis() as u64));
-            match purge_store.purge_finished(cutoff) {
+            let before = |keep: Duration| {
+                Timestamp::from_millis(now_millis().saturating_sub(keep.as_millis() as u64))
+            };
+            match purge_store.purge_finished(before(retention)) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "purged finished messages past retention"),
                 Err(e) => tracing::warn!(error = %e, "purging finished messages failed"),
+            }
+            if let Err(e) = purge_store.purge_events(before(event_retention)) {
+                tracing::warn!(error = %e, "purging old events failed");
+            }
+            if let Err(e) = purge_store.purge_idempotency(before(idempotency_ttl)) {
+                tracing::warn!(error = %e, "purging expired idempotency keys failed");
             }
         }
     });
@@ -121,14 +173,28 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
         "postrider ready"
     );
 
+    tasks.spawn(crate::gauges::run(
+        store.clone(),
+        metrics.clone(),
+        raw.data_dir.clone(),
+        shutdown.clone(),
+    ));
     let restart = CancellationToken::new();
-    tasks.spawn(storage_watchdog(store.clone(), raw.data_dir.clone(), restart.clone(), shutdown.clone()));
+    tasks.spawn(storage_watchdog(
+        store.clone(),
+        raw.data_dir.clone(),
+        restart.clone(),
+        shutdown.clone(),
+    ));
     let exit = tokio::select! {
         () = wait_for_signal() => Exit::Stopped,
         () = restart.cancelled() => Exit::Restart,
     };
     let grace = raw.shutdown.grace_period.0;
-    tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections, finishing in-flight work");
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "shutting down: no new connections, finishing in-flight work"
+    );
     shutdown.cancel();
     tasks.close();
     let drained = tokio::time::timeout(grace, async {
@@ -136,25 +202,37 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
         smtp.wait_sessions().await;
         delivery.join().await;
         let _ = http.await;
+        let _ = webhooks.await;
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("grace period over: unfinished deliveries stay leased and are retried after restart");
+        tracing::warn!(
+            "grace period over: unfinished deliveries stay leased and are retried after restart"
+        );
     }
     match (exit, store.flush().await) {
-        (Exit::Stopped, Err(e)) => return Err(anyhow::Error::new(e).context("final flush of the queue failed")),
-        (Exit::Restart, Err(e)) => tracing::warn!(error = %e, "final flush failed; acknowledged messages were flushed when accepted"),
+        (Exit::Stopped, Err(e)) => {
+            return Err(anyhow::Error::new(e).context("final flush of the queue failed"));
+        }
+        (Exit::Restart, Err(e)) => {
+            tracing::warn!(error = %e, "final flush failed; acknowledged messages were flushed when accepted")
+        }
         (_, Ok(())) => {}
     }
     tracing::info!(queued = store.pending_count(), ?exit, "postrider stopped");
     Ok(exit)
 }
 
-/// Watches the queue's storage. sled stops accepting writes after an I/O error such as a full
-/// disk, and stays that way even when space returns; submissions meanwhile get `451 4.3.0` /
-/// HTTP 503 and nothing acknowledged is lost. Once the data directory has room again, this asks
-/// for a restart, which reopens the store from its log.
-async fn storage_watchdog(store: Store, data_dir: std::path::PathBuf, restart: CancellationToken, shutdown: CancellationToken) {
+/// Watches the queue's storage. After an I/O error such as a full disk, sled may keep refusing
+/// writes (large values first) even when space returns; submissions meanwhile get `451 4.3.0` /
+/// HTTP 503 and nothing acknowledged is lost. Once any write has failed and the data directory
+/// has room again, this asks for a restart, which reopens the store from its log.
+async fn storage_watchdog(
+    store: Store,
+    data_dir: std::path::PathBuf,
+    restart: CancellationToken,
+    shutdown: CancellationToken,
+) {
     let started = tokio::time::Instant::now();
     let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
@@ -162,7 +240,14 @@ async fn storage_watchdog(store: Store, data_dir: std::path::PathBuf, restart: C
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(STORAGE_PROBE_INTERVAL) => {}
         }
-        match store.probe_write(now_millis()).await {
+        let probe = match store.probe_write(now_millis()).await {
+            Ok(()) if store.write_failed() => {
+                Err("an earlier write failed with a storage error".to_owned())
+            }
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        match probe {
             Ok(()) => {
                 if failing_since.take().is_some() {
                     tracing::info!("queue storage is writable again");
@@ -183,11 +268,15 @@ async fn storage_watchdog(store: Store, data_dir: std::path::PathBuf, restart: C
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("{key}: cannot listen on {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
 }
 
 fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn wait_for_signal() {
@@ -210,7 +299,10 @@ async fn wait_for_signal() {
 fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
     let raw = &config.raw.smtp;
     let tls = match &raw.tls {
-        Some(t) => Some(postrider_smtp::load_tls_config(&t.cert, &t.key).context("smtp.tls: cannot load certificate or key")?),
+        Some(t) => Some(
+            postrider_smtp::load_tls_config(&t.cert, &t.key)
+                .context("smtp.tls: cannot load certificate or key")?,
+        ),
         None => None,
     };
     Ok(SmtpSettings {
@@ -231,7 +323,11 @@ fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
         users: raw
             .users
             .iter()
-            .map(|u| SmtpUser { name: u.name.clone(), password_hash: u.password_hash.clone(), allowed_senders: u.allowed_senders.clone() })
+            .map(|u| SmtpUser {
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                allowed_senders: u.allowed_senders.clone(),
+            })
             .collect(),
         messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,
         messages_per_minute_per_user: raw.limits.messages_per_minute_per_user,
@@ -249,10 +345,16 @@ fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
                 "send" => Ok(Scope::Send),
                 "read" => Ok(Scope::Read),
                 "admin" => Ok(Scope::Admin),
-                other => Err(anyhow::anyhow!("http.api_keys.scopes: unknown scope {other:?}")),
+                other => Err(anyhow::anyhow!(
+                    "http.api_keys.scopes: unknown scope {other:?}"
+                )),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        keys.push(ApiKey { name: k.name.clone(), key_hash: k.key_hash.to_ascii_lowercase(), scopes });
+        keys.push(ApiKey {
+            name: k.name.clone(),
+            key_hash: k.key_hash.to_ascii_lowercase(),
+            scopes,
+        });
     }
     let settings = ApiSettings {
         hostname: config.hostname.clone(),
@@ -260,19 +362,100 @@ fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
         max_recipients: raw.smtp.limits.max_recipients,
         max_message_size: usize::try_from(raw.smtp.limits.max_message_size.0).unwrap_or(usize::MAX),
         api_keys: keys,
-        rate_limit: raw.http.rate_limit_per_key.map(|r| RateLimit { per_second: f64::from(r), burst: r.max(1) }),
+        rate_limit: raw.http.rate_limit_per_key.map(|r| RateLimit {
+            per_second: f64::from(r),
+            burst: r.max(1),
+        }),
+        idempotency_ttl: raw.http.idempotency_ttl.0,
         ..ApiSettings::default()
     };
     settings.validate().context("invalid [http] settings")?;
     Ok(settings)
 }
 
-fn delivery_settings(config: &Config) -> DeliverySettings {
+fn tls_mode(t: DeliveryTls) -> TlsMode {
+    match t {
+        DeliveryTls::Opportunistic => TlsMode::Opportunistic,
+        DeliveryTls::Required => TlsMode::Required,
+        DeliveryTls::Disabled => TlsMode::Disabled,
+    }
+}
+
+fn delivery_settings(config: &Config) -> anyhow::Result<DeliverySettings> {
     let raw = &config.raw.delivery;
     let command = raw.command_timeout.0;
     let lease = raw.lease.0;
-    DeliverySettings {
-        hostname: raw.helo_name.clone().unwrap_or_else(|| config.hostname.clone()),
+    let defaults = DeliverySettings::default();
+    let routes = config
+        .raw
+        .routes
+        .iter()
+        .map(|r| {
+            Route::parse(&r.domain, &r.to)
+                .map_err(|e| anyhow::anyhow!("routes: {} → {}: {e}", r.domain, r.to))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let relayhost = raw.relayhost.as_ref().map(|r| {
+        let tls = match r.tls {
+            RelayTlsMode::Required => RelayTls::Required,
+            RelayTlsMode::Opportunistic => RelayTls::Opportunistic,
+            RelayTlsMode::Implicit => RelayTls::Implicit,
+        };
+        Relayhost {
+            host: r.host.clone(),
+            port: r
+                .port
+                .unwrap_or(if tls == RelayTls::Implicit { 465 } else { 587 }),
+            username: r.username.clone(),
+            password: r.password.clone(),
+            tls,
+            allow_plaintext_auth: r.allow_plaintext_auth,
+        }
+    });
+    let domains = raw
+        .domains
+        .iter()
+        .map(|(d, p)| {
+            (
+                d.to_ascii_lowercase(),
+                DomainPolicy {
+                    max_connections: p.max_connections,
+                    messages_per_minute: p.messages_per_minute,
+                    tls: p.tls.map(tls_mode),
+                },
+            )
+        })
+        .collect();
+    Ok(DeliverySettings {
+        hostname: config.hostname.clone(),
+        helo_name: raw.helo_name.clone(),
+        source_ip: raw.source_ip,
+        max_outbound_connections: raw
+            .max_connections
+            .unwrap_or(defaults.max_outbound_connections),
+        max_connections_per_host: raw
+            .max_connections_per_host
+            .unwrap_or(defaults.max_connections_per_host),
+        max_messages_per_connection: raw
+            .max_messages_per_connection
+            .map_or(defaults.max_messages_per_connection, |n| n as _),
+        connection_idle_timeout: raw
+            .connection_idle_timeout
+            .map_or(defaults.connection_idle_timeout, |d| d.0),
+        verify_certificates: raw.verify_certificates,
+        ca_file: raw.ca_file.clone(),
+        routes,
+        relayhost,
+        domains,
+        breaker: raw
+            .breaker
+            .as_ref()
+            .map_or(defaults.breaker.clone(), |b| BreakerSettings {
+                failure_threshold: b.failure_threshold,
+                initial_backoff: b.initial_backoff.0,
+                max_backoff: b.max_backoff.0,
+            }),
+        delay_warning_after: config.raw.retry.warn_after.0,
         port: raw.port,
         max_concurrent_deliveries: raw.max_concurrent,
         lease,
@@ -287,12 +470,126 @@ fn delivery_settings(config: &Config) -> DeliverySettings {
             data_end: raw.data_timeout.0,
             quit: command.min(Duration::from_secs(5)),
         },
-        tls: match raw.tls {
-            DeliveryTls::Opportunistic => TlsMode::Opportunistic,
-            DeliveryTls::Required => TlsMode::Required,
-            DeliveryTls::Disabled => TlsMode::Disabled,
-        },
+        tls: tls_mode(raw.tls),
         retry: config.retry.clone(),
-        ..DeliverySettings::default()
+        ..defaults
+    })
+}
+
+fn load_dkim(config: &Config) -> anyhow::Result<Option<Arc<postrider_trust::DkimSigner>>> {
+    let raw = &config.raw.dkim;
+    if raw.keys.is_empty() {
+        return Ok(None);
     }
+    let mut settings = postrider_trust::DkimSettings::default();
+    if let Some(h) = &raw.headers {
+        settings.headers = h.clone();
+    }
+    for k in &raw.keys {
+        settings.keys.push(postrider_trust::DkimKeyConfig {
+            domain: k.domain.clone(),
+            selector: k.selector.clone(),
+            key_file: k.key_file.clone(),
+            algorithm: match &k.algorithm {
+                Some(a) => a
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("dkim.keys.algorithm: {e}"))?,
+                None => postrider_trust::DkimAlgorithm::default(),
+            },
+        });
+    }
+    let signer = postrider_trust::DkimSigner::load(&settings).context("dkim.keys")?;
+    tracing::info!(keys = raw.keys.len(), "DKIM signing enabled");
+    Ok(Some(Arc::new(signer)))
+}
+
+fn trust_services(
+    config: &Config,
+    resolver: hickory_resolver::TokioResolver,
+    dkim: Option<&Arc<postrider_trust::DkimSigner>>,
+) -> postrider_trust::TrustServices {
+    let delivery = &config.raw.delivery;
+    let mut egress_ips = delivery.public_ips.clone();
+    if egress_ips.is_empty() {
+        egress_ips.extend(delivery.source_ip);
+    }
+    let verify = &config.raw.verify;
+    let verifier = verify.enabled.then(|| {
+        let mut s = postrider_trust::VerifierSettings {
+            helo_name: delivery
+                .helo_name
+                .clone()
+                .unwrap_or_else(|| config.hostname.clone()),
+            smtp_port: delivery.port,
+            ..Default::default()
+        };
+        if let Some(n) = verify.per_domain_per_minute {
+            s.per_domain_per_minute = n;
+        }
+        if let Some(t) = verify.cache_ttl {
+            s.cache_ttl_positive = t.0;
+        }
+        if let Some(t) = verify.negative_cache_ttl {
+            s.cache_ttl_negative = t.0;
+        }
+        Arc::new(postrider_trust::Verifier::new(s, resolver.clone()))
+    });
+    postrider_trust::TrustServices {
+        resolver,
+        egress_ips,
+        dkim_keys: dkim.map(|d| d.public_keys()).unwrap_or_default(),
+        verifier,
+    }
+}
+
+fn webhook_settings(config: &Config) -> anyhow::Result<postrider_webhooks::DispatcherSettings> {
+    let mut settings = postrider_webhooks::DispatcherSettings::default();
+    for w in &config.raw.webhooks {
+        let mut hook = postrider_webhooks::WebhookSettings::new(w.url.clone(), w.secret.clone());
+        hook.events = w
+            .events
+            .iter()
+            .filter_map(|e| postrider_store::EventKind::parse(e))
+            .collect();
+        if let Some(t) = w.timeout {
+            hook.timeout = t.0;
+        }
+        if let Some(a) = w.max_age {
+            hook.max_age = a.0;
+        }
+        settings.webhooks.push(hook);
+    }
+    settings.validate().context("invalid [[webhooks]]")?;
+    if let Some(longest) = settings.webhooks.iter().map(|w| w.max_age).max()
+        && longest >= config.raw.events.retention.0
+    {
+        anyhow::bail!("events.retention must be longer than every webhook max_age");
+    }
+    Ok(settings)
+}
+
+/// `postrider check-domain`: checks a sender domain with the configured DNS, keys and addresses.
+pub(crate) async fn check_domain(
+    config: &Config,
+    domain: &postrider_core::Domain,
+) -> anyhow::Result<postrider_trust::DomainReport> {
+    let mut dns = DnsSettings::default();
+    if let Some(t) = config.raw.dns.timeout {
+        dns.timeout = t.0;
+    }
+    let hickory = if config.nameservers.is_empty() {
+        HickoryMxResolver::system_with(&dns).context("cannot read the system DNS configuration")?
+    } else {
+        HickoryMxResolver::with_nameservers_and(&config.nameservers, &dns)
+            .context("invalid [dns] settings")?
+    };
+    let dkim = load_dkim(config)?;
+    let trust = trust_services(config, hickory.resolver().clone(), dkim.as_ref());
+    let keys: Vec<_> = trust
+        .dkim_keys
+        .iter()
+        .filter(|k| k.domain == domain.as_str())
+        .cloned()
+        .collect();
+    Ok(postrider_trust::check_domain(&trust.resolver, domain, &trust.egress_ips, &keys).await)
 }

@@ -38,7 +38,10 @@ pub(crate) enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
 }
 
 /// A duration written as a humantime string: `"30s"`, `"5m"`, `"1h20m"`, `"5d"`.
@@ -54,9 +57,13 @@ impl fmt::Debug for HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(HumanDuration).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"1h20m\", \"5d\""))
-        })
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"1h20m\", \"5d\""
+                ))
+            })
     }
 }
 
@@ -97,7 +104,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         match Raw::deserialize(d)? {
             Raw::Num(n) => Ok(ByteSize(n)),
             Raw::Text(s) => ByteSize::parse(&s).ok_or_else(|| {
-                serde::de::Error::custom(format!("invalid size {s:?}; write e.g. \"25MB\", \"512KiB\" or a number of bytes"))
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}; write e.g. \"25MB\", \"512KiB\" or a number of bytes"
+                ))
             }),
         }
     }
@@ -128,6 +137,21 @@ pub(crate) struct RawConfig {
     /// Retry schedule and queue lifetime.
     #[serde(default)]
     pub(crate) retry: RawRetry,
+    /// Static routes that override MX lookup for matching recipient domains.
+    #[serde(default)]
+    pub(crate) routes: Vec<RawRoute>,
+    /// DKIM signing keys.
+    #[serde(default)]
+    pub(crate) dkim: RawDkim,
+    /// Address verification (`POST /v1/verify`).
+    #[serde(default)]
+    pub(crate) verify: RawVerify,
+    /// The event log (`GET /v1/events`, webhooks).
+    #[serde(default)]
+    pub(crate) events: RawEvents,
+    /// Webhooks: every event of the listed types is POSTed, signed, to each URL.
+    #[serde(default)]
+    pub(crate) webhooks: Vec<RawWebhook>,
     /// Queue housekeeping.
     #[serde(default)]
     pub(crate) queue: RawQueue,
@@ -309,11 +333,24 @@ pub(crate) struct RawHttp {
     /// Requests per second per API key (unset: unlimited).
     #[serde(default)]
     pub(crate) rate_limit_per_key: Option<u32>,
+    /// How long an `Idempotency-Key` is remembered.
+    #[serde(default = "default_idempotency_ttl")]
+    pub(crate) idempotency_ttl: HumanDuration,
+}
+
+fn default_idempotency_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { listen: default_http_listen(), api_keys: Vec::new(), max_body_size: default_http_max_body(), rate_limit_per_key: None }
+        RawHttp {
+            listen: default_http_listen(),
+            api_keys: Vec::new(),
+            max_body_size: default_http_max_body(),
+            rate_limit_per_key: None,
+            idempotency_ttl: default_idempotency_ttl(),
+        }
     }
 }
 
@@ -346,6 +383,12 @@ pub(crate) struct RawDns {
     /// Per-query timeout.
     #[serde(default)]
     pub(crate) timeout: Option<HumanDuration>,
+    /// Tries per query.
+    #[serde(default)]
+    pub(crate) attempts: Option<usize>,
+    /// Cached DNS answers (respecting their TTL).
+    #[serde(default)]
+    pub(crate) cache_size: Option<u64>,
 }
 
 /// `[delivery]`.
@@ -377,6 +420,210 @@ pub(crate) struct RawDelivery {
     /// attempt (connect + commands + data), since an expired lease lets the message run again.
     #[serde(default = "default_lease")]
     pub(crate) lease: HumanDuration,
+    /// Outbound connections in total (idle pooled ones included).
+    #[serde(default)]
+    pub(crate) max_connections: Option<usize>,
+    /// Outbound connections per MX host (IP and port).
+    #[serde(default)]
+    pub(crate) max_connections_per_host: Option<usize>,
+    /// Messages sent over one connection before it is closed.
+    #[serde(default)]
+    pub(crate) max_messages_per_connection: Option<u32>,
+    /// How long an idle connection is kept for reuse.
+    #[serde(default)]
+    pub(crate) connection_idle_timeout: Option<HumanDuration>,
+    /// Local address outbound connections are made from.
+    #[serde(default)]
+    pub(crate) source_ip: Option<IpAddr>,
+    /// Public addresses mail leaves from, checked against SPF by `check-domain`
+    /// (default: `source_ip` when set).
+    #[serde(default)]
+    pub(crate) public_ips: Vec<IpAddr>,
+    /// Require valid certificates when TLS is required (opportunistic TLS never requires them).
+    #[serde(default)]
+    pub(crate) verify_certificates: bool,
+    /// Extra trusted CA certificates (PEM) for outbound TLS.
+    #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Send all mail not matched by a route through this upstream server.
+    #[serde(default)]
+    pub(crate) relayhost: Option<RawRelayhost>,
+    /// Circuit breaker for failing destinations.
+    #[serde(default)]
+    pub(crate) breaker: Option<RawBreaker>,
+    /// Per recipient domain overrides, e.g. `[delivery.domains."example.com"]`.
+    #[serde(default)]
+    pub(crate) domains: std::collections::BTreeMap<String, RawDomainPolicy>,
+}
+
+/// `[delivery.relayhost]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRelayhost {
+    /// Host name or IP address.
+    pub(crate) host: String,
+    /// Port (587 by default; 465 with `tls = "implicit"`).
+    #[serde(default)]
+    pub(crate) port: Option<u16>,
+    /// AUTH user name.
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    /// AUTH password.
+    #[serde(default)]
+    pub(crate) password: Option<String>,
+    /// `required` (STARTTLS, default), `opportunistic` or `implicit`.
+    #[serde(default)]
+    pub(crate) tls: RelayTlsMode,
+    /// Allow AUTH without TLS (never do this across a network).
+    #[serde(default)]
+    pub(crate) allow_plaintext_auth: bool,
+}
+
+/// `delivery.relayhost.tls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RelayTlsMode {
+    /// STARTTLS, or fail.
+    #[default]
+    Required,
+    /// STARTTLS when offered.
+    Opportunistic,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// `[delivery.breaker]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    /// Consecutive failures (connection failures or 421s) that suspend a destination; 0 disables.
+    pub(crate) failure_threshold: u32,
+    /// First suspension; doubles while failures continue.
+    pub(crate) initial_backoff: HumanDuration,
+    /// Longest suspension.
+    pub(crate) max_backoff: HumanDuration,
+}
+
+/// `[delivery.domains."example.com"]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDomainPolicy {
+    /// Concurrent connections for this recipient domain.
+    #[serde(default)]
+    pub(crate) max_connections: Option<usize>,
+    /// Messages per minute to this domain.
+    #[serde(default)]
+    pub(crate) messages_per_minute: Option<u32>,
+    /// STARTTLS policy for this domain.
+    #[serde(default)]
+    pub(crate) tls: Option<DeliveryTls>,
+}
+
+/// `[dkim]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDkim {
+    /// Header fields to sign (default: From, To, Cc, Subject, Date, Message-ID, MIME and list headers).
+    #[serde(default)]
+    pub(crate) headers: Option<Vec<String>>,
+    /// Keys; a message is signed with every key of its From: domain.
+    #[serde(default)]
+    pub(crate) keys: Vec<RawDkimKey>,
+}
+
+/// `[[dkim.keys]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDkimKey {
+    /// Signing domain (`d=`); `*.example.com` also signs subdomains.
+    pub(crate) domain: String,
+    /// Selector (`s=`).
+    pub(crate) selector: String,
+    /// PEM private key, as written by `postrider dkim keygen`.
+    pub(crate) key_file: PathBuf,
+    /// `rsa-sha256` (default) or `ed25519-sha256`.
+    #[serde(default)]
+    pub(crate) algorithm: Option<String>,
+}
+
+/// `[verify]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVerify {
+    /// Offer `POST /v1/verify` (SMTP callouts to the recipient's MX).
+    #[serde(default = "default_true")]
+    pub(crate) enabled: bool,
+    /// Callouts per recipient domain per minute.
+    #[serde(default)]
+    pub(crate) per_domain_per_minute: Option<u32>,
+    /// How long a deliverable answer is reused.
+    #[serde(default)]
+    pub(crate) cache_ttl: Option<HumanDuration>,
+    /// How long an undeliverable answer is reused.
+    #[serde(default)]
+    pub(crate) negative_cache_ttl: Option<HumanDuration>,
+}
+
+impl Default for RawVerify {
+    fn default() -> Self {
+        RawVerify {
+            enabled: true,
+            per_domain_per_minute: None,
+            cache_ttl: None,
+            negative_cache_ttl: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[events]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEvents {
+    /// How long events are kept; must exceed every webhook's `max_age`.
+    #[serde(default = "default_retention")]
+    pub(crate) retention: HumanDuration,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            retention: default_retention(),
+        }
+    }
+}
+
+/// `[[webhooks]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    /// `http://` or `https://` endpoint.
+    pub(crate) url: String,
+    /// HMAC-SHA256 key (at least 16 characters).
+    pub(crate) secret: String,
+    /// Event types to send (`accepted`, `deferred`, `delivered`, `bounced`, `suppressed`,
+    /// `expired`); empty: all.
+    #[serde(default)]
+    pub(crate) events: Vec<String>,
+    /// Per-request timeout.
+    #[serde(default)]
+    pub(crate) timeout: Option<HumanDuration>,
+    /// Give up on an event after this long (counted in `postrider_webhook_dropped_total`).
+    #[serde(default)]
+    pub(crate) max_age: Option<HumanDuration>,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    /// Recipient domain: exact, or `*.example.com` for subdomains.
+    pub(crate) domain: String,
+    /// Destination: `host`, `host:port` or `[ipv6]:port` (port 25 by default).
+    pub(crate) to: String,
 }
 
 impl Default for RawDelivery {
@@ -390,6 +637,17 @@ impl Default for RawDelivery {
             command_timeout: default_command_reply_timeout(),
             data_timeout: default_data_timeout(),
             lease: default_lease(),
+            max_connections: None,
+            max_connections_per_host: None,
+            max_messages_per_connection: None,
+            connection_idle_timeout: None,
+            source_ip: None,
+            public_ips: Vec::new(),
+            verify_certificates: false,
+            ca_file: None,
+            relayhost: None,
+            breaker: None,
+            domains: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -436,16 +694,32 @@ pub(crate) struct RawRetry {
     /// After this, still-undelivered recipients bounce.
     #[serde(default = "default_max_age")]
     pub(crate) max_age: HumanDuration,
+    /// Send one delay warning DSN when a message has been deferred this long; "0s" disables.
+    #[serde(default = "default_warn_after")]
+    pub(crate) warn_after: HumanDuration,
 }
 
 impl Default for RawRetry {
     fn default() -> Self {
-        RawRetry { intervals: default_intervals(), max_age: default_max_age() }
+        RawRetry {
+            intervals: default_intervals(),
+            max_age: default_max_age(),
+            warn_after: default_warn_after(),
+        }
     }
 }
 
+fn default_warn_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(4 * 3600))
+}
+
 fn default_intervals() -> Vec<HumanDuration> {
-    RetryPolicy::default().intervals().iter().copied().map(HumanDuration).collect()
+    RetryPolicy::default()
+        .intervals()
+        .iter()
+        .copied()
+        .map(HumanDuration)
+        .collect()
 }
 fn default_max_age() -> HumanDuration {
     HumanDuration(RetryPolicy::default().max_age())
@@ -462,7 +736,9 @@ pub(crate) struct RawQueue {
 
 impl Default for RawQueue {
     fn default() -> Self {
-        RawQueue { retention: default_retention() }
+        RawQueue {
+            retention: default_retention(),
+        }
     }
 }
 
@@ -481,7 +757,9 @@ pub(crate) struct RawShutdown {
 
 impl Default for RawShutdown {
     fn default() -> Self {
-        RawShutdown { grace_period: default_grace() }
+        RawShutdown {
+            grace_period: default_grace(),
+        }
     }
 }
 
@@ -503,7 +781,10 @@ pub(crate) struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog { format: LogFormat::default(), level: default_log_level() }
+        RawLog {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
     }
 }
 
@@ -539,7 +820,10 @@ impl Config {
     /// Reads and validates a file, or the embedded defaults when `path` is `None`.
     pub(crate) fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?,
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_owned(),
+                source,
+            })?,
             None => String::new(),
         };
         Config::from_toml(&text)
@@ -557,41 +841,71 @@ impl Config {
             None => system_hostname(),
         };
         if Domain::parse(&hostname).is_err() || hostname.starts_with('[') {
-            return Err(invalid("hostname", format!("{hostname:?} is not a valid host name")));
+            return Err(invalid(
+                "hostname",
+                format!("{hostname:?} is not a valid host name"),
+            ));
         }
         if let Some(h) = &raw.delivery.helo_name
             && Domain::parse(h).is_err()
         {
-            return Err(invalid("delivery.helo_name", format!("{h:?} is not a valid host name")));
+            return Err(invalid(
+                "delivery.helo_name",
+                format!("{h:?} is not a valid host name"),
+            ));
         }
         if raw.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
         if raw.smtp.listen.is_empty() && raw.smtp.tls_listen.is_empty() {
-            return Err(invalid("smtp.listen", "at least one SMTP listener is required"));
+            return Err(invalid(
+                "smtp.listen",
+                "at least one SMTP listener is required",
+            ));
         }
         if !raw.smtp.tls_listen.is_empty() && raw.smtp.tls.is_none() {
-            return Err(invalid("smtp.tls_listen", "implicit TLS listeners need [smtp.tls] cert and key"));
+            return Err(invalid(
+                "smtp.tls_listen",
+                "implicit TLS listeners need [smtp.tls] cert and key",
+            ));
         }
         let limits = &raw.smtp.limits;
         if limits.max_message_size.0 < 1024 {
-            return Err(invalid("smtp.limits.max_message_size", "must be at least 1KiB"));
+            return Err(invalid(
+                "smtp.limits.max_message_size",
+                "must be at least 1KiB",
+            ));
         }
         if limits.max_recipients == 0 {
             return Err(invalid("smtp.limits.max_recipients", "must be at least 1"));
         }
         if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
-            return Err(invalid("smtp.limits.max_connections", "connection limits must be at least 1"));
+            return Err(invalid(
+                "smtp.limits.max_connections",
+                "connection limits must be at least 1",
+            ));
         }
         if limits.command_timeout.0 < Duration::from_secs(1) {
-            return Err(invalid("smtp.limits.command_timeout", "must be at least 1s"));
+            return Err(invalid(
+                "smtp.limits.command_timeout",
+                "must be at least 1s",
+            ));
         }
         for (i, u) in raw.smtp.users.iter().enumerate() {
             if u.name.is_empty() || u.name.chars().any(|c| c.is_control() || c == ' ') {
-                return Err(invalid("smtp.users.name", format!("user #{i}: names are non-empty without spaces")));
+                return Err(invalid(
+                    "smtp.users.name",
+                    format!("user #{i}: names are non-empty without spaces"),
+                ));
             }
             if !u.password_hash.starts_with("$argon2") {
-                return Err(invalid("smtp.users.password_hash", format!("user {:?}: expected an argon2 hash from `postrider passwd`", u.name)));
+                return Err(invalid(
+                    "smtp.users.password_hash",
+                    format!(
+                        "user {:?}: expected an argon2 hash from `postrider passwd`",
+                        u.name
+                    ),
+                ));
             }
             for s in &u.allowed_senders {
                 let ok = match s.strip_prefix('@') {
@@ -599,25 +913,50 @@ impl Config {
                     None => postrider_core::Address::parse(s).is_ok(),
                 };
                 if !ok {
-                    return Err(invalid("smtp.users.allowed_senders", format!("user {:?}: {s:?} is neither an address nor @domain", u.name)));
+                    return Err(invalid(
+                        "smtp.users.allowed_senders",
+                        format!("user {:?}: {s:?} is neither an address nor @domain", u.name),
+                    ));
                 }
             }
         }
         for k in &raw.http.api_keys {
             if k.key_hash.len() != 64 || !k.key_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid("http.api_keys.key_hash", format!("key {:?}: expected 64 hex digits from `postrider apikey new`", k.name)));
+                return Err(invalid(
+                    "http.api_keys.key_hash",
+                    format!(
+                        "key {:?}: expected 64 hex digits from `postrider apikey new`",
+                        k.name
+                    ),
+                ));
             }
             if k.scopes.is_empty() {
-                return Err(invalid("http.api_keys.scopes", format!("key {:?}: at least one scope is required", k.name)));
+                return Err(invalid(
+                    "http.api_keys.scopes",
+                    format!("key {:?}: at least one scope is required", k.name),
+                ));
             }
-            if let Some(bad) = k.scopes.iter().find(|s| !matches!(s.as_str(), "send" | "read" | "admin")) {
-                return Err(invalid("http.api_keys.scopes", format!("key {:?}: unknown scope {bad:?} (send, read, admin)", k.name)));
+            if let Some(bad) = k
+                .scopes
+                .iter()
+                .find(|s| !matches!(s.as_str(), "send" | "read" | "admin"))
+            {
+                return Err(invalid(
+                    "http.api_keys.scopes",
+                    format!(
+                        "key {:?}: unknown scope {bad:?} (send, read, admin)",
+                        k.name
+                    ),
+                ));
             }
         }
         if raw.http.api_keys.is_empty() && !raw.http.listen.ip().is_loopback() {
             return Err(invalid(
                 "http.listen",
-                format!("{} is not a loopback address; configure http.api_keys before exposing the API", raw.http.listen),
+                format!(
+                    "{} is not a loopback address; configure http.api_keys before exposing the API",
+                    raw.http.listen
+                ),
             ));
         }
         let mut nameservers = Vec::with_capacity(raw.dns.nameservers.len());
@@ -625,24 +964,98 @@ impl Config {
             let addr = ns
                 .parse::<SocketAddr>()
                 .or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                .map_err(|_| invalid("dns.nameservers", format!("{ns:?} is not an IP address or ip:port")))?;
+                .map_err(|_| {
+                    invalid(
+                        "dns.nameservers",
+                        format!("{ns:?} is not an IP address or ip:port"),
+                    )
+                })?;
             nameservers.push(addr);
         }
         if raw.delivery.port == 0 {
-            return Err(invalid("delivery.port", "must be a port number from 1 to 65535"));
+            return Err(invalid(
+                "delivery.port",
+                "must be a port number from 1 to 65535",
+            ));
         }
         if raw.delivery.max_concurrent == 0 {
             return Err(invalid("delivery.max_concurrent", "must be at least 1"));
         }
-        let retry = RetryPolicy::new(raw.retry.intervals.iter().map(|d| d.0).collect(), raw.retry.max_age.0)
-            .map_err(|e| invalid("retry.intervals", e.to_string()))?;
+        let retry = RetryPolicy::new(
+            raw.retry.intervals.iter().map(|d| d.0).collect(),
+            raw.retry.max_age.0,
+        )
+        .map_err(|e| invalid("retry.intervals", e.to_string()))?;
         if raw.retry.max_age.0.is_zero() {
             return Err(invalid("retry.max_age", "must be longer than zero"));
         }
-        if raw.delivery.lease.0 < Duration::from_secs(10) {
-            return Err(invalid("delivery.lease", "must be at least 10s and should exceed the longest delivery attempt"));
+        for (i, r) in raw.routes.iter().enumerate() {
+            postrider_delivery::Route::parse(&r.domain, &r.to).map_err(|e| {
+                invalid(
+                    "routes",
+                    format!("route #{} ({} → {}): {e}", i + 1, r.domain, r.to),
+                )
+            })?;
         }
-        Ok(Config { hostname, nameservers, retry, raw })
+        for domain in raw.delivery.domains.keys() {
+            if Domain::parse(domain.trim_start_matches("*.")).is_err() {
+                return Err(invalid(
+                    "delivery.domains",
+                    format!("{domain:?} is not a domain"),
+                ));
+            }
+        }
+        if let Some(r) = &raw.delivery.relayhost {
+            if r.host.is_empty() {
+                return Err(invalid("delivery.relayhost.host", "must not be empty"));
+            }
+            if r.username.is_some() != r.password.is_some() {
+                return Err(invalid(
+                    "delivery.relayhost",
+                    "username and password go together",
+                ));
+            }
+        }
+        for (i, k) in raw.dkim.keys.iter().enumerate() {
+            if Domain::parse(k.domain.trim_start_matches("*.")).is_err() || k.selector.is_empty() {
+                return Err(invalid(
+                    "dkim.keys",
+                    format!("key #{}: needs a valid domain and a selector", i + 1),
+                ));
+            }
+            if let Some(a) = &k.algorithm
+                && a.parse::<postrider_trust::DkimAlgorithm>().is_err()
+            {
+                return Err(invalid(
+                    "dkim.keys.algorithm",
+                    format!("key #{}: {a:?} is not rsa-sha256 or ed25519-sha256", i + 1),
+                ));
+            }
+        }
+        for (i, w) in raw.webhooks.iter().enumerate() {
+            if let Some(bad) = w
+                .events
+                .iter()
+                .find(|e| postrider_store::EventKind::parse(e).is_none())
+            {
+                return Err(invalid(
+                    "webhooks.events",
+                    format!("webhook #{}: unknown event type {bad:?}", i + 1),
+                ));
+            }
+        }
+        if raw.delivery.lease.0 < Duration::from_secs(10) {
+            return Err(invalid(
+                "delivery.lease",
+                "must be at least 10s and should exceed the longest delivery attempt",
+            ));
+        }
+        Ok(Config {
+            hostname,
+            nameservers,
+            retry,
+            raw,
+        })
     }
 }
 
@@ -669,7 +1082,13 @@ mod tests {
         assert!(c.nameservers.is_empty());
         assert_eq!(c.raw.smtp.limits.max_message_size, ByteSize(25_000_000));
         assert_eq!(c.retry, RetryPolicy::default());
-        assert_eq!(c.raw.smtp.trusted_networks, vec!["127.0.0.0/8".parse::<IpNet>().unwrap(), "::1/128".parse().unwrap()]);
+        assert_eq!(
+            c.raw.smtp.trusted_networks,
+            vec![
+                "127.0.0.0/8".parse::<IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -695,7 +1114,13 @@ max_age = "5d"
         )
         .unwrap();
         assert_eq!(c.hostname, "relay.example.com");
-        assert_eq!(c.nameservers, vec!["127.0.0.1:5353".parse().unwrap(), "127.0.0.53:53".parse().unwrap()]);
+        assert_eq!(
+            c.nameservers,
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "127.0.0.53:53".parse().unwrap()
+            ]
+        );
         assert_eq!(c.retry.intervals()[4], Duration::from_secs(4800));
         assert_eq!(c.retry.max_age(), Duration::from_secs(5 * 86_400));
         assert_eq!(c.raw.delivery.port, 2626);
@@ -710,9 +1135,15 @@ max_age = "5d"
         assert!(err("bogus = 1").contains("bogus"), "{}", err("bogus = 1"));
         assert!(err("[smtp]\nlisen = []").contains("lisen"));
         let e = err("[retry]\nmax_age = \"5x\"");
-        assert!(e.contains("max_age") && e.contains("invalid duration"), "{e}");
+        assert!(
+            e.contains("max_age") && e.contains("invalid duration"),
+            "{e}"
+        );
         let e = err("[smtp.limits]\nmax_message_size = \"25XB\"");
-        assert!(e.contains("max_message_size") && e.contains("invalid size"), "{e}");
+        assert!(
+            e.contains("max_message_size") && e.contains("invalid size"),
+            "{e}"
+        );
         assert!(err("[retry]\nintervals = []").contains("retry.intervals"));
         assert!(err("hostname = \"bad host\"").contains("hostname"));
         assert!(err("[dns]\nnameservers = [\"nope\"]").contains("dns.nameservers"));
@@ -721,6 +1152,52 @@ max_age = "5d"
         assert!(err("[delivery]\nport = 0").contains("delivery.port"));
         let e = err("[smtp]\nlisten = [\"127.0.0.1\"]");
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn delivery_policy_keys() {
+        let c = Config::from_toml(
+            r#"
+[[routes]]
+domain = "*.corp.example"
+to = "10.0.0.5:2525"
+[delivery]
+max_connections_per_host = 4
+verify_certificates = true
+source_ip = "127.0.0.9"
+[delivery.relayhost]
+host = "smtp.provider.example"
+username = "u"
+password = "p"
+[delivery.breaker]
+failure_threshold = 5
+initial_backoff = "1m"
+max_backoff = "30m"
+[delivery.domains."gmail.com"]
+max_connections = 2
+messages_per_minute = 600
+tls = "required"
+[retry]
+warn_after = "0s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.raw.routes[0].to, "10.0.0.5:2525");
+        assert_eq!(
+            c.raw.delivery.domains["gmail.com"].tls,
+            Some(DeliveryTls::Required)
+        );
+        assert_eq!(c.raw.retry.warn_after.0, Duration::ZERO);
+        assert!(err("[[routes]]\ndomain = \"a.test\"\nto = \"host:notaport\"").contains("routes"));
+        assert!(
+            err("[delivery.relayhost]\nhost = \"x.test\"\nusername = \"u\"")
+                .contains("delivery.relayhost")
+        );
+        assert!(
+            err("[delivery.domains.\"bad domain\"]\nmax_connections = 1")
+                .contains("delivery.domains")
+        );
+        assert!(err("[delivery.breaker]\nfailure_threshold = 1").contains("initial_backoff"));
     }
 
     #[test]

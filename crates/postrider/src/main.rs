@@ -7,6 +7,7 @@ mod admin;
 mod app;
 mod cli;
 mod config;
+mod gauges;
 mod logging;
 
 use std::process::ExitCode;
