@@ -1201,6 +1201,17 @@ warn_after = "0s"
     }
 
     #[test]
+    fn readme_configuration_reference_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block in the README") + 8;
+        let block = &readme[start..start + readme[start..].find("```").expect("closed block")];
+        let c = Config::from_toml(block).unwrap_or_else(|e| panic!("README configuration reference: {e}"));
+        assert_eq!(c.hostname, "relay.example.com");
+        assert_eq!(c.raw.webhooks.len(), 1);
+        assert_eq!(c.raw.dkim.keys.len(), 1);
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(ByteSize::parse("25MB"), Some(ByteSize(25_000_000)));
         assert_eq!(ByteSize::parse("512KiB"), Some(ByteSize(524_288)));
