@@ -101,13 +101,13 @@ async fn full_disk_refuses_with_451_and_recovers_when_space_returns() {
         mx.update_behaviour(|b| b.greeting = Some(Reply::new(421, "4.3.2 not yet")));
     }
     let base = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let disk = SmallDisk::mount(&base.path().join("data"), "3m");
+    let disk = SmallDisk::mount(&base.path().join("data"), "24m");
     let relay = TestRelay::start_in(base.clone(), &world.config(&["1h"], "5d")).await;
 
     let filler = format!("{}\r\n", "x".repeat(76)).repeat(2500); // ~195 KB
     let mut acked = Vec::new();
     let mut refused = None;
-    for n in 0..60 {
+    for n in 0..400 {
         let (code, text) = submit_once(&relay, n, &filler).await;
         match code {
             250 => acked.push(n),
@@ -117,7 +117,7 @@ async fn full_disk_refuses_with_451_and_recovers_when_space_returns() {
             }
         }
     }
-    let (code, text) = refused.expect("the 3 MB disk fills up");
+    let (code, text) = refused.expect("the 24 MB disk fills up");
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("4.3.0"), "{text}");
     assert!(
@@ -127,7 +127,7 @@ async fn full_disk_refuses_with_451_and_recovers_when_space_returns() {
 
     // Space returns and the relay is restarted (by the storage watchdog when sled can still
     // answer, otherwise by the service manager): everything acknowledged is still there.
-    disk.resize("64m");
+    disk.resize("160m");
     let mut relay = relay;
     relay.stop_with("KILL").await;
     relay.restart().await;

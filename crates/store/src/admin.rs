@@ -233,7 +233,7 @@ impl Store {
             };
             plan.messages
                 .insert(&id_bytes[..], codec::encode_message(&new)?);
-            match self.apply_plan(&plan)? {
+            match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(Some(plan)),
                 Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
             }
@@ -376,6 +376,7 @@ impl Store {
             };
             plan.messages.remove(&id_bytes[..]);
             plan.bodies.remove(&id_bytes[..]);
+            plan.dropped_bodies.push(id_bytes);
             plan.held.remove(&id_bytes[..]);
             match codec::decode_message(&id_bytes, &bytes) {
                 Ok(rec) => {
@@ -410,7 +411,7 @@ impl Store {
                     }
                 }
             }
-            match self.apply_plan(&plan)? {
+            match self.apply_plan(&mut plan)? {
                 Verdict::Applied => {
                     self.durable().await?;
                     tracing::info!(%id, "message deleted");
@@ -460,7 +461,7 @@ impl Store {
         for n in &notes {
             n.add_to(&mut plan);
         }
-        match self.apply_plan(&plan)? {
+        match self.apply_plan(&mut plan)? {
             Verdict::Applied => {
                 self.durable().await?;
                 self.wake_for(&plan);
@@ -508,7 +509,7 @@ impl Store {
         let Some(k) = TimeKey::from_bytes(key) else {
             let mut plan = Plan::default();
             plan.finished.remove(key.clone());
-            self.apply_plan(&plan)?;
+            self.apply_plan(&mut plan)?;
             return Ok(false);
         };
         let id_bytes = id_key(k.id);
@@ -531,7 +532,7 @@ impl Store {
                 plan.messages.remove(&id_bytes[..]);
                 plan.bodies.remove(&id_bytes[..]);
             }
-            match self.apply_plan(&plan)? {
+            match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(drops),
                 Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
             }

@@ -85,6 +85,61 @@ pub(crate) fn encode_body(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Version of a chunked body's head record (bodies larger than [`BODY_CHUNK`]).
+pub(crate) const CHUNKED_BODY_VERSION: u8 = 2;
+
+/// Largest piece of a body stored under one key. sled writes pages above a quarter of its log
+/// segment to separate "blob" files, which its flush never syncs; chunks this size keep even a
+/// full leaf (17 items) of them well below that threshold with the store's 8 MiB segments, so
+/// all of a message stays in the log that the group commit makes durable.
+pub(crate) const BODY_CHUNK: usize = 64 * 1024;
+
+/// The body as `(key, value)` pairs for the `bodies` tree: one version-1 record when it fits in
+/// one chunk; otherwise a version-2 head `0x02 ‖ be_u32(chunks) ‖ chunk 0` under the id and
+/// the remaining chunks, raw, under `id ‖ be_u32(index)`.
+pub(crate) fn encode_body_records(id_key: &[u8], raw: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if raw.len() <= BODY_CHUNK {
+        return vec![(id_key.to_vec(), encode_body(raw))];
+    }
+    let chunks: Vec<&[u8]> = raw.chunks(BODY_CHUNK).collect();
+    let mut out = Vec::with_capacity(chunks.len());
+    let mut head = Vec::with_capacity(5 + BODY_CHUNK);
+    head.push(CHUNKED_BODY_VERSION);
+    head.extend_from_slice(&(chunks.len() as u32).to_be_bytes());
+    head.extend_from_slice(chunks[0]);
+    out.push((id_key.to_vec(), head));
+    for (i, c) in chunks.iter().enumerate().skip(1) {
+        let mut k = id_key.to_vec();
+        k.extend_from_slice(&(i as u32).to_be_bytes());
+        out.push((k, c.to_vec()));
+    }
+    out
+}
+
+/// Reassembles a body from its head record, fetching further chunks with `chunk(index)`.
+pub(crate) fn decode_body_records(
+    key: &[u8],
+    head: &[u8],
+    mut chunk: impl FnMut(u32) -> Result<Option<Vec<u8>>>,
+) -> Result<Vec<u8>> {
+    match head.split_first() {
+        Some((&CHUNKED_BODY_VERSION, rest)) if rest.len() >= 4 => {
+            let count = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let mut out = rest[4..].to_vec();
+            for i in 1..count {
+                let part = chunk(i)?.ok_or_else(|| StoreError::Corrupt {
+                    tree: "bodies",
+                    key: hex(key),
+                    reason: format!("chunk {i} of {count} is missing"),
+                })?;
+                out.extend_from_slice(&part);
+            }
+            Ok(out)
+        }
+        _ => decode_body(key, head),
+    }
+}
+
 /// Decodes a body of any known version, returning the raw message bytes.
 pub(crate) fn decode_body(key: &[u8], bytes: &[u8]) -> Result<Vec<u8>> {
     match bytes.split_first() {
@@ -171,6 +226,29 @@ mod tests {
             decode_message(&[0, 1], &[0, b'{', b'}']),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn large_bodies_are_chunked_below_the_blob_threshold() {
+        let raw: Vec<u8> = (0..(3 * BODY_CHUNK + 17)).map(|i| (i % 251) as u8).collect();
+        let records = encode_body_records(b"\0\0\0\0\0\0\0\x07", &raw);
+        assert_eq!(records.len(), 4);
+        assert!(records.iter().all(|(_, v)| v.len() <= BODY_CHUNK + 5));
+        assert_eq!(records[0].1[0], CHUNKED_BODY_VERSION);
+        let map: std::collections::HashMap<Vec<u8>, Vec<u8>> = records.iter().cloned().collect();
+        let back = decode_body_records(&records[0].0, &records[0].1, |i| {
+            let mut k = records[0].0.clone();
+            k.extend_from_slice(&i.to_be_bytes());
+            Ok(map.get(&k).cloned())
+        })
+        .unwrap();
+        assert_eq!(back, raw);
+        // A missing chunk is corruption of that body, not a panic.
+        let missing = decode_body_records(&records[0].0, &records[0].1, |_| Ok(None));
+        assert!(matches!(missing, Err(StoreError::Corrupt { .. })));
+        // Small bodies keep the version-1 layout.
+        let small = encode_body_records(b"k", b"hi");
+        assert_eq!(small, vec![(b"k".to_vec(), encode_body(b"hi"))]);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Group commit: many writers, one fsync at a time.
 //!
+//! Durability: `Db::flush` writes sled's log with `sync_file_range`, which on Linux does not
+//! flush the drive's write cache nor persist the file's new size, so after each flush the
+//! committer also calls `fdatasync` on the log file. Message bodies are stored in chunks small
+//! enough never to become separate blob files (which sled does not sync at all).
+//!
 //! sled 0.34's `flush_async` deadlocks with eight or more concurrent callers, so it is never
 //! used. Instead every writer, after its transaction committed, sends a oneshot to one committer
 //! over a bounded channel. The committer takes every waiter queued so far (up to [`MAX_BATCH`]),
@@ -40,11 +45,11 @@ pub(crate) struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the committer thread.
-    pub(crate) fn start(metrics: Metrics) -> Result<Self> {
+    pub(crate) fn start(metrics: Metrics, log_file: Option<std::fs::File>) -> Result<Self> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         std::thread::Builder::new()
             .name("postrider-store-commit".into())
-            .spawn(move || run_committer(rx, &metrics))
+            .spawn(move || run_committer(rx, &metrics, log_file.as_ref()))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         Ok(GroupCommit { tx })
     }
@@ -67,7 +72,7 @@ impl GroupCommit {
     }
 }
 
-fn run_committer(mut rx: mpsc::Receiver<Request>, metrics: &Metrics) {
+fn run_committer(mut rx: mpsc::Receiver<Request>, metrics: &Metrics, log_file: Option<&std::fs::File>) {
     let mut replies: Vec<Reply> = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
         let db = first.db;
@@ -79,7 +84,12 @@ fn run_committer(mut rx: mpsc::Receiver<Request>, metrics: &Metrics) {
             }
         }
         let started = Instant::now();
-        let result = db.flush().map(drop);
+        let result = db.flush().map(drop).and_then(|()| match log_file {
+            // Data and size of the log reach stable storage (sled itself only uses
+            // sync_file_range, which does neither).
+            Some(f) => f.sync_data().map_err(sled::Error::Io),
+            None => Ok(()),
+        });
         // Release the handle before answering, so a caller that drops its store afterwards
         // really closes the database.
         drop(db);

@@ -155,7 +155,7 @@ impl Store {
             value: encode_record(&record)?,
             valid_after: key.valid_after,
         });
-        match self.apply_plan(&plan)? {
+        match self.apply_plan(&mut plan)? {
             Verdict::Idempotent(bytes) => {
                 let rec = decode_record(&rkey, &bytes)?;
                 Ok(answer(rec, &hash))

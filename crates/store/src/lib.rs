@@ -151,24 +151,33 @@ pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// sled log segment size. sled writes any page larger than a quarter of a segment to a separate
+/// blob file that its flush never syncs; with 8 MiB segments that threshold is about 2 MiB, far
+/// above a message record or a full leaf of 64 KiB body chunks. Fixed: sled refuses to reopen a
+/// directory with a different segment size.
+const SEGMENT_SIZE_BYTES: usize = 8 * 1024 * 1024;
+
 impl Store {
     /// Opens (or creates) the data directory at `path`. Fails with
     /// [`StoreError::UnknownFormat`] when the directory was written by a newer Postrider.
     pub fn open(path: &Path, metrics: Metrics) -> Result<Store, StoreError> {
         let config = sled::Config::new().path(path);
-        Store::open_config(config, metrics)
+        Store::open_config(config, metrics, Some(path.join("db")))
     }
 
     /// A store in a fresh temporary directory (under `/dev/shm` when it exists), removed when
     /// the last handle is dropped. For tests.
     pub fn temporary(metrics: Metrics) -> Result<Store, StoreError> {
-        Store::open_config(sled::Config::new().temporary(true), metrics)
+        Store::open_config(sled::Config::new().temporary(true), metrics, None)
     }
 
-    fn open_config(config: sled::Config, metrics: Metrics) -> Result<Store> {
+    /// `log_file` is sled's log (`<dir>/db`), synced after every group flush; `None` for
+    /// temporary stores.
+    fn open_config(config: sled::Config, metrics: Metrics, log_file: Option<std::path::PathBuf>) -> Result<Store> {
         // Our group committer is the only flusher (see `commit`).
         let db = config
             .cache_capacity(CACHE_CAPACITY_BYTES)
+            .segment_size(SEGMENT_SIZE_BYTES)
             .flush_every_ms(None)
             .open()?;
         let meta = db.open_tree("meta")?;
@@ -201,7 +210,13 @@ impl Store {
         let pending = queue::count_pending(&trees)?;
         metrics.queue_messages.set(pending);
         tracing::info!(recovered = db.was_recovered(), pending, "store opened");
-        let commit = GroupCommit::start(metrics.clone())?;
+        // sled's flush writes its log with sync_file_range on Linux, which neither flushes the
+        // drive's write cache nor persists the file's size; the committer adds an fdatasync.
+        let log_file = match log_file {
+            Some(p) => Some(std::fs::File::open(&p).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?),
+            None => None,
+        };
+        let commit = GroupCommit::start(metrics.clone(), log_file)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 trees,
@@ -280,8 +295,14 @@ impl Store {
     /// The stored body of a message that is not finished.
     pub fn body(&self, id: MessageId) -> Result<Option<Vec<u8>>, StoreError> {
         let key = keys::id_key(id);
-        match self.inner.trees.bodies.get(key)? {
-            Some(v) => codec::decode_body(&key, &v).map(Some),
+        let bodies = &self.inner.trees.bodies;
+        match bodies.get(key)? {
+            Some(v) => codec::decode_body_records(&key, &v, |i| {
+                let mut k = key.to_vec();
+                k.extend_from_slice(&i.to_be_bytes());
+                Ok(bodies.get(k)?.map(|c| c.to_vec()))
+            })
+            .map(Some),
             None => Ok(None),
         }
     }

@@ -29,6 +29,9 @@ pub(crate) struct Plan {
     pub(crate) expect_scheduled: Option<[u8; 16]>,
     pub(crate) messages: Batch,
     pub(crate) bodies: Batch,
+    /// Messages whose body is removed by this plan: their extra chunks (bodies over one chunk)
+    /// are found and removed in the same transaction by `Store::apply_plan`.
+    pub(crate) dropped_bodies: Vec<[u8; 8]>,
     pub(crate) schedule: Batch,
     pub(crate) finished: Batch,
     pub(crate) held: Batch,

@@ -21,7 +21,7 @@ pub(crate) const MAX_RETRIES: usize = 8;
 pub(crate) struct PreparedNew {
     pub(crate) id: MessageId,
     record: IVec,
-    body: IVec,
+    body: Vec<(Vec<u8>, Vec<u8>)>,
     /// The schedule entry, or, when every recipient is suppressed, the finished-index entry.
     due: TimeKey,
     /// Every recipient is suppressed: the message is finished at enqueue.
@@ -38,7 +38,9 @@ impl PreparedNew {
         if self.finished {
             plan.finished.insert(&self.due.to_bytes()[..], &[][..]);
         } else {
-            plan.bodies.insert(&key[..], self.body.clone());
+            for (k, v) in &self.body {
+                plan.bodies.insert(&k[..], &v[..]);
+            }
             plan.schedule.insert(&self.due.to_bytes()[..], &[][..]);
             plan.pending_delta += 1;
             plan.wakes = true;
@@ -98,7 +100,7 @@ impl Store {
             id,
             events: enqueue_events(&record.message)?,
             record: codec::encode_message(&record)?.into(),
-            body: codec::encode_body(&msg.body).into(),
+            body: codec::encode_body_records(&id_key(id), &msg.body),
             due: TimeKey::new(due, id),
             finished,
         })
@@ -106,7 +108,17 @@ impl Store {
 
     /// Applies a plan and, when applied, updates the pending count and wakes the webhook
     /// dispatcher when outbox entries were written.
-    pub(crate) fn apply_plan(&self, plan: &Plan) -> Result<Verdict> {
+    pub(crate) fn apply_plan(&self, plan: &mut Plan) -> Result<Verdict> {
+        for id in std::mem::take(&mut plan.dropped_bodies) {
+            // Chunk keys are `id ‖ be_u32(index)`; the head record under `id` itself is
+            // already removed by the plan.
+            for key in self.inner.trees.bodies.scan_prefix(id).keys() {
+                let key = key?;
+                if key.len() > id.len() {
+                    plan.bodies.remove(key);
+                }
+            }
+        }
         let webhooks = self.webhooks();
         let result = crate::plan::apply(&self.inner.trees, plan, &webhooks, clock_now());
         self.note_failure(&result);
@@ -134,7 +146,7 @@ impl Store {
         let prepared = self.prepare_new(&msg)?;
         let mut plan = Plan::default();
         prepared.add_to(&mut plan);
-        self.apply_plan(&plan)?;
+        self.apply_plan(&mut plan)?;
         self.durable().await?;
         self.wake_for(&plan);
         tracing::debug!(id = %prepared.id, size = msg.body.len(), "message queued");
@@ -178,7 +190,7 @@ impl Store {
             tracing::error!(key = %crate::keys::hex(raw), "malformed schedule key removed");
             let mut plan = Plan::default();
             plan.schedule.remove(raw.clone());
-            self.apply_plan(&plan)?;
+            self.apply_plan(&mut plan)?;
             return Ok(None);
         };
         let id_bytes = id_key(key.id);
@@ -227,7 +239,7 @@ impl Store {
                     });
                 }
             }
-            match self.apply_plan(&plan)? {
+            match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(leased),
                 Verdict::NotScheduled => return Ok(None),
                 Verdict::RecordChanged | Verdict::Idempotent(_) => continue,
@@ -270,7 +282,7 @@ impl Store {
             for n in &notes {
                 n.add_to(&mut plan);
             }
-            match self.apply_plan(&plan)? {
+            match self.apply_plan(&mut plan)? {
                 Verdict::Applied => {
                     self.durable().await?;
                     self.wake_for(&plan);
@@ -327,6 +339,7 @@ pub(crate) fn plan_outcome(
             rec.message.next_attempt_at = None;
             rec.message.finished_at = Some(finished_at);
             plan.bodies.remove(&id_bytes[..]);
+            plan.dropped_bodies.push(id_bytes);
             plan.finished
                 .insert(&TimeKey::new(finished_at, id).to_bytes()[..], &[][..]);
             if held {
