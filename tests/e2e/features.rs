@@ -256,3 +256,111 @@ async fn webhooks_events_and_idempotency_through_the_binary() {
     let (status, s) = relay.get_json("/v1/suppressions/bad@example.test").await;
     assert_eq!(status, 200, "{s}");
 }
+
+#[tokio::test]
+async fn metrics_after_a_scripted_run() {
+    let world = World::start().await;
+    let relay = world.relay().await;
+    // One SMTP message with a good and a bad recipient, one HTTP message, one refused message.
+    submit(
+        relay.smtp,
+        "app@sender.test",
+        &["good@example.test", "bad@example.test"],
+        &message("app@sender.test", "good@example.test", "m1"),
+    )
+    .await;
+    let (status, _) = relay.post_json("/v1/messages", &json!({"from": "app@sender.test", "to": ["user2@example.test"], "subject": "m2", "text": "x"})).await;
+    assert_eq!(status, 202);
+    {
+        let (mut c, _) = crate::smtp_client::SmtpClient::connect(relay.smtp).await;
+        c.cmd("EHLO client.postrider.test").await;
+        c.cmd("MAIL FROM:<app@sender.test>").await;
+        c.cmd("RCPT TO:<x@example.test>").await;
+        c.cmd("DATA").await;
+        c.send_raw(b"Subject: bare\n\nbare LF\r\n.\r\n").await;
+        assert_eq!(c.read_reply().await.code, 550);
+    }
+    // Delivery of both messages plus the bounce to the sender.
+    received(&world.mx1, 2).await;
+    received(&world.sender_mx, 1).await;
+    wait_until("queue drained", async || {
+        (relay.metric("postrider_queue_messages").await == Some(0.0)).then_some(())
+    })
+    .await;
+
+    let expect = [
+        ("postrider_messages_accepted_total{source=\"smtp\"}", 1.0),
+        ("postrider_messages_accepted_total{source=\"http\"}", 1.0),
+        (
+            "postrider_delivery_attempts_total{result=\"delivered\"}",
+            3.0,
+        ), // good, user2, the DSN
+        ("postrider_delivery_attempts_total{result=\"bounced\"}", 1.0),
+        (
+            "postrider_delivery_attempts_total{result=\"deferred\"}",
+            0.0,
+        ),
+        ("postrider_bounces_generated_total", 1.0),
+        ("postrider_queue_messages", 0.0),
+        (
+            "postrider_smtp_transactions_total{result=\"accepted\"}",
+            1.0,
+        ),
+        (
+            "postrider_smtp_transactions_total{result=\"rejected\"}",
+            1.0,
+        ),
+        (
+            "postrider_smtp_rejections_total{reason=\"bare_newline\"}",
+            1.0,
+        ),
+        (
+            "postrider_delivery_results_total{result=\"bounced\",status_class=\"5.x\"}",
+            1.0,
+        ),
+        ("postrider_destinations_suspended", 0.0),
+        ("postrider_webhook_outbox", 0.0),
+        ("postrider_build_info{version=\"0.1.0\"}", 1.0),
+    ];
+    let (_, body) = http_request(relay.http, "GET", "/metrics", None, &[])
+        .await
+        .expect("scrape");
+    let text = String::from_utf8(body).expect("utf-8");
+    for (series, want) in expect {
+        let got = text.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|r| r.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        assert_eq!(got, Some(want), "{series} in\n{text}");
+    }
+    // Every family the relay defines is exported (sampled gauges included).
+    for name in [
+        "postrider_delivery_duration_seconds_count",
+        "postrider_delivery_queue_time_seconds_count",
+        "postrider_delivery_by_domain_total",
+        "postrider_dns_lookups_total",
+        "postrider_outbound_connections",
+        "postrider_outbound_tls_total",
+        "postrider_queue_messages_by_state",
+        "postrider_queue_oldest_message_age_seconds",
+        "postrider_smtp_sessions_total",
+        "postrider_http_requests_total",
+        "postrider_store_flush_seconds_count",
+        "postrider_store_flush_batch_count",
+        "postrider_store_size_bytes",
+        "postrider_data_dir_free_bytes",
+        "postrider_webhook_deliveries_total",
+        "postrider_webhook_dropped_total",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from\n{text}"
+        );
+    }
+    let free = relay
+        .metric("postrider_data_dir_free_bytes")
+        .await
+        .unwrap_or(0.0);
+    assert!(free > 0.0, "disk free is sampled");
+}

@@ -415,11 +415,21 @@ impl Session {
                 Event::Reply(reply) => {
                     self.command_deadline = Instant::now() + self.inner.command_timeout;
                     if let Some(why) = reply.rejection {
-                        self.inner
-                            .metrics
+                        let metrics = &self.inner.metrics;
+                        metrics
                             .smtp_rejections
                             .with_label_values(&[why.as_str()])
                             .inc();
+                        // Refusals of the message content end a transaction.
+                        if matches!(
+                            why,
+                            Rejection::TooBig | Rejection::BareNewline | Rejection::LongTextLine
+                        ) {
+                            metrics
+                                .smtp_transactions
+                                .with_label_values(&["rejected"])
+                                .inc();
+                        }
                     }
                     reply.render_into(&mut self.output);
                     if self.output.len() > MAX_PENDING_OUTPUT && !self.flush(&mut stream).await {
@@ -579,10 +589,14 @@ impl Session {
         match self.inner.store.enqueue(message).await {
             Ok(id) => {
                 self.messages += 1;
-                self.inner
-                    .metrics
+                let metrics = &self.inner.metrics;
+                metrics
                     .messages_accepted
                     .with_label_values(&[Source::Smtp.as_str()])
+                    .inc();
+                metrics
+                    .smtp_transactions
+                    .with_label_values(&["accepted"])
                     .inc();
                 tracing::info!(
                     message_id = %id,
@@ -596,6 +610,11 @@ impl Session {
                 SubmitOutcome::Queued(id)
             }
             Err(error) => {
+                self.inner
+                    .metrics
+                    .smtp_transactions
+                    .with_label_values(&["failed"])
+                    .inc();
                 tracing::error!(%error, client_ip = %self.client_ip, sender = %sender, "smtp message could not be queued");
                 SubmitOutcome::Failed
             }
