@@ -318,6 +318,7 @@ async fn metrics_after_a_scripted_run() {
             "postrider_delivery_results_total{result=\"bounced\",status_class=\"5.x\"}",
             1.0,
         ),
+        ("postrider_delivery_status_codes_total{code=\"5.1.1\"}", 1.0),
         ("postrider_destinations_suspended", 0.0),
         ("postrider_webhook_outbox", 0.0),
         ("postrider_build_info{version=\"0.1.0\"}", 1.0),

@@ -338,6 +338,22 @@ fn record_result_metrics(shared: &Shared, before: &QueuedMessage, after: &Queued
             Some(5) => "5.x",
             _ => "4.x",
         };
+        if changed
+            && let Some(status) = a.last_reply.as_ref().map(postrider_core::SmtpReply::status)
+        {
+            let code = if status.subject <= 7 && status.detail <= 30 {
+                status.to_string()
+            } else {
+                "other".to_owned()
+            };
+            if let Ok(c) = shared
+                .metrics
+                .delivery_status_codes
+                .get_metric_with_label_values(&[&code])
+            {
+                c.inc();
+            }
+        }
         if let Ok(c) = shared
             .metrics
             .delivery_results

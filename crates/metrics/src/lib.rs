@@ -37,7 +37,7 @@ pub struct Metrics {
     /// `postrider_store_flush_batch`: submissions made durable by one flush.
     pub store_flush_batch: Histogram,
 
-    // ---- operations metrics (ops helper): queue shape, disk, build, SMTP transactions ----
+    // ---- operations metrics: queue shape, disk, build, SMTP transactions ----
     /// `postrider_queue_messages_by_state{state}`: pending messages by state (`queued`, `deferred`,
     /// `held`, `scheduled`), so dashboards can tell a backlog of retries from fresh mail.
     pub queue_messages_by_state: prometheus::IntGaugeVec,
@@ -58,11 +58,15 @@ pub struct Metrics {
     pub smtp_transactions: IntCounterVec,
     // ---- end of operations metrics ----
 
-    // ---- delivery engine metrics (delivery helper) ----
+    // ---- delivery engine metrics ----
     /// `postrider_delivery_results_total{result,status_class}`: per-recipient attempt results
     /// (`delivered`, `deferred`, `bounced`, `postponed`) by the class of the enhanced status
     /// (`2.x`, `4.x`, `5.x`).
     pub delivery_results: IntCounterVec,
+    /// `postrider_delivery_status_codes_total{code}`: per-recipient results by enhanced status
+    /// code (`5.1.1`, `4.2.1`, …); codes with a subject above 7 or a detail above 30 count as
+    /// `other`, which bounds the series.
+    pub delivery_status_codes: IntCounterVec,
     /// `postrider_delivery_by_domain_total{domain,result}`: per-recipient results by recipient
     /// domain; only the first N distinct domains seen get their own label, the rest are `other`.
     pub delivery_by_domain: IntCounterVec,
@@ -79,7 +83,7 @@ pub struct Metrics {
     pub outbound_tls: IntCounterVec,
     // ---- end of delivery engine metrics ----
 
-    // ---- webhook metrics (api helper) ----
+    // ---- webhook metrics ----
     /// `postrider_webhook_deliveries_total{result}`: webhook POST attempts by result
     /// (`delivered` = 2xx, `failed` = other status or transport error; retried later).
     pub webhook_deliveries: IntCounterVec,
@@ -182,7 +186,7 @@ impl Metrics {
             vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
         );
 
-        // ---- operations metrics (ops helper) ----
+        // ---- operations metrics ----
         let queue_messages_by_state = prometheus::IntGaugeVec::new(
             Opts::new(
                 "postrider_queue_messages_by_state",
@@ -245,11 +249,16 @@ impl Metrics {
         }
         // ---- end of operations metrics ----
 
-        // ---- delivery engine metrics (delivery helper) ----
+        // ---- delivery engine metrics ----
         let delivery_results = counter_vec(
             "postrider_delivery_results_total",
             "Per-recipient delivery attempt results by enhanced status class.",
             &["result", "status_class"],
+        );
+        let delivery_status_codes = counter_vec(
+            "postrider_delivery_status_codes_total",
+            "Per-recipient delivery results by enhanced status code.",
+            &["code"],
         );
         let delivery_by_domain = counter_vec(
             "postrider_delivery_by_domain_total",
@@ -310,7 +319,7 @@ impl Metrics {
         }
         // ---- end of delivery engine metrics ----
 
-        // ---- webhook metrics (api helper) ----
+        // ---- webhook metrics ----
         let webhook_deliveries = counter_vec(
             "postrider_webhook_deliveries_total",
             "Webhook POST attempts by result: delivered (2xx) or failed.",
@@ -348,15 +357,16 @@ impl Metrics {
             http_requests,
             store_flush_duration,
             store_flush_batch,
-            // operations metrics (ops helper)
+            // operations metrics
             queue_messages_by_state,
             queue_oldest_message_age,
             data_dir_free_bytes,
             store_size_bytes,
             build_info,
             smtp_transactions,
-            // delivery engine metrics (delivery helper)
+            // delivery engine metrics
             delivery_results,
+            delivery_status_codes,
             delivery_by_domain,
             outbound_connections,
             dns_lookups,

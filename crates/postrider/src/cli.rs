@@ -110,7 +110,8 @@ fn reexec() -> anyhow::Error {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
-            return anyhow::Error::new(e).context("cannot find the postrider executable to restart");
+            return anyhow::Error::new(e)
+                .context("cannot find the postrider executable to restart");
         }
     };
     let err = std::process::Command::new(exe)

@@ -1203,9 +1203,13 @@ warn_after = "0s"
     #[test]
     fn readme_configuration_reference_parses() {
         let readme = include_str!("../../../README.md");
-        let start = readme.find("```toml\n").expect("a toml block in the README") + 8;
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + 8;
         let block = &readme[start..start + readme[start..].find("```").expect("closed block")];
-        let c = Config::from_toml(block).unwrap_or_else(|e| panic!("README configuration reference: {e}"));
+        let c = Config::from_toml(block)
+            .unwrap_or_else(|e| panic!("README configuration reference: {e}"));
         assert_eq!(c.hostname, "relay.example.com");
         assert_eq!(c.raw.webhooks.len(), 1);
         assert_eq!(c.raw.dkim.keys.len(), 1);

@@ -230,7 +230,9 @@ mod tests {
 
     #[test]
     fn large_bodies_are_chunked_below_the_blob_threshold() {
-        let raw: Vec<u8> = (0..(3 * BODY_CHUNK + 17)).map(|i| (i % 251) as u8).collect();
+        let raw: Vec<u8> = (0..(3 * BODY_CHUNK + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
         let records = encode_body_records(b"\0\0\0\0\0\0\0\x07", &raw);
         assert_eq!(records.len(), 4);
         assert!(records.iter().all(|(_, v)| v.len() <= BODY_CHUNK + 5));

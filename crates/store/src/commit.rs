@@ -72,7 +72,11 @@ impl GroupCommit {
     }
 }
 
-fn run_committer(mut rx: mpsc::Receiver<Request>, metrics: &Metrics, log_file: Option<&std::fs::File>) {
+fn run_committer(
+    mut rx: mpsc::Receiver<Request>,
+    metrics: &Metrics,
+    log_file: Option<&std::fs::File>,
+) {
     let mut replies: Vec<Reply> = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
         let db = first.db;

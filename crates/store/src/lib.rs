@@ -173,7 +173,11 @@ impl Store {
 
     /// `log_file` is sled's log (`<dir>/db`), synced after every group flush; `None` for
     /// temporary stores.
-    fn open_config(config: sled::Config, metrics: Metrics, log_file: Option<std::path::PathBuf>) -> Result<Store> {
+    fn open_config(
+        config: sled::Config,
+        metrics: Metrics,
+        log_file: Option<std::path::PathBuf>,
+    ) -> Result<Store> {
         // Our group committer is the only flusher (see `commit`).
         let db = config
             .cache_capacity(CACHE_CAPACITY_BYTES)
@@ -213,7 +217,9 @@ impl Store {
         // sled's flush writes its log with sync_file_range on Linux, which neither flushes the
         // drive's write cache nor persists the file's size; the committer adds an fdatasync.
         let log_file = match log_file {
-            Some(p) => Some(std::fs::File::open(&p).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?),
+            Some(p) => {
+                Some(std::fs::File::open(&p).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?)
+            }
             None => None,
         };
         let commit = GroupCommit::start(metrics.clone(), log_file)?;

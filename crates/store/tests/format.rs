@@ -14,7 +14,11 @@ use postrider_store::{ListFilter, Store, StoreError};
 fn raw_db(path: &Path) -> sled::Db {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match sled::Config::new().path(path).segment_size(8 * 1024 * 1024).open() {
+        match sled::Config::new()
+            .path(path)
+            .segment_size(8 * 1024 * 1024)
+            .open()
+        {
             Ok(db) => return db,
             Err(e) if std::time::Instant::now() < deadline => {
                 eprintln!("raw open not yet possible: {e}");

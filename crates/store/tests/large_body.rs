@@ -3,14 +3,18 @@
 
 use std::time::Duration;
 
-use postrider_core::{Address, Envelope, NewMessage, RecipientRequest, ReversePath, Source, Timestamp};
+use postrider_core::{
+    Address, Envelope, NewMessage, RecipientRequest, ReversePath, Source, Timestamp,
+};
 use postrider_metrics::Metrics;
 use postrider_store::{AttemptUpdate, RecordOutcome, Store};
 
 fn big_message(len: usize) -> NewMessage {
     let env = Envelope::new(
         ReversePath::parse("a@sender.test").unwrap(),
-        vec![RecipientRequest::new(Address::parse("b@example.test").unwrap())],
+        vec![RecipientRequest::new(
+            Address::parse("b@example.test").unwrap(),
+        )],
     )
     .unwrap();
     let mut body = b"Subject: big\r\n\r\n".to_vec();
@@ -33,12 +37,25 @@ async fn large_body_round_trips_across_reopen_and_is_removed_when_finished() {
     let blob_count = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
     assert_eq!(blob_count, 0, "no sled blob files for a chunked body");
 
-    let lease = store.lease_due(Timestamp::from_millis(2_000), Duration::from_secs(60), 10).unwrap().remove(0);
+    let lease = store
+        .lease_due(Timestamp::from_millis(2_000), Duration::from_secs(60), 10)
+        .unwrap()
+        .remove(0);
     let mut done = lease.message.clone();
     for r in &mut done.recipients {
         r.state = postrider_core::RecipientState::Delivered;
     }
-    let outcome = store.record_attempt(&lease, AttemptUpdate { message: done, next_attempt_at: None, notifications: vec![] }).await.unwrap();
+    let outcome = store
+        .record_attempt(
+            &lease,
+            AttemptUpdate {
+                message: done,
+                next_attempt_at: None,
+                notifications: vec![],
+            },
+        )
+        .await
+        .unwrap();
     assert!(matches!(outcome, RecordOutcome::Recorded { .. }));
     assert_eq!(store.body(id).unwrap(), None);
     drop(store);
