@@ -303,6 +303,29 @@ async fn queued_mail_survives_a_restart() {
     })
     .await;
 
+    // Both MX hosts keep answering 421: the circuit breaker suspends them, visible in queue stats.
+    let stats = wait_until("destinations suspended", async || {
+        let (_, s) = relay.get_json("/v1/queue/stats").await;
+        (s["suspended_destinations"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()))
+        .then_some(s)
+    })
+    .await;
+    let hosts: Vec<&str> = stats["suspended_destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["host"].as_str())
+        .collect();
+    assert!(hosts.contains(&"mx1.example.test"), "{stats}");
+    assert!(
+        stats["suspended_destinations"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("421")),
+        "{stats}"
+    );
+
     // A hard kill: whatever was acknowledged must be on disk.
     assert_eq!(relay.stop_with("KILL").await, None, "killed by signal");
     world.mx1.update_behaviour(|b| b.greeting = None);

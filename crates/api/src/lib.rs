@@ -176,6 +176,36 @@ pub struct ApiState {
     /// Domain checks and address verification (`/v1/domains/{domain}/check`, `/v1/verify`);
     /// `None` (the default) answers them with 501. Set with [`ApiState::with_trust`].
     pub trust: Option<Arc<postrider_trust::TrustServices>>,
+    /// Destinations the delivery side currently suspends, for `GET /v1/queue/stats`; `None`
+    /// reports an empty list. Set with [`ApiState::with_suspended`].
+    pub suspended: Option<SuspendedSource>,
+}
+
+/// One destination the delivery side's circuit breaker has suspended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SuspendedView {
+    /// MX, route or relay host.
+    pub host: String,
+    /// When attempts resume (RFC 3339).
+    pub until: String,
+    /// The failure that opened the breaker.
+    pub reason: String,
+    /// Consecutive failures.
+    pub failures: u32,
+}
+
+/// Supplies the currently suspended destinations (kept as a closure so the API does not depend
+/// on the delivery crate).
+pub type SuspendedProvider = Arc<dyn Fn() -> Vec<SuspendedView> + Send + Sync>;
+
+/// A [`SuspendedProvider`] held by the API state.
+#[derive(Clone)]
+pub struct SuspendedSource(pub SuspendedProvider);
+
+impl std::fmt::Debug for SuspendedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SuspendedSource(..)")
+    }
 }
 
 impl ApiState {
@@ -188,12 +218,19 @@ impl ApiState {
             metrics,
             settings: Arc::new(settings),
             trust: None,
+            suspended: None,
         }
     }
 
     /// Enables the trust endpoints with these services.
     pub fn with_trust(mut self, trust: Arc<postrider_trust::TrustServices>) -> Self {
         self.trust = Some(trust);
+        self
+    }
+
+    /// Reports the delivery side's suspended destinations in `GET /v1/queue/stats`.
+    pub fn with_suspended(mut self, provider: SuspendedProvider) -> Self {
+        self.suspended = Some(SuspendedSource(provider));
         self
     }
 }

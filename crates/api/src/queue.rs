@@ -162,11 +162,17 @@ pub(crate) async fn stats(
             count: *n,
         })
         .collect();
+    let suspended = state
+        .suspended
+        .as_ref()
+        .map(|p| (p.0)())
+        .unwrap_or_default();
     Ok(Json(json!({
         "by_state": by_state,
         "pending": stats.pending,
         "top_domains": top_domains,
         "corrupt": stats.corrupt,
+        "suspended_destinations": suspended,
     })))
 }
 

@@ -59,9 +59,29 @@ impl DeliveryHandle {
         self.shared.suspended()
     }
 
+    /// A cheap, cloneable view of destination health that outlives this handle (for the API).
+    pub fn health(&self) -> DestinationHealth {
+        DestinationHealth {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Attempts running right now.
     pub fn in_flight(&self) -> usize {
         self.shared.inflight_count()
+    }
+}
+
+/// Read access to the circuit breaker's state, shareable with other components.
+#[derive(Debug, Clone)]
+pub struct DestinationHealth {
+    shared: Arc<Shared>,
+}
+
+impl DestinationHealth {
+    /// Destinations suspended right now.
+    pub fn suspended(&self) -> Vec<SuspendedDestination> {
+        self.shared.suspended()
     }
 }
 

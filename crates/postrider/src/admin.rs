@@ -342,6 +342,26 @@ fn render(action: &QueueAction, v: &Value) -> String {
                 .collect();
             out.push('\n');
             out.push_str(&table(&["DOMAIN", "PENDING"], &rows));
+            let rows: Vec<Vec<String>> = v["suspended_destinations"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|d| {
+                    vec![
+                        text(&d["host"]),
+                        text(&d["until"]),
+                        text(&d["failures"]),
+                        text(&d["reason"]),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                out.push('\n');
+                out.push_str(&table(
+                    &["SUSPENDED HOST", "UNTIL", "FAILURES", "REASON"],
+                    &rows,
+                ));
+            }
             out
         }
         QueueAction::Retry { id: None, .. } => {

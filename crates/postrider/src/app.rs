@@ -89,6 +89,14 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // Webhook subscriptions must be known to the store before the first message is accepted,
+    // so their outbox entries are written with the events.
+    let webhooks = postrider_webhooks::spawn_webhooks(
+        store.clone(),
+        webhook_settings(&config)?,
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let smtp = Arc::new(
         SmtpServer::new(smtp_settings, store.clone(), metrics.clone())
             .context("invalid [smtp] settings")?,
@@ -103,16 +111,31 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
         });
     }
 
-    // Webhook subscriptions must be known to the store before the first message is accepted,
-    // so their outbox entries are written with the events.
-    let webhooks = postrider_webhooks::spawn_webhooks(
+    let delivery = postrider_delivery::spawn_delivery(
         store.clone(),
-        webhook_settings(&config)?,
+        resolver,
+        delivery_settings,
         metrics.clone(),
         shutdown.clone(),
-    );
+    )
+    .context("invalid [delivery] settings")?;
+    let health = delivery.health();
+    let suspended: postrider_api::SuspendedProvider = Arc::new(move || {
+        health
+            .suspended()
+            .into_iter()
+            .map(|d| postrider_api::SuspendedView {
+                host: d.host,
+                until: d.until.to_rfc3339(),
+                reason: d.reason,
+                failures: d.failures,
+            })
+            .collect()
+    });
     let router = postrider_api::router(
-        ApiState::new(store.clone(), metrics.clone(), api_settings).with_trust(Arc::new(trust)),
+        ApiState::new(store.clone(), metrics.clone(), api_settings)
+            .with_trust(Arc::new(trust))
+            .with_suspended(suspended),
     );
     let http_shutdown = shutdown.clone();
     let http_addr = http_listener.local_addr().ok();
@@ -125,15 +148,6 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
             tracing::error!(error = %e, "HTTP listener failed");
         }
     });
-
-    let delivery = postrider_delivery::spawn_delivery(
-        store.clone(),
-        resolver,
-        delivery_settings,
-        metrics.clone(),
-        shutdown.clone(),
-    )
-    .context("invalid [delivery] settings")?;
 
     let retention = raw.queue.retention.0;
     let event_retention = raw.events.retention.0;
