@@ -29,62 +29,18 @@ async fn smtp_submitter(
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let token = format!("{tag}-{n}");
-        if let Some(250) = submit_quietly(relay_smtp, &token).await {
+        if let Some(250) = crate::smtp_client::submit_quietly(
+            relay_smtp,
+            "user@example.test",
+            &format!("Subject: crash-{token}\r\n\r\nload\r\n"),
+        )
+        .await
+        {
             acked.lock().expect("acked").insert(token);
         } else {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// One SMTP submission that treats every error (the relay may die at any byte) as "not
-/// acknowledged"; returns the final reply code.
-async fn submit_quietly(addr: std::net::SocketAddr, token: &str) -> Option<u16> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let mut s = BufReader::new(stream);
-    async fn reply(s: &mut BufReader<tokio::net::TcpStream>) -> Option<u16> {
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read_line(&mut line))
-                .await
-                .ok()?
-                .ok()?;
-            if n < 4 {
-                return None;
-            }
-            if line.as_bytes()[3] != b'-' {
-                return line[..3].parse().ok();
-            }
-        }
-    }
-    if reply(&mut s).await? != 220 {
-        return None;
-    }
-    for (line, want) in [
-        ("EHLO load.postrider.test", 250),
-        ("MAIL FROM:<app@sender.test>", 250),
-        ("RCPT TO:<user@example.test>", 250),
-        ("DATA", 354),
-    ] {
-        s.get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .ok()?;
-        if reply(&mut s).await? != want {
-            return None;
-        }
-    }
-    s.get_mut()
-        .write_all(format!("Subject: crash-{token}\r\n\r\nload\r\n.\r\n").as_bytes())
-        .await
-        .ok()?;
-    let code = reply(&mut s).await;
-    let _ = s.get_mut().write_all(b"QUIT\r\n").await;
-    code
 }
 
 async fn http_submitter(

@@ -115,3 +115,53 @@ pub fn message(from: &str, to: &str, subject: &str) -> String {
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.postrider.test>\r\n\r\nHello from the end-to-end tests.\r\n.leading dot line\r\n"
     )
 }
+
+/// One SMTP submission that treats every error (the relay may die or restart at any byte) as
+/// "not acknowledged"; `data` is the message without the final dot. Returns the final reply code.
+pub async fn submit_quietly(addr: std::net::SocketAddr, rcpt: &str, data: &str) -> Option<u16> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let mut s = BufReader::new(stream);
+    async fn reply(s: &mut BufReader<tokio::net::TcpStream>) -> Option<u16> {
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read_line(&mut line))
+                .await
+                .ok()?
+                .ok()?;
+            if n < 4 {
+                return None;
+            }
+            if line.as_bytes()[3] != b'-' {
+                return line[..3].parse().ok();
+            }
+        }
+    }
+    if reply(&mut s).await? != 220 {
+        return None;
+    }
+    for (line, want) in [
+        ("EHLO load.postrider.test", 250),
+        ("MAIL FROM:<app@sender.test>", 250),
+        (&*format!("RCPT TO:<{rcpt}>"), 250),
+        ("DATA", 354),
+    ] {
+        s.get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .ok()?;
+        if reply(&mut s).await? != want {
+            return None;
+        }
+    }
+    s.get_mut()
+        .write_all(format!("{data}.\r\n").as_bytes())
+        .await
+        .ok()?;
+    let code = reply(&mut s).await;
+    let _ = s.get_mut().write_all(b"QUIT\r\n").await;
+    code
+}

@@ -24,7 +24,7 @@ use crate::config::{BareNewlines, Config, DeliveryTls, RelayTlsMode};
 /// How often finished messages past their retention are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
-/// How often the storage watchdog probes the queue with a flush.
+/// How often the storage watchdog looks at the store's failure flag and the free space.
 const STORAGE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Free space in the data directory at which a failed store is reopened.
@@ -32,19 +32,10 @@ const RECOVERY_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The process must have run this long before the watchdog restarts it, so a store that fails
 /// for reasons other than space cannot cause a restart loop.
-const MIN_UPTIME_BEFORE_RECOVERY: Duration = Duration::from_secs(10);
-
-/// Why [`serve`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
-    /// A shutdown signal: exit.
-    Stopped,
-    /// The store failed (e.g. disk full) and space is back: start again to reopen it.
-    Restart,
-}
+const MIN_UPTIME_BEFORE_RECOVERY: Duration = Duration::from_secs(30);
 
 /// Runs the relay until a shutdown signal, then drains and returns.
-pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
+pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let raw = &config.raw;
     std::fs::create_dir_all(&raw.data_dir)
@@ -193,17 +184,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
         raw.data_dir.clone(),
         shutdown.clone(),
     ));
-    let restart = CancellationToken::new();
-    tasks.spawn(storage_watchdog(
-        store.clone(),
-        raw.data_dir.clone(),
-        restart.clone(),
-        shutdown.clone(),
-    ));
-    let exit = tokio::select! {
-        () = wait_for_signal() => Exit::Stopped,
-        () = restart.cancelled() => Exit::Restart,
-    };
+    spawn_storage_watchdog(store.clone(), raw.data_dir.clone())?;
+    wait_for_signal().await;
     let grace = raw.shutdown.grace_period.0;
     tracing::info!(
         grace_s = grace.as_secs(),
@@ -224,61 +206,48 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<Exit> {
             "grace period over: unfinished deliveries stay leased and are retried after restart"
         );
     }
-    match (exit, store.flush().await) {
-        (Exit::Stopped, Err(e)) => {
-            return Err(anyhow::Error::new(e).context("final flush of the queue failed"));
-        }
-        (Exit::Restart, Err(e)) => {
-            tracing::warn!(error = %e, "final flush failed; acknowledged messages were flushed when accepted")
-        }
-        (_, Ok(())) => {}
-    }
-    tracing::info!(queued = store.pending_count(), ?exit, "postrider stopped");
-    Ok(exit)
+    store
+        .flush()
+        .await
+        .context("final flush of the queue failed")?;
+    tracing::info!(queued = store.pending_count(), "postrider stopped");
+    Ok(())
 }
 
-/// Watches the queue's storage. After an I/O error such as a full disk, sled may keep refusing
-/// writes (large values first) even when space returns; submissions meanwhile get `451 4.3.0` /
-/// HTTP 503 and nothing acknowledged is lost. Once any write has failed and the data directory
-/// has room again, this asks for a restart, which reopens the store from its log.
-async fn storage_watchdog(
-    store: Store,
-    data_dir: std::path::PathBuf,
-    restart: CancellationToken,
-    shutdown: CancellationToken,
-) {
-    let started = tokio::time::Instant::now();
-    let mut failing_since: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(STORAGE_PROBE_INTERVAL) => {}
-        }
-        let probe = match store.probe_write(now_millis()).await {
-            Ok(()) if store.write_failed() => {
-                Err("an earlier write failed with a storage error".to_owned())
-            }
-            Ok(()) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        };
-        match probe {
-            Ok(()) => {
-                if failing_since.take().is_some() {
-                    tracing::info!("queue storage is writable again");
+/// Watches the queue's storage from its own OS thread. After an I/O error such as a full disk,
+/// sled may keep refusing writes even when space returns, and may even block the threads that
+/// call it; submissions meanwhile get `451 4.3.0` / HTTP 503 and nothing acknowledged is lost.
+/// Once a write has failed and the data directory has room again, this thread replaces the
+/// process with a fresh copy of itself (same arguments, same PID), which reopens the store from
+/// its log. That is exactly as safe as a crash and restart: acknowledged messages are on disk and
+/// attempts in flight are retried after their leases. The thread never calls into sled, so a
+/// wedged store cannot stop it.
+fn spawn_storage_watchdog(store: Store, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("postrider-storage-watchdog".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let mut reported = false;
+            loop {
+                std::thread::sleep(STORAGE_PROBE_INTERVAL);
+                if !store.write_failed() {
+                    continue;
                 }
-            }
-            Err(e) => {
-                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                 let free = fs2::available_space(&data_dir).unwrap_or(0);
                 if free >= RECOVERY_FREE_BYTES && started.elapsed() >= MIN_UPTIME_BEFORE_RECOVERY {
-                    tracing::warn!(error = %e, free_bytes = free, failing_s = since.elapsed().as_secs(), "queue storage failed and space is back: restarting to reopen it");
-                    restart.cancel();
+                    tracing::warn!(free_bytes = free, "queue storage failed and space is back: restarting to reopen it");
+                    let err = crate::cli::reexec();
+                    tracing::error!(error = %err, "restart after a storage failure failed");
                     return;
                 }
-                tracing::error!(error = %e, free_bytes = free, "queue storage is failing: submissions are refused with 451/503 until it recovers");
+                if !reported {
+                    tracing::error!(free_bytes = free, "queue storage is failing: submissions are refused with 451/503 until it recovers");
+                    reported = true;
+                }
             }
-        }
-    }
+        })
+        .context("cannot start the storage watchdog")?;
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {

@@ -105,7 +105,7 @@ enum ApikeyAction {
 
 /// Replaces this process with a fresh copy of itself (same arguments), which reopens the store.
 /// Returns only if that fails.
-fn reexec() -> anyhow::Error {
+pub(crate) fn reexec() -> anyhow::Error {
     use std::os::unix::process::CommandExt as _;
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -151,11 +151,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let exit = runtime.block_on(crate::app::serve(config))?;
-            drop(runtime);
-            if exit == crate::app::Exit::Restart {
-                return Err(reexec());
-            }
+            runtime.block_on(crate::app::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {

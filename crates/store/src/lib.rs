@@ -41,7 +41,6 @@ mod codec;
 mod commit;
 mod error;
 mod events;
-mod health;
 mod idempotency;
 mod keys;
 mod outbox;
