@@ -1,8 +1,9 @@
 //! Enqueue + group-commit throughput with 1, 8 and 64 concurrent submitters.
 //!
 //! Run with `cargo bench -p postrider-store --bench enqueue` (optionally
-//! `POSTRIDER_BENCH_MESSAGES=N`, default 4000). Uses a temporary store (under `/dev/shm` when it
-//! exists, so the fsync cost there is lower than on a real disk) and prints msgs/s.
+//! `POSTRIDER_BENCH_MESSAGES=N`, default 4000). Uses a store in a fresh directory under
+//! `POSTRIDER_BENCH_DIR` (default: the system temp dir; point it at the production disk), with
+//! the same flush + fdatasync per group commit as production, and prints msgs/s.
 #![allow(missing_docs)]
 
 use std::time::Instant;
@@ -46,7 +47,11 @@ fn main() {
         .expect("runtime");
     for submitters in [1usize, 8, 64] {
         let metrics = Metrics::new();
-        let store = Store::temporary(metrics.clone()).expect("temporary store");
+        let base = std::env::var_os("POSTRIDER_BENCH_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::tempdir_in(base).expect("bench directory");
+        let store = Store::open(dir.path(), metrics.clone()).expect("store");
         let per_task = total / submitters;
         let started = Instant::now();
         rt.block_on(async {
