@@ -271,6 +271,51 @@ mod tests {
         ));
     }
 
+    /// Golden fixture of the chunked body layout (body record version 2): its head record and
+    /// its one further chunk. Created like the others with `POSTRIDER_WRITE_FIXTURES=1`.
+    #[test]
+    fn golden_chunked_body_decodes() {
+        let dir = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../migrations-free-data/v1"
+        ));
+        let raw: Vec<u8> = (0..(BODY_CHUNK + 100))
+            .map(|i| b"golden chunked body\r\n"[i % 21])
+            .collect();
+        let key = 42u64.to_be_bytes();
+        let records = encode_body_records(&key, &raw);
+        assert_eq!(records.len(), 2);
+        let files = [
+            ("body-record-v2-head.bin", &records[0].1),
+            ("body-record-v2-chunk-1.bin", &records[1].1),
+        ];
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            if std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some() && !path.exists() {
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
+            })
+        };
+        let head = read("body-record-v2-head.bin");
+        let chunk = read("body-record-v2-chunk-1.bin");
+        assert_eq!(head[0], CHUNKED_BODY_VERSION);
+        let decoded =
+            decode_body_records(&key, &head, |i| Ok((i == 1).then(|| chunk.clone()))).unwrap();
+        assert_eq!(
+            decoded, raw,
+            "today's reader decodes the committed chunked body"
+        );
+        assert_eq!(
+            (&head, &chunk),
+            (&records[0].1, &records[1].1),
+            "today's writer produces the same layout"
+        );
+    }
+
     /// Golden fixtures of every record version ever written. They are created once (run the
     /// tests with `POSTRIDER_WRITE_FIXTURES=1` when adding a version), committed, and never
     /// changed: this test proves today's reader still decodes them.
