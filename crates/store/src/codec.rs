@@ -85,6 +85,50 @@ pub(crate) fn encode_body(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Encodes a version-1 JSON record (`version ‖ JSON`) for a side tree. `key` names the
+/// record in the (unlikely) encoding error.
+pub(crate) fn encode_json_record<T: Serialize>(
+    tree: &'static str,
+    version: u8,
+    key: &str,
+    value: &T,
+) -> Result<sled::IVec> {
+    let mut out = Vec::with_capacity(256);
+    out.push(version);
+    serde_json::to_writer(&mut out, value).map_err(|e| StoreError::Corrupt {
+        tree,
+        key: key.to_owned(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    Ok(out.into())
+}
+
+/// Decodes a side-tree JSON record whose only version so far is 1: a zero or missing version is
+/// corruption, a newer one is [`StoreError::UnknownFormat`].
+pub(crate) fn decode_json_record<T: serde::de::DeserializeOwned>(
+    tree: &'static str,
+    supported: u8,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree,
+        key: hex(key),
+        reason,
+    };
+    match bytes.split_first() {
+        Some((&1, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
+        }
+        Some((&0, _)) | None => Err(corrupt("missing or zero format version".into())),
+        Some((&v, _)) => Err(StoreError::UnknownFormat {
+            tree,
+            found: u32::from(v),
+            supported: u32::from(supported),
+        }),
+    }
+}
+
 /// Version of a chunked body's head record (bodies larger than [`BODY_CHUNK`]).
 pub(crate) const CHUNKED_BODY_VERSION: u8 = 2;
 

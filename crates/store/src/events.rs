@@ -16,7 +16,6 @@ use sled::IVec;
 
 use crate::Store;
 use crate::error::{Result, StoreError};
-use crate::keys::hex;
 
 /// The newest event-record version this build writes and reads.
 pub(crate) const EVENT_RECORD_VERSION: u8 = 1;
@@ -176,34 +175,17 @@ pub(crate) struct PendingEvent {
 
 /// Encodes an event record in the current version.
 pub(crate) fn encode_event(record: &EventRecord) -> Result<IVec> {
-    let mut out = Vec::with_capacity(256);
-    out.push(EVENT_RECORD_VERSION);
-    serde_json::to_writer(&mut out, record).map_err(|e| StoreError::Corrupt {
-        tree: "events",
-        key: record.message_id.to_string(),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    Ok(out.into())
+    crate::codec::encode_json_record(
+        "events",
+        EVENT_RECORD_VERSION,
+        &record.message_id.to_string(),
+        record,
+    )
 }
 
 /// Decodes an event record of any known version.
 pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<EventRecord> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree: "events",
-        key: hex(key),
-        reason,
-    };
-    match bytes.split_first() {
-        Some((&1, json)) => {
-            serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
-        }
-        Some((&0, _)) | None => Err(corrupt("missing or zero format version".into())),
-        Some((&v, _)) => Err(StoreError::UnknownFormat {
-            tree: "events",
-            found: u32::from(v),
-            supported: u32::from(EVENT_RECORD_VERSION),
-        }),
-    }
+    crate::codec::decode_json_record("events", EVENT_RECORD_VERSION, key, bytes)
 }
 
 fn record_for(

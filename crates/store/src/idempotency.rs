@@ -86,33 +86,16 @@ pub(crate) fn expiry_key(created_at: Timestamp, record_key: &[u8]) -> Vec<u8> {
 }
 
 pub(crate) fn encode_record(r: &IdempotencyRecord) -> Result<IVec> {
-    let mut out = Vec::with_capacity(160);
-    out.push(IDEMPOTENCY_RECORD_VERSION);
-    serde_json::to_writer(&mut out, r).map_err(|e| StoreError::Corrupt {
-        tree: "idempotency",
-        key: r.message_id.to_string(),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    Ok(out.into())
+    crate::codec::encode_json_record(
+        "idempotency",
+        IDEMPOTENCY_RECORD_VERSION,
+        &r.message_id.to_string(),
+        r,
+    )
 }
 
 pub(crate) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<IdempotencyRecord> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree: "idempotency",
-        key: hex(key),
-        reason,
-    };
-    match bytes.split_first() {
-        Some((&1, json)) => {
-            serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
-        }
-        Some((&0, _)) | None => Err(corrupt("missing or zero format version".into())),
-        Some((&v, _)) => Err(StoreError::UnknownFormat {
-            tree: "idempotency",
-            found: u32::from(v),
-            supported: u32::from(IDEMPOTENCY_RECORD_VERSION),
-        }),
-    }
+    crate::codec::decode_json_record("idempotency", IDEMPOTENCY_RECORD_VERSION, key, bytes)
 }
 
 pub(crate) fn hex_hash(hash: &[u8; 32]) -> String {

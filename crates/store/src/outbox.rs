@@ -67,33 +67,11 @@ impl OutboxKey {
 }
 
 pub(crate) fn encode_outbox(r: &OutboxRecord) -> Result<IVec> {
-    let mut out = Vec::with_capacity(96);
-    out.push(OUTBOX_RECORD_VERSION);
-    serde_json::to_writer(&mut out, r).map_err(|e| StoreError::Corrupt {
-        tree: "webhook_outbox",
-        key: r.url.clone(),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    Ok(out.into())
+    crate::codec::encode_json_record("webhook_outbox", OUTBOX_RECORD_VERSION, &r.url, r)
 }
 
 pub(crate) fn decode_outbox(key: &[u8], bytes: &[u8]) -> Result<OutboxRecord> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree: "webhook_outbox",
-        key: hex(key),
-        reason,
-    };
-    match bytes.split_first() {
-        Some((&1, json)) => {
-            serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
-        }
-        Some((&0, _)) | None => Err(corrupt("missing or zero format version".into())),
-        Some((&v, _)) => Err(StoreError::UnknownFormat {
-            tree: "webhook_outbox",
-            found: u32::from(v),
-            supported: u32::from(OUTBOX_RECORD_VERSION),
-        }),
-    }
+    crate::codec::decode_json_record("webhook_outbox", OUTBOX_RECORD_VERSION, key, bytes)
 }
 
 /// A leased outbox entry: deliver it, then call [`Store::webhook_delivered`] or

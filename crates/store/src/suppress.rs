@@ -11,7 +11,6 @@ use sled::IVec;
 
 use crate::Store;
 use crate::error::{Result, StoreError};
-use crate::keys::hex;
 use crate::plan::Plan;
 
 /// The newest suppression-record version this build writes and reads.
@@ -63,34 +62,12 @@ pub fn suppression_key(address: &str) -> String {
 
 /// Encodes a suppression record in the current version.
 pub(crate) fn encode_suppression(s: &Suppression) -> Result<IVec> {
-    let mut out = Vec::with_capacity(128);
-    out.push(SUPPRESSION_RECORD_VERSION);
-    serde_json::to_writer(&mut out, s).map_err(|e| StoreError::Corrupt {
-        tree: "suppressions",
-        key: s.address.clone(),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    Ok(out.into())
+    crate::codec::encode_json_record("suppressions", SUPPRESSION_RECORD_VERSION, &s.address, s)
 }
 
 /// Decodes a suppression record of any known version.
 pub(crate) fn decode_suppression(key: &[u8], bytes: &[u8]) -> Result<Suppression> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree: "suppressions",
-        key: hex(key),
-        reason,
-    };
-    match bytes.split_first() {
-        Some((&1, json)) => {
-            serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
-        }
-        Some((&0, _)) | None => Err(corrupt("missing or zero format version".into())),
-        Some((&v, _)) => Err(StoreError::UnknownFormat {
-            tree: "suppressions",
-            found: u32::from(v),
-            supported: u32::from(SUPPRESSION_RECORD_VERSION),
-        }),
-    }
+    crate::codec::decode_json_record("suppressions", SUPPRESSION_RECORD_VERSION, key, bytes)
 }
 
 /// Whether a bounce reply means the address itself is bad (`5.1.x`), so it is suppressed.
