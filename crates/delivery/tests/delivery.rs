@@ -1,37 +1,18 @@
 //! End-to-end delivery against real peers on loopback: a sled store, an authoritative DNS server
 //! and programmable SMTP sinks from `postrider-testkit`.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use postrider_core::{
     Address, Envelope, MessageId, NewMessage, QueuedMessage, RecipientRequest, RecipientState,
-    RetryPolicy, ReversePath, Source, Timestamp,
+    RetryPolicy, ReversePath, Source,
 };
-use postrider_delivery::{
-    DeliveryHandle, DeliverySettings, HickoryMxResolver, SmtpTimeouts, spawn_delivery,
-};
-use postrider_metrics::Metrics;
-use postrider_store::Store;
 use postrider_testkit::{Behaviour, DnsServer, FailFirst, Failure, Phase, Reply, SmtpSink, Zone};
-use tokio_util::sync::CancellationToken;
 
-/// How long any awaited condition may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, last)
-}
-
-fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    Timestamp::from_millis(ms as u64)
-}
+mod common;
+use common::{PATIENCE, Relay, ip, now, wait_until};
 
 const BODY: &[u8] = b"From: Alice <alice@sender.test>\r\n\
 To: bob@example.test\r\n\
@@ -41,120 +22,10 @@ Message-ID: <it-1@sender.test>\r\n\
 Hello.\r\n\
 .leading dot survives\r\n";
 
-/// A running relay delivery side plus the peers it talks to.
-struct Relay {
-    store: Store,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-    handle: Option<DeliveryHandle>,
-}
-
 impl Relay {
-    fn start(dns: &DnsServer, port: u16, tweak: impl FnOnce(&mut DeliverySettings)) -> Relay {
-        let metrics = Metrics::new();
-        let store = Store::temporary(metrics.clone()).unwrap();
-        let resolver =
-            HickoryMxResolver::with_nameservers(&[dns.addr()], Duration::from_millis(500)).unwrap();
-        let mut settings = DeliverySettings {
-            hostname: "relay.test".into(),
-            port,
-            timeouts: SmtpTimeouts::uniform(Duration::from_secs(5)),
-            lease: Duration::from_secs(60),
-            max_attempt_duration: Duration::from_secs(30),
-            max_idle: Duration::from_millis(200),
-            retry: RetryPolicy::new(vec![Duration::from_secs(3600)], Duration::from_secs(86_400))
-                .unwrap(),
-            ..DeliverySettings::default()
-        };
-        tweak(&mut settings);
-        let shutdown = CancellationToken::new();
-        let handle = spawn_delivery(
-            store.clone(),
-            Arc::new(resolver),
-            settings,
-            metrics.clone(),
-            shutdown.clone(),
-        )
-        .unwrap();
-        Relay {
-            store,
-            metrics,
-            shutdown,
-            handle: Some(handle),
-        }
-    }
-
+    /// Queues `body` from `sender` to `recipients`.
     async fn submit(&self, sender: &str, recipients: &[&str], body: &[u8]) -> MessageId {
-        let rcpts = recipients
-            .iter()
-            .map(|r| RecipientRequest::new(Address::parse(r).unwrap()))
-            .collect();
-        let envelope = Envelope::new(ReversePath::parse(sender).unwrap(), rcpts).unwrap();
-        self.store
-            .enqueue(NewMessage::new(
-                envelope,
-                body.to_vec(),
-                Source::Smtp,
-                now(),
-            ))
-            .await
-            .unwrap()
-    }
-
-    /// Polls the stored record until `done` holds (bounded by [`PATIENCE`]).
-    async fn wait_for(
-        &self,
-        id: MessageId,
-        what: &str,
-        done: impl Fn(&QueuedMessage) -> bool,
-    ) -> QueuedMessage {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let m = self.store.message(id).unwrap().expect("message exists");
-            if done(&m) {
-                return m;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {m:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn finished(&self, id: MessageId) -> QueuedMessage {
-        self.wait_for(id, "the message to finish", |m| {
-            m.is_finished() && m.finished_at.is_some()
-        })
-        .await
-    }
-
-    fn counter(&self, result: &str) -> u64 {
-        self.metrics
-            .delivery_attempts
-            .with_label_values(&[result])
-            .get()
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(h) = self.handle.take() {
-            tokio::time::timeout(PATIENCE, h.join())
-                .await
-                .expect("delivery stops after shutdown");
-        }
-    }
-}
-
-/// Polls `done` until it holds (bounded by [`PATIENCE`]).
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.submit_body(sender, recipients, body).await
     }
 }
 

@@ -2,162 +2,34 @@
 //! destination circuit breaker, rate limits, DSNs beyond bounces, routes, the relay host with
 //! AUTH over TLS, egress address, TLS recording, the DNS cache and the new metrics.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use postrider_core::{
-    Address, DsnRet, Envelope, MessageId, NewMessage, NotifyFlags, QueuedMessage, RecipientRequest,
-    RecipientState, RetryPolicy, ReversePath, Source, Timestamp,
+    Address, DsnRet, Envelope, MessageId, NotifyFlags, RecipientRequest, RecipientState,
+    RetryPolicy, ReversePath,
 };
 use postrider_delivery::{
-    BreakerSettings, DeliveryHandle, DeliverySettings, DnsSettings, DomainPolicy,
-    HickoryMxResolver, RelayTls, Relayhost, Route, SmtpTimeouts, TlsMode, spawn_delivery,
+    BreakerSettings, DnsSettings, DomainPolicy, HickoryMxResolver, RelayTls, Relayhost, Route,
+    TlsMode,
 };
-use postrider_metrics::Metrics;
-use postrider_store::Store;
 use postrider_testkit::{Behaviour, DnsServer, RecordType, Reply, SmtpSink, Zone};
-use tokio_util::sync::CancellationToken;
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, last)
-}
-
-fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    Timestamp::from_millis(ms as u64)
-}
+mod common;
+use common::{PATIENCE, Relay, ip, now, wait_until};
 
 const BODY: &[u8] =
     b"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: engine\r\n\r\nHello.\r\n";
 
-struct Relay {
-    store: Store,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-    handle: Option<DeliveryHandle>,
-}
-
-fn base_settings(port: u16) -> DeliverySettings {
-    DeliverySettings {
-        hostname: "relay.test".into(),
-        port,
-        timeouts: SmtpTimeouts::uniform(Duration::from_secs(5)),
-        lease: Duration::from_secs(60),
-        max_attempt_duration: Duration::from_secs(30),
-        max_idle: Duration::from_millis(100),
-        retry: RetryPolicy::new(vec![Duration::from_secs(3600)], Duration::from_secs(86_400))
-            .unwrap(),
-        ..DeliverySettings::default()
-    }
-}
-
 impl Relay {
-    fn start(dns: &DnsServer, port: u16, tweak: impl FnOnce(&mut DeliverySettings)) -> Relay {
-        let resolver =
-            HickoryMxResolver::with_nameservers(&[dns.addr()], Duration::from_millis(500)).unwrap();
-        Self::start_with(resolver, port, tweak)
+    /// Queues this file's standard body for `envelope`.
+    async fn submit_envelope_std(&self, envelope: Envelope) -> MessageId {
+        self.submit_envelope(envelope, BODY).await
     }
 
-    fn start_with(
-        resolver: HickoryMxResolver,
-        port: u16,
-        tweak: impl FnOnce(&mut DeliverySettings),
-    ) -> Relay {
-        let metrics = Metrics::new();
-        let store = Store::temporary(metrics.clone()).unwrap();
-        let mut settings = base_settings(port);
-        tweak(&mut settings);
-        let shutdown = CancellationToken::new();
-        let handle = spawn_delivery(
-            store.clone(),
-            Arc::new(resolver),
-            settings,
-            metrics.clone(),
-            shutdown.clone(),
-        )
-        .unwrap();
-        Relay {
-            store,
-            metrics,
-            shutdown,
-            handle: Some(handle),
-        }
-    }
-
-    async fn submit_envelope(&self, envelope: Envelope) -> MessageId {
-        self.store
-            .enqueue(NewMessage::new(
-                envelope,
-                BODY.to_vec(),
-                Source::Smtp,
-                now(),
-            ))
-            .await
-            .unwrap()
-    }
-
+    /// Queues this file's standard body from `sender` to `recipients`.
     async fn submit(&self, sender: &str, recipients: &[&str]) -> MessageId {
-        let rcpts = recipients
-            .iter()
-            .map(|r| RecipientRequest::new(Address::parse(r).unwrap()))
-            .collect();
-        let envelope = Envelope::new(ReversePath::parse(sender).unwrap(), rcpts).unwrap();
-        self.submit_envelope(envelope).await
-    }
-
-    async fn wait_for(
-        &self,
-        id: MessageId,
-        what: &str,
-        done: impl Fn(&QueuedMessage) -> bool,
-    ) -> QueuedMessage {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let m = self.store.message(id).unwrap().expect("message exists");
-            if done(&m) {
-                return m;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {m:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn finished(&self, id: MessageId) -> QueuedMessage {
-        self.wait_for(id, "the message to finish", |m| m.is_finished())
-            .await
-    }
-
-    fn handle(&self) -> &DeliveryHandle {
-        self.handle.as_ref().unwrap()
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(h) = self.handle.take() {
-            tokio::time::timeout(PATIENCE, h.join())
-                .await
-                .expect("delivery stops after shutdown");
-        }
-    }
-}
-
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.submit_body(sender, recipients, BODY).await
     }
 }
 
@@ -437,7 +309,7 @@ async fn dsn_requests_go_to_the_next_hop_when_it_supports_dsn() {
     .unwrap();
     env.ret = Some(DsnRet::Full);
     env.envid = Some("env 42".into());
-    let id = relay.submit_envelope(env).await;
+    let id = relay.submit_envelope_std(env).await;
     let got = mx.wait_for_messages(1, PATIENCE).await.unwrap();
     assert!(
         got[0].mail_params.iter().any(|p| p == "RET=FULL"),
@@ -489,7 +361,7 @@ async fn success_notice_when_the_next_hop_lacks_dsn() {
     .unwrap();
     env.envid = Some("E1".into());
     env.ret = Some(DsnRet::Full);
-    let id = relay.submit_envelope(env).await;
+    let id = relay.submit_envelope_std(env).await;
     let got = mx.wait_for_messages(1, PATIENCE).await.unwrap();
     assert!(
         got[0].rcpt_params.iter().all(Vec::is_empty),
@@ -544,7 +416,7 @@ async fn delay_warning_is_sent_once_and_notify_never_is_honoured() {
         ],
     )
     .unwrap();
-    let id = relay.submit_envelope(env).await;
+    let id = relay.submit_envelope_std(env).await;
     let dsn = sender_mx.wait_for_messages(1, PATIENCE).await.unwrap();
     let text = dsn_text(&dsn[0].data);
     for line in [
