@@ -127,7 +127,7 @@ async fn full_disk_refuses_with_451_and_recovers_when_space_returns() {
 
     // Space returns: the relay notices and reopens its queue by itself (re-exec, same PID).
     disk.resize("160m");
-    let n = wait_until_for(
+    wait_until_for(
         Duration::from_secs(60),
         "submissions accepted again",
         async || match tokio::time::timeout(
@@ -141,7 +141,6 @@ async fn full_disk_refuses_with_451_and_recovers_when_space_returns() {
         },
     )
     .await;
-    let _ = n;
 
     // Every acknowledged message is still there and gets delivered.
     for mx in [&world.mx1, &world.mx2] {

@@ -433,7 +433,7 @@ fn delivery_settings(config: &Config) -> anyhow::Result<DeliverySettings> {
         breaker: raw
             .breaker
             .as_ref()
-            .map_or(defaults.breaker.clone(), |b| BreakerSettings {
+            .map_or(defaults.breaker, |b| BreakerSettings {
                 failure_threshold: b.failure_threshold,
                 initial_backoff: b.initial_backoff.0,
                 max_backoff: b.max_backoff.0,

@@ -18,7 +18,14 @@ pub(crate) const MESSAGE_RECORD_VERSION: u8 = 1;
 /// The newest body-record version this build writes and reads.
 pub(crate) const BODY_RECORD_VERSION: u8 = 1;
 /// The data-directory format version stored in `meta` under [`FORMAT_VERSION_KEY`].
-pub(crate) const DATA_FORMAT_VERSION: u32 = 1;
+///
+/// 1: the first layout. 2: adds `meta/pending_count`, kept by every transaction that changes
+/// the number of unfinished messages, so opening never counts the queue. Version 1 directories
+/// are counted once when opened and then marked 2 (a build that only knows 1 refuses them,
+/// since it would not keep the count).
+pub(crate) const DATA_FORMAT_VERSION: u32 = 2;
+/// The first version with `meta/pending_count`.
+pub(crate) const PENDING_COUNT_SINCE: u32 = 2;
 /// Key of the data-directory format version in the `meta` tree.
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
@@ -201,6 +208,19 @@ pub(crate) fn decode_body(key: &[u8], bytes: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
+/// `meta` key of the number of unfinished messages (`be_i64`), from format version 2 on.
+pub(crate) const PENDING_COUNT_KEY: &[u8] = b"pending_count";
+
+/// Decodes `meta/pending_count`.
+pub(crate) fn decode_pending_count(bytes: &[u8]) -> Result<i64> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        tree: "meta",
+        key: hex(PENDING_COUNT_KEY),
+        reason: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(i64::from_be_bytes(raw))
+}
+
 /// Decodes the data-directory format version and checks this build can read it.
 pub(crate) fn check_format_version(bytes: &[u8]) -> Result<u32> {
     let raw: [u8; 4] = bytes.try_into().map_err(|_| StoreError::Corrupt {
@@ -312,6 +332,44 @@ mod tests {
         assert!(matches!(
             decode_body(b"k", &[]),
             Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// Golden fixtures of data-directory format 2: its version value and the kept pending
+    /// count it added to `meta`.
+    #[test]
+    fn golden_format_2_meta_decodes() {
+        let dir = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../migrations-free-data/v2"
+        ));
+        let files = [
+            ("meta-format-version.bin", 2u32.to_be_bytes().to_vec()),
+            ("meta-pending-count.bin", 1234i64.to_be_bytes().to_vec()),
+        ];
+        for (name, bytes) in &files {
+            let path = dir.join(name);
+            if std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some() && !path.exists() {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
+            })
+        };
+        assert_eq!(
+            check_format_version(&read("meta-format-version.bin")).unwrap(),
+            2
+        );
+        assert_eq!(
+            decode_pending_count(&read("meta-pending-count.bin")).unwrap(),
+            1234
+        );
+        assert!(matches!(
+            decode_pending_count(b"short"),
+            Err(StoreError::Corrupt { tree: "meta", .. })
         ));
     }
 
@@ -460,6 +518,7 @@ mod tests {
     #[test]
     fn format_version_checks() {
         assert_eq!(check_format_version(&1u32.to_be_bytes()).unwrap(), 1);
+        assert_eq!(check_format_version(&2u32.to_be_bytes()).unwrap(), 2);
         assert!(matches!(
             check_format_version(&99u32.to_be_bytes()),
             Err(StoreError::UnknownFormat { found: 99, .. })

@@ -150,6 +150,35 @@ pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// Reads the pending count of a current directory; initialises a new one; counts an older one
+/// once and marks it current (one transaction, then flushed).
+fn open_pending_count(db: &sled::Db, trees: &Trees, format_version: Option<u32>) -> Result<i64> {
+    if let Some(v) = format_version
+        && v >= codec::PENDING_COUNT_SINCE
+    {
+        match trees.meta.get(codec::PENDING_COUNT_KEY)? {
+            Some(bytes) => return codec::decode_pending_count(&bytes),
+            None => tracing::warn!("meta/pending_count missing: counting the queue once"),
+        }
+    }
+    let pending = match format_version {
+        None => 0,
+        Some(_) => queue::count_pending(trees)?,
+    };
+    let mut batch = sled::Batch::default();
+    batch.insert(FORMAT_VERSION_KEY, &DATA_FORMAT_VERSION.to_be_bytes()[..]);
+    batch.insert(codec::PENDING_COUNT_KEY, &pending.to_be_bytes()[..]);
+    if format_version.is_none() {
+        batch.insert(
+            "created_by",
+            concat!("postrider-store ", env!("CARGO_PKG_VERSION")),
+        );
+    }
+    trees.meta.apply_batch(batch)?;
+    db.flush()?;
+    Ok(pending)
+}
+
 /// sled log segment size. sled writes any page larger than a quarter of a segment to a separate
 /// blob file that its flush never syncs; with 8 MiB segments that threshold is about 2 MiB, far
 /// above a message record or a full leaf of 64 KiB body chunks. Fixed: sled refuses to reopen a
@@ -184,19 +213,10 @@ impl Store {
             .flush_every_ms(None)
             .open()?;
         let meta = db.open_tree("meta")?;
-        match meta.get(FORMAT_VERSION_KEY)? {
-            Some(v) => {
-                codec::check_format_version(&v)?;
-            }
-            None => {
-                meta.insert(FORMAT_VERSION_KEY, &DATA_FORMAT_VERSION.to_be_bytes()[..])?;
-                meta.insert(
-                    "created_by",
-                    concat!("postrider-store ", env!("CARGO_PKG_VERSION")),
-                )?;
-                db.flush()?;
-            }
-        }
+        let format_version = match meta.get(FORMAT_VERSION_KEY)? {
+            Some(v) => Some(codec::check_format_version(&v)?),
+            None => None,
+        };
         let trees = Trees {
             messages: db.open_tree("messages")?,
             bodies: db.open_tree("bodies")?,
@@ -210,7 +230,7 @@ impl Store {
             idempotency: db.open_tree("idempotency")?,
             idempotency_expiry: db.open_tree("idempotency_expiry")?,
         };
-        let pending = queue::count_pending(&trees)?;
+        let pending = open_pending_count(&db, &trees, format_version)?;
         metrics.queue_messages.set(pending);
         tracing::info!(recovered = db.was_recovered(), pending, "store opened");
         // sled's flush writes its log with sync_file_range on Linux, which neither flushes the

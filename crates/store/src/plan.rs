@@ -4,7 +4,7 @@
 //! side-effect free and cheap to re-run on conflict.
 //!
 //! The few writes that depend on what is in the database at commit time also happen inside:
-//! event sequence numbers (a counter in `meta`; sled runs transactions one at a time, so
+//! the pending-message count (`meta/pending_count`), event sequence numbers (a counter in `meta`; sled runs transactions one at a time, so
 //! sequence order is commit order), webhook outbox entries keyed by those numbers,
 //! suppressions added only when absent, and the idempotency-key check.
 
@@ -15,6 +15,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, IVec, Transactional};
 
 use crate::Trees;
+use crate::codec::{PENDING_COUNT_KEY, decode_pending_count};
 use crate::error::{Result, StoreError};
 use crate::events::{EVENT_SEQ_KEY, PendingEvent, WebhookSubscription};
 use crate::idempotency::decode_record;
@@ -147,6 +148,13 @@ pub(crate) fn apply(
             if sup.get(key)?.is_none() {
                 sup.insert(key, value.clone())?;
             }
+        }
+        if plan.pending_delta != 0 {
+            let count = meta
+                .get(PENDING_COUNT_KEY)?
+                .map_or(0, |v| decode_pending_count(&v).unwrap_or(0));
+            let count = count.saturating_add(plan.pending_delta).max(0);
+            meta.insert(PENDING_COUNT_KEY, &count.to_be_bytes()[..])?;
         }
         if !plan.events.is_empty() {
             let mut seq = meta

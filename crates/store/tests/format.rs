@@ -47,7 +47,7 @@ fn newer_data_directory_is_refused() {
             StoreError::UnknownFormat {
                 tree: "meta",
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err}"
@@ -59,18 +59,95 @@ fn newer_data_directory_is_refused() {
     );
 }
 
+fn meta_value(path: &Path, key: &str) -> Option<sled::IVec> {
+    raw_db(path).open_tree("meta").unwrap().get(key).unwrap()
+}
+
 #[tokio::test]
-async fn fresh_directory_records_format_version_1() {
+async fn fresh_directory_records_format_version_2_and_an_empty_queue() {
     let dir = tempfile::tempdir().unwrap();
     drop(Store::open(dir.path(), Metrics::new()).unwrap());
-    let db = raw_db(dir.path());
-    let v = db
-        .open_tree("meta")
-        .unwrap()
-        .get("format_version")
-        .unwrap()
-        .unwrap();
-    assert_eq!(&v[..], &1u32.to_be_bytes()[..]);
+    let v = meta_value(dir.path(), "format_version").unwrap();
+    assert_eq!(&v[..], &2u32.to_be_bytes()[..]);
+    let count = meta_value(dir.path(), "pending_count").unwrap();
+    assert_eq!(&count[..], &0i64.to_be_bytes()[..]);
+}
+
+/// Every kind of change keeps `meta/pending_count` equal to a full count of the queue.
+#[tokio::test]
+async fn kept_pending_count_matches_a_recount_after_every_kind_of_change() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), Metrics::new()).unwrap();
+        store
+            .add_suppression(postrider_store::Suppression {
+                address: "gone@x.test".into(),
+                reason: postrider_store::SuppressionReason::Manual,
+                created_at: ts(T0),
+                source_message: None,
+                reply: None,
+            })
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for i in 0..8 {
+            ids.push(
+                store
+                    .enqueue(new_message(&[&format!("u{i}@x.test")], T0))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Finished at enqueue: its only recipient is suppressed.
+        store
+            .enqueue(new_message(&["gone@x.test"], T0))
+            .await
+            .unwrap();
+        let leases = store.lease_due(ts(T0), LEASE, 5).unwrap();
+        let _ = store
+            .record_attempt(&leases[0], delivered(&leases[0].message, T0 + 1))
+            .await
+            .unwrap();
+        let _ = store
+            .record_attempt(&leases[1], deferred(&leases[1].message, T0 + 1, T0 + 60_000))
+            .await
+            .unwrap();
+        let _ = store
+            .record_attempt(&leases[2], bounced_with_dsn(&leases[2].message, T0 + 1))
+            .await
+            .unwrap();
+        store.hold(leases[3].message.id).await.unwrap();
+        store.hold(ids[6]).await.unwrap();
+        store.release(ids[6], ts(T0)).await.unwrap();
+        store.hold(ids[7]).await.unwrap();
+        store.delete(ids[5]).await.unwrap();
+        let _ = store
+            .complete_without_lease(ids[7], |m| bounced_with_dsn(m, T0 + 2))
+            .await
+            .unwrap();
+        // 8 - delivered - bounced - deleted - bounced now + 2 bounce notices.
+        assert_eq!(store.pending_count(), 6);
+        assert_eq!(store.purge_finished(ts(T0 + 10)).unwrap(), 4);
+        assert_eq!(store.pending_count(), 6);
+    }
+    let store = open_retrying(dir.path(), Metrics::new()).await;
+    assert_eq!(store.pending_count(), 6, "kept count");
+    drop(store);
+    // Make it look like a version 1 directory: opening counts the queue from scratch.
+    {
+        let db = raw_db(dir.path());
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("format_version", &1u32.to_be_bytes()[..]).unwrap();
+        meta.remove("pending_count").unwrap();
+        db.flush().unwrap();
+    }
+    let store = open_retrying(dir.path(), Metrics::new()).await;
+    assert_eq!(store.pending_count(), 6, "recount");
+    drop(store);
+    let v = meta_value(dir.path(), "format_version").unwrap();
+    assert_eq!(&v[..], &2u32.to_be_bytes()[..], "marked current once counted");
+    let count = meta_value(dir.path(), "pending_count").unwrap();
+    assert_eq!(&count[..], &6i64.to_be_bytes()[..]);
 }
 
 #[tokio::test]
