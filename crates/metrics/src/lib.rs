@@ -34,7 +34,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// `postrider_store_flush_seconds`: time of one group-commit flush (fsync) of the store.
     pub store_flush_duration: Histogram,
-    /// `postrider_store_flush_batch`: submissions made durable by one flush.
+    /// `postrider_store_flush_batch`: writes (submissions and recorded outcomes) made durable by
+    /// one flush.
     pub store_flush_batch: Histogram,
 
     // ---- operations metrics: queue shape, disk, build, SMTP transactions ----

@@ -12,13 +12,18 @@
 //! are served by the next one. sled's own background flusher is disabled
 //! (`flush_every_ms(None)`), so the committer is the only flusher.
 //!
+//! Writes that need not hold up their caller (an attempt's outcome: losing it in a crash only
+//! means the message is tried again, the at-least-once window) ask for a flush with
+//! [`GroupCommit::soon`] and do not wait. They ride along with the next waiting flush; when no
+//! writer waits, the committer gathers them for up to [`LAZY_DELAY`] and flushes once.
+//!
 //! The committer is a dedicated OS thread rather than a task on the blocking pool of whichever
 //! runtime came first: it is started at open, needs no runtime, and keeps working whichever
 //! runtime (or how many) the callers use. It holds no database handle between batches (each
 //! request carries one), so dropping the last [`crate::Store`] really closes the database; the
 //! thread ends when the channel closes.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use postrider_metrics::Metrics;
 use tokio::sync::{mpsc, oneshot};
@@ -30,11 +35,15 @@ const CHANNEL_CAPACITY: usize = 4096;
 /// Most waiters answered by one flush.
 const MAX_BATCH: usize = 4096;
 
+/// How long flush requests nobody waits for are gathered before they get a flush of their own.
+pub(crate) const LAZY_DELAY: Duration = Duration::from_millis(10);
+
 type Reply = oneshot::Sender<Result<(), sled::Error>>;
 
 struct Request {
     db: sled::Db,
-    reply: Reply,
+    /// `None`: nobody waits (see [`GroupCommit::soon`]).
+    reply: Option<Reply>,
 }
 
 /// Handle to the committer thread.
@@ -60,7 +69,7 @@ impl GroupCommit {
         self.tx
             .send(Request {
                 db: db.clone(),
-                reply,
+                reply: Some(reply),
             })
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -69,6 +78,16 @@ impl GroupCommit {
             Ok(Err(e)) => Err(StoreError::Sled(e)),
             Err(_) => Err(StoreError::Closed),
         }
+    }
+
+    /// Makes every write committed before this call durable within about [`LAZY_DELAY`] (or
+    /// with the next waiting flush), without waiting for it. A full request queue already
+    /// guarantees a later flush, so the request is then simply not added.
+    pub(crate) fn soon(&self, db: &sled::Db) {
+        let _ = self.tx.try_send(Request {
+            db: db.clone(),
+            reply: None,
+        });
     }
 }
 
@@ -80,10 +99,24 @@ fn run_committer(
     let mut replies: Vec<Reply> = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
         let db = first.db;
-        replies.push(first.reply);
-        while replies.len() < MAX_BATCH {
+        let mut requests = 1;
+        replies.extend(first.reply);
+        let mut gather_until = None;
+        while requests < MAX_BATCH {
             match rx.try_recv() {
-                Ok(req) => replies.push(req.reply), // its `db` handle is dropped right here
+                Ok(req) => {
+                    // Its `db` handle is dropped right here.
+                    requests += 1;
+                    replies.extend(req.reply);
+                }
+                Err(_) if replies.is_empty() => {
+                    // Nobody waits yet: gather a little longer, until someone does.
+                    let until = *gather_until.get_or_insert_with(|| Instant::now() + LAZY_DELAY);
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 Err(_) => break,
             }
         }
@@ -100,7 +133,7 @@ fn run_committer(
         metrics
             .store_flush_duration
             .observe(started.elapsed().as_secs_f64());
-        metrics.store_flush_batch.observe(replies.len() as f64);
+        metrics.store_flush_batch.observe(requests as f64);
         if let Err(e) = &result {
             tracing::error!(error = %e, waiters = replies.len(), "store flush failed");
         }

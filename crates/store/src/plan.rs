@@ -28,6 +28,10 @@ pub(crate) struct Plan {
     pub(crate) expect_record: Option<([u8; 8], Option<IVec>)>,
     /// This `schedule` key must still be present (e.g. the lease being recorded).
     pub(crate) expect_scheduled: Option<[u8; 16]>,
+    /// More of both, for plans that change several messages at once (a batch of leases):
+    /// `(id key, expected record, schedule key that must be present)`. A mismatch is
+    /// [`Verdict::RecordChanged`].
+    pub(crate) expect_each: Vec<([u8; 8], Option<IVec>, [u8; 16])>,
     pub(crate) messages: Batch,
     pub(crate) bodies: Batch,
     /// Messages whose body is removed by this plan: their extra chunks (bodies over one chunk)
@@ -120,6 +124,11 @@ pub(crate) fn apply(
             && s.get(key)?.is_none()
         {
             return Ok(Verdict::NotScheduled);
+        }
+        for (id, expected, scheduled) in &plan.expect_each {
+            if m.get(id)? != *expected || s.get(scheduled)?.is_none() {
+                return Ok(Verdict::RecordChanged);
+            }
         }
         if let Some(w) = &plan.idempotency {
             if let Some(existing) = idem.get(&w.key)? {

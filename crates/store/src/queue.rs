@@ -154,7 +154,7 @@ impl Store {
     }
 
     /// Claims up to `limit` (at most 1024) messages due at `now`, oldest first, moving each
-    /// schedule entry to the lease expiry `now + lease` in one transaction per message. Held
+    /// schedule entry to the lease expiry `now + lease`, all in one transaction. Held
     /// messages have no entry and are never returned. Not flushed by itself: a lease lost in a
     /// crash only makes the message due again sooner.
     ///
@@ -176,6 +176,28 @@ impl Store {
             .keys()
             .take(limit)
             .collect::<Result<Vec<IVec>, sled::Error>>()?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One transaction for the whole batch; when anything changed underneath it (an admin
+        // operation, a concurrent record), claim the entries one by one instead.
+        let mut plan = Plan::default();
+        let mut leases = Vec::with_capacity(due.len());
+        for raw in &due {
+            let Some(key) = TimeKey::from_bytes(raw) else {
+                tracing::error!(key = %crate::keys::hex(raw), "malformed schedule key removed");
+                plan.schedule.remove(raw.clone());
+                continue;
+            };
+            let id_bytes = id_key(key.id);
+            let snapshot = self.inner.trees.messages.get(id_bytes)?;
+            plan.expect_each
+                .push((id_bytes, snapshot.clone(), key.to_bytes()));
+            leases.extend(plan_lease(&mut plan, raw, key, snapshot, now, lease)?);
+        }
+        if self.apply_plan(&mut plan)? == Verdict::Applied {
+            return Ok(leases);
+        }
         let mut leases = Vec::with_capacity(due.len());
         for raw in due {
             if let Some(l) = self.lease_one(&raw, now, lease)? {
@@ -187,7 +209,6 @@ impl Store {
 
     fn lease_one(&self, raw: &IVec, now: Timestamp, lease: Duration) -> Result<Option<Lease>> {
         let Some(key) = TimeKey::from_bytes(raw) else {
-            tracing::error!(key = %crate::keys::hex(raw), "malformed schedule key removed");
             let mut plan = Plan::default();
             plan.schedule.remove(raw.clone());
             self.apply_plan(&mut plan)?;
@@ -201,44 +222,7 @@ impl Store {
                 expect_scheduled: Some(key.to_bytes()),
                 ..Plan::default()
             };
-            plan.schedule.remove(raw.clone());
-            let mut leased = None;
-            match snapshot
-                .as_deref()
-                .map(|b| codec::decode_message(&id_bytes, b))
-            {
-                None => tracing::error!(id = %key.id, "schedule entry without a message removed"),
-                Some(Err(e)) => {
-                    // Park the entry at the lease expiry: retried later, logged, never blocking others.
-                    let parked = lease_expiry(now, key.at, lease);
-                    tracing::error!(id = %key.id, error = %e, until = %parked, "unreadable message parked");
-                    plan.schedule
-                        .insert(&TimeKey::new(parked, key.id).to_bytes()[..], &[][..]);
-                }
-                Some(Ok(rec)) if rec.schedule_at != Some(key.at) => {
-                    tracing::error!(id = %key.id, "stale schedule entry removed");
-                }
-                Some(Ok(mut rec)) if rec.message.held => {
-                    // Held while its lease was running: the lease expired, so drop the entry.
-                    rec.schedule_at = None;
-                    rec.lease_until = None;
-                    plan.messages
-                        .insert(&id_bytes[..], codec::encode_message(&rec)?);
-                }
-                Some(Ok(mut rec)) => {
-                    let until = lease_expiry(now, key.at, lease);
-                    rec.schedule_at = Some(until);
-                    rec.lease_until = Some(until);
-                    plan.schedule
-                        .insert(&TimeKey::new(until, key.id).to_bytes()[..], &[][..]);
-                    plan.messages
-                        .insert(&id_bytes[..], codec::encode_message(&rec)?);
-                    leased = Some(Lease {
-                        message: rec.message,
-                        leased_until: until,
-                    });
-                }
-            }
+            let leased = plan_lease(&mut plan, raw, key, snapshot, now, lease)?;
             match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(leased),
                 Verdict::NotScheduled => return Ok(None),
@@ -250,7 +234,10 @@ impl Store {
 
     /// Records an attempt's outcome atomically: the updated record, the new schedule entry (or
     /// none when finished: the body is then removed and the finished index written) and any
-    /// notifications with their bodies and schedule entries. Durable when `Ok`. Returns
+    /// notifications with their bodies and schedule entries. Made durable by the group
+    /// committer within a few milliseconds, without waiting for it: an outcome lost in a crash
+    /// leaves the message leased, so it is tried again (at most once more, the at-least-once
+    /// window), and the notifications written with it are lost with it. Returns
     /// [`RecordOutcome::LeaseLost`], writing nothing, when the lease's schedule entry is gone.
     pub async fn record_attempt(
         &self,
@@ -284,7 +271,7 @@ impl Store {
             }
             match self.apply_plan(&mut plan)? {
                 Verdict::Applied => {
-                    self.durable().await?;
+                    self.inner.commit.soon(&self.inner.db);
                     self.wake_for(&plan);
                     tracing::debug!(%id, finished = update.next_attempt_at.is_none(), notifications = notes.len(), "attempt recorded");
                     return Ok(RecordOutcome::Recorded {
@@ -297,6 +284,58 @@ impl Store {
         }
         Err(StoreError::Conflict(id))
     }
+}
+
+/// Adds the claim of schedule entry `raw` (message `key.id`, whose record was `snapshot`) to
+/// `plan`: the entry moves to the lease expiry. Entries that cannot be leased are cleaned up
+/// instead (stale, orphaned, held) or parked (unreadable record).
+fn plan_lease(
+    plan: &mut Plan,
+    raw: &IVec,
+    key: TimeKey,
+    snapshot: Option<IVec>,
+    now: Timestamp,
+    lease: Duration,
+) -> Result<Option<Lease>> {
+    let id_bytes = id_key(key.id);
+    plan.schedule.remove(raw.clone());
+    match snapshot
+        .as_deref()
+        .map(|b| codec::decode_message(&id_bytes, b))
+    {
+        None => tracing::error!(id = %key.id, "schedule entry without a message removed"),
+        Some(Err(e)) => {
+            // Park the entry at the lease expiry: retried later, logged, never blocking others.
+            let parked = lease_expiry(now, key.at, lease);
+            tracing::error!(id = %key.id, error = %e, until = %parked, "unreadable message parked");
+            plan.schedule
+                .insert(&TimeKey::new(parked, key.id).to_bytes()[..], &[][..]);
+        }
+        Some(Ok(rec)) if rec.schedule_at != Some(key.at) => {
+            tracing::error!(id = %key.id, "stale schedule entry removed");
+        }
+        Some(Ok(mut rec)) if rec.message.held => {
+            // Held while its lease was running: the lease expired, so drop the entry.
+            rec.schedule_at = None;
+            rec.lease_until = None;
+            plan.messages
+                .insert(&id_bytes[..], codec::encode_message(&rec)?);
+        }
+        Some(Ok(mut rec)) => {
+            let until = lease_expiry(now, key.at, lease);
+            rec.schedule_at = Some(until);
+            rec.lease_until = Some(until);
+            plan.schedule
+                .insert(&TimeKey::new(until, key.id).to_bytes()[..], &[][..]);
+            plan.messages
+                .insert(&id_bytes[..], codec::encode_message(&rec)?);
+            return Ok(Some(Lease {
+                message: rec.message,
+                leased_until: until,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Adds the new state of message `id` after `update` to `plan` (the caller has already removed

@@ -1,6 +1,8 @@
 //! Bodies larger than one chunk are stored in pieces that stay in sled's synced log, read back
 //! whole across a reopen, and disappear with the message.
 
+mod common;
+
 use std::time::Duration;
 
 use postrider_core::{
@@ -30,7 +32,7 @@ async fn large_body_round_trips_across_reopen_and_is_removed_when_finished() {
         let store = Store::open(dir.path(), Metrics::new()).unwrap();
         store.enqueue(msg.clone()).await.unwrap()
     };
-    let store = Store::open(dir.path(), Metrics::new()).unwrap();
+    let store = common::open_retrying(dir.path(), Metrics::new()).await;
     assert_eq!(store.body(id).unwrap().as_deref(), Some(&msg.body[..]));
     // No blob files: every piece lives in the log that the group commit syncs.
     let blobs = dir.path().join("blobs");
@@ -59,8 +61,9 @@ async fn large_body_round_trips_across_reopen_and_is_removed_when_finished() {
     assert!(matches!(outcome, RecordOutcome::Recorded { .. }));
     assert_eq!(store.body(id).unwrap(), None);
     drop(store);
-    // Reopened, the finished message has no body chunks left behind.
-    let store = Store::open(dir.path(), Metrics::new()).unwrap();
+    // Reopened (once the committer has made the outcome durable and let go of the database),
+    // the finished message has no body chunks left behind.
+    let store = common::open_retrying(dir.path(), Metrics::new()).await;
     assert_eq!(store.body(id).unwrap(), None);
     assert_eq!(store.pending_count(), 0);
 }

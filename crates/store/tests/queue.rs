@@ -476,3 +476,58 @@ fn store_works_across_runtimes() {
     assert!(b > a);
     assert_eq!(store.pending_count(), 2);
 }
+
+/// A recorded outcome does not wait for its flush, but gets one by itself soon after, even
+/// when no other write comes along.
+#[tokio::test]
+async fn recorded_outcome_is_flushed_without_a_waiter() {
+    let metrics = Metrics::new();
+    let store = Store::temporary(metrics.clone()).unwrap();
+    store.enqueue(new_message(&["a@x.test"], T0)).await.unwrap();
+    let lease = store.lease_due(ts(T0), LEASE, 10).unwrap().remove(0);
+    let flushes_before = metrics.store_flush_batch.get_sample_count();
+    let writes_before = metrics.store_flush_batch.get_sample_sum();
+    let outcome = store
+        .record_attempt(&lease, delivered(&lease.message, T0 + 1))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, RecordOutcome::Recorded { .. }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metrics.store_flush_batch.get_sample_count() == flushes_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcome was never flushed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        metrics.store_flush_batch.get_sample_sum() - writes_before,
+        1.0,
+        "one write made durable by the flush"
+    );
+}
+
+/// Many due messages are claimed together, each exactly once, and a later call finds only
+/// what is left.
+#[tokio::test]
+async fn batch_lease_claims_each_due_message_once() {
+    let store = temp_store();
+    let mut queued = Vec::new();
+    for i in 0..300 {
+        queued.push(
+            store
+                .enqueue(new_message(&[&format!("u{i}@x.test")], T0 + i))
+                .await
+                .unwrap(),
+        );
+    }
+    let first = store.lease_due(ts(T0 + 1000), LEASE, 256).unwrap();
+    assert_eq!(ids(&first), queued[..256].to_vec());
+    for l in &first {
+        assert_eq!(store.leased_until(l.message.id).unwrap(), Some(l.leased_until));
+    }
+    let rest = store.lease_due(ts(T0 + 1000), LEASE, 256).unwrap();
+    assert_eq!(ids(&rest), queued[256..].to_vec());
+    assert!(store.lease_due(ts(T0 + 1000), LEASE, 256).unwrap().is_empty());
+    assert_eq!(store.pending_count(), 300);
+}
