@@ -294,6 +294,16 @@ impl Pool {
         expired
     }
 
+    /// Takes every idle session of `key`: when one of them turned out to be closed by the
+    /// server, the others, idle just as long, most likely are too (e.g. the server restarted).
+    pub(crate) fn take_all_idle(&self, key: &PoolKey) -> Vec<Session> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+            .unwrap_or_default()
+    }
+
     /// Takes every idle session (shutdown).
     pub(crate) fn drain(&self) -> Vec<Session> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);

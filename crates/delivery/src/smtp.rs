@@ -731,7 +731,14 @@ async fn try_address(
         };
         let (results, flow) = transaction(&mut session.conn, settings, &session.caps, tx).await;
         if reused && flow.broken && !flow.any_reply && round < 3 {
-            tracing::debug!(mx = %target.name, ip = %ip, "pooled session was closed by the server; using another");
+            // Its idle siblings are most likely closed too: drop them (politely), so the next
+            // round opens a new connection instead of finding the next dead one.
+            let stale = shared.pool.take_all_idle(&key);
+            tracing::debug!(mx = %target.name, ip = %ip, dropped = stale.len(), "pooled session was closed by the server; opening a new one");
+            let limit = settings.timeouts.quit;
+            for mut s in stale {
+                tokio::spawn(async move { quit(&mut s.conn, limit).await });
+            }
             continue;
         }
         session.transactions = session.transactions.saturating_add(1);

@@ -167,6 +167,46 @@ async fn idle_connections_expire_and_limits_hold() {
     relay.stop().await;
 }
 
+/// When the server has closed the pooled connections (idle timeout, restart), the next
+/// message still goes out in the same attempt, over a new connection.
+#[tokio::test]
+async fn connections_closed_by_the_server_are_replaced_within_the_attempt() {
+    let dns = dns().await;
+    let mx = SmtpSink::builder()
+        .bind(IpAddr::V4(ip(2)), 0)
+        .behaviour(Behaviour {
+            reply_delay: Duration::from_millis(30),
+            ..Behaviour::default()
+        })
+        .idle_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let relay = Relay::start(&dns, mx.port(), |s| {
+        s.max_connections_per_host = 4;
+        s.connection_idle_timeout = Duration::from_secs(60);
+    });
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(relay.submit("", &["a@example.test"]).await);
+    }
+    for id in &ids {
+        relay.finished(*id).await;
+    }
+    assert!(mx.connection_count() >= 3, "{}", mx.connection_count());
+    // The server drops every idle session; the relay still holds them in its pool.
+    wait_until("the server closed the idle sessions", || {
+        mx.active_sessions() == 0
+    })
+    .await;
+    assert!(relay.metrics.outbound_connections.get() >= 3);
+    let id = relay.submit("", &["b@example.test"]).await;
+    let m = relay.finished(id).await;
+    assert_eq!(m.recipients[0].state, RecipientState::Delivered);
+    assert_eq!(m.attempts, 1, "delivered by the first attempt");
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn breaker_suspends_a_failing_destination_and_closes_after_success() {
     let dns = dns().await;
