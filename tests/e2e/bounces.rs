@@ -1,9 +1,11 @@
 //! Permanent failures and expiry produce RFC 3464 bounces to the sender; `<>` is never bounced.
+//! Suppressed recipients are reported to SMTP senders, not to API submitters.
 
 use std::time::Duration;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use postrider_testkit::{RcptRule, ReceivedMessage, Reply};
+use serde_json::json;
 
 use crate::harness::{TestRelay, wait_until};
 use crate::smtp_client::{SmtpClient, message, submit};
@@ -143,13 +145,7 @@ async fn null_mx_and_nxdomain_bounce_immediately() {
     .await;
     let dsn = received(&world.sender_mx, 1).await;
     let status = delivery_status(&dsn[0]);
-    let group = |rcpt: &str| {
-        let start = status
-            .find(&format!("Final-Recipient: rfc822; {rcpt}"))
-            .unwrap_or_else(|| panic!("{rcpt} in\n{status}"));
-        let g = &status[start..];
-        g[..g.find("\r\n\r\n").unwrap_or(g.len())].to_owned()
-    };
+    let group = |rcpt: &str| recipient_group(&status, rcpt);
     assert!(
         group("user@nullmx.test").contains("Status: 5.1.10"),
         "{status}"
@@ -223,4 +219,140 @@ async fn a_message_from_the_null_sender_is_never_bounced() {
         Some(0.0)
     );
     stays_at(&world.sender_mx, 0, Duration::from_millis(500)).await;
+}
+
+/// The per-recipient group of `rcpt` in a delivery-status text.
+fn recipient_group(status: &str, rcpt: &str) -> String {
+    let start = status
+        .find(&format!("Final-Recipient: rfc822; {rcpt}"))
+        .unwrap_or_else(|| panic!("{rcpt} in\n{status}"));
+    let group = &status[start..];
+    group[..group.find("\r\n\r\n").unwrap_or(group.len())].to_owned()
+}
+
+#[tokio::test]
+async fn suppressed_recipients_are_reported_to_smtp_senders_only() {
+    let world = World::start().await;
+    let relay = world.relay().await;
+    let (status, body) = relay
+        .post_json("/v1/suppressions", &json!({"address": "gone@example.test"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // API submissions first: the scheduler takes messages oldest first, so their attempts are
+    // over before the SMTP notices below arrive.
+    let mut api_ids = Vec::new();
+    for to in [
+        vec!["gone@example.test"],
+        vec!["gone@example.test", "api-good@example.test"],
+    ] {
+        let (status, body) = relay
+            .post_json(
+                "/v1/messages",
+                &json!({"from": "app@sender.test", "to": to, "subject": "api", "text": "x"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        api_ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    let mixed = submit(
+        relay.smtp,
+        "app@sender.test",
+        &["gone@example.test", "good@example.test"],
+        &message("app@sender.test", "good@example.test", "partly-suppressed"),
+    )
+    .await;
+    let only = submit(
+        relay.smtp,
+        "app@sender.test",
+        &["gone@example.test"],
+        &message("app@sender.test", "gone@example.test", "all-suppressed"),
+    )
+    .await;
+
+    // Delivery of the other recipients is unaffected.
+    let delivered = received(&world.mx1, 2).await;
+    let mut rcpts: Vec<String> = delivered.iter().flat_map(|m| m.rcpt_to.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, vec!["api-good@example.test", "good@example.test"]);
+
+    // One notice per SMTP message, from <> to the sender, naming the suppressed recipient.
+    let dsns = received(&world.sender_mx, 2).await;
+    let mut reported = Vec::new();
+    for dsn in &dsns {
+        assert_eq!(dsn.mail_from, "", "notices use the null reverse-path");
+        assert_eq!(dsn.rcpt_to, vec!["app@sender.test"]);
+        let status = delivery_status(dsn);
+        let group = recipient_group(&status, "gone@example.test");
+        for line in [
+            "Action: failed",
+            "Status: 5.7.1",
+            "Diagnostic-Code: X-Postrider; 550 5.7.1 recipient address is on the suppression list",
+        ] {
+            assert!(group.contains(line), "missing {line:?} in\n{group}");
+        }
+        assert!(!group.contains("Remote-MTA"), "{group}");
+        assert!(
+            !status.contains("Final-Recipient: rfc822; good@example.test"),
+            "{status}"
+        );
+        let queue_id = status
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Postrider-Queue-ID: "))
+            .expect("queue id of the original")
+            .to_owned();
+        reported.push(queue_id);
+    }
+    reported.sort();
+    let mut smtp_ids = vec![mixed.clone(), only.clone()];
+    smtp_ids.sort();
+    assert_eq!(reported, smtp_ids, "each SMTP message reported once");
+
+    // Every message is done, the notices included: an API notice would have been queued in the
+    // same step as its message's attempt, and delivered by now.
+    wait_until("queue drained", async || {
+        (relay.metric("postrider_queue_messages").await == Some(0.0)).then_some(())
+    })
+    .await;
+    stays_at(&world.sender_mx, 2, Duration::from_millis(1000)).await;
+    assert_eq!(
+        relay.metric("postrider_bounces_generated_total").await,
+        Some(2.0)
+    );
+
+    // The suppressed recipient keeps its state in the status of every message.
+    for id in api_ids.iter().chain([&mixed, &only]) {
+        let (status, body) = relay.get_json(&format!("/v1/messages/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["recipients"][0]["address"], "gone@example.test");
+        assert_eq!(body["recipients"][0]["state"], "suppressed", "{body}");
+    }
+    let (_, body) = relay.get_json(&format!("/v1/messages/{mixed}")).await;
+    assert_eq!(body["recipients"][1]["state"], "delivered", "{body}");
+    let (_, body) = relay.get_json(&format!("/v1/messages/{only}")).await;
+    assert_eq!(body["attempts"], 0, "nothing was attempted: {body}");
+
+    // The notices are normal queued messages that name their original.
+    let (_, queue) = relay
+        .get_json("/v1/queue?include_finished=true&limit=100")
+        .await;
+    let mut dsn_for: Vec<String> = queue["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["source"] == "dsn")
+        .filter_map(|m| m["metadata"]["dsn_for"].as_str().map(str::to_owned))
+        .collect();
+    dsn_for.sort();
+    assert_eq!(dsn_for, smtp_ids);
+
+    // And the event log says `suppressed` for it, once per message.
+    let (_, events) = relay.get_json("/v1/events?limit=100").await;
+    let suppressed = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "suppressed" && e["recipient"] == "gone@example.test")
+        .count();
+    assert_eq!(suppressed, 4, "{events}");
 }

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use postrider_core::dsn::{DsnAction, DsnRecipient, DsnReport, render_dsn};
+use postrider_core::dsn::{DsnAction, DsnRecipient, DsnReport, render_dsn, suppressed_reply};
 use postrider_core::{
     Domain, DsnRet, EnhancedStatus, Envelope, MessageId, MessageState, NewMessage, QueuedMessage,
     RecipientRequest, RecipientState, ReversePath, SmtpReply, Source, Timestamp,
@@ -299,7 +299,9 @@ pub(crate) async fn delete(
 const OPERATOR_BOUNCE: EnhancedStatus = EnhancedStatus::new(5, 0, 0);
 
 /// Builds the "bounce now" update: every pending recipient becomes bounced with a synthetic
-/// reply, and a failure DSN goes to the sender for those that want one (never for `<>`).
+/// reply, and a failure DSN goes to the sender for those that want one (never for `<>`). The DSN
+/// also reports suppressed recipients when the sender is still owed that
+/// ([`QueuedMessage::take_suppressed_reports`]).
 fn bounce_update(m: &QueuedMessage, body: &[u8], hostname: &str, now: Timestamp) -> AttemptUpdate {
     let reply = SmtpReply::synthetic(
         550,
@@ -307,6 +309,8 @@ fn bounce_update(m: &QueuedMessage, body: &[u8], hostname: &str, now: Timestamp)
         "message bounced by the relay operator",
     );
     let mut message = m.clone();
+    let suppressed = message.take_suppressed_reports();
+    let suppressed_reply = suppressed_reply();
     let mut bounced = Vec::new();
     for (i, r) in message.recipients.iter_mut().enumerate() {
         if !r.state.is_final() {
@@ -334,6 +338,13 @@ fn bounce_update(m: &QueuedMessage, body: &[u8], hostname: &str, now: Timestamp)
                 last_attempt_at: Some(now),
                 will_retry_until: None,
             })
+            .chain(
+                suppressed
+                    .iter()
+                    .map(|&i| &m.recipients[i])
+                    .filter(|r| r.request.wants_failure_notice())
+                    .map(|r| DsnRecipient::suppressed(r, &suppressed_reply)),
+            )
             .collect();
         if !reported.is_empty() {
             let message_id = format!("dsn.{}.{:x}@{hostname}", m.id, now.as_millis());

@@ -10,7 +10,10 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use base64::Engine as _;
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 use postrider_api::{ApiKey, ApiSettings, ApiState, RateLimit, Scope, generate_api_key, router};
-use postrider_core::{MessageId, MessageState, ReversePath, Source, Timestamp};
+use postrider_core::{
+    Address, Envelope, MessageId, MessageState, NewMessage, RecipientRequest, RecipientState,
+    ReversePath, Source, Timestamp,
+};
 use postrider_metrics::Metrics;
 use postrider_store::Store;
 use serde_json::{Value, json};
@@ -1233,6 +1236,55 @@ async fn bounce_now_notifies_the_sender() {
         Timestamp::parse_rfc3339(r.json["recipients"][1]["last_attempt_at"].as_str().unwrap())
             .is_some()
     );
+}
+
+#[tokio::test]
+async fn bounce_now_also_reports_suppressed_recipients_still_owed_to_an_smtp_sender() {
+    let h = harness(settings());
+    assert!(
+        h.store
+            .add_suppression(postrider_store::Suppression {
+                address: "gone@dest.test".into(),
+                reason: postrider_store::SuppressionReason::Manual,
+                created_at: Timestamp::from_millis(now_ms()),
+                source_message: None,
+                reply: None,
+            })
+            .await
+            .unwrap()
+    );
+    let rcpts = ["gone@dest.test", "y@dest.test"]
+        .iter()
+        .map(|a| RecipientRequest::new(Address::parse(a).unwrap()))
+        .collect();
+    let env = Envelope::new(ReversePath::parse("sender@example.com").unwrap(), rcpts).unwrap();
+    let id = h
+        .store
+        .enqueue(NewMessage::new(
+            env,
+            b"Subject: s\r\n\r\nb\r\n".to_vec(),
+            Source::Smtp,
+            Timestamp::from_millis(now_ms()),
+        ))
+        .await
+        .unwrap();
+    assert!(h.store.message(id).unwrap().unwrap().suppression_notice_due);
+    let r = call(Method::POST, &format!("/v1/queue/{id}/bounce"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["bounced"], 1);
+    let dsn_id: MessageId = r.json["dsn_id"].as_str().unwrap().parse().unwrap();
+    let body = String::from_utf8(h.store.body(dsn_id).unwrap().unwrap()).unwrap();
+    for line in [
+        "Final-Recipient: rfc822; y@dest.test\r\nAction: failed\r\nStatus: 5.0.0\r\n",
+        "Final-Recipient: rfc822; gone@dest.test\r\nAction: failed\r\nStatus: 5.7.1\r\n",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in\n{body}");
+    }
+    let m = h.store.message(id).unwrap().unwrap();
+    assert!(m.is_finished() && !m.suppression_notice_due);
+    assert_eq!(m.recipients[0].state, RecipientState::Suppressed);
 }
 
 #[tokio::test]

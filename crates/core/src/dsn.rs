@@ -26,6 +26,7 @@ use std::fmt::Write as _;
 use crate::address::Address;
 use crate::envelope::DsnRet;
 use crate::id::MessageId;
+use crate::message::RecipientStatus;
 use crate::reply::{EnhancedStatus, SmtpReply};
 use crate::time::Timestamp;
 
@@ -85,6 +86,40 @@ pub struct DsnRecipient<'a> {
     pub last_attempt_at: Option<Timestamp>,
     /// For [`DsnAction::Delayed`]: when retries stop (`Will-Retry-Until`).
     pub will_retry_until: Option<Timestamp>,
+}
+
+/// The `Status` reported for a recipient that was not attempted because its address is on the
+/// suppression list: `5.7.1`, "delivery not authorized, message refused", which RFC 3463 §3.8
+/// gives for per-recipient filtering. (`5.1.1` would claim the mailbox does not exist, which
+/// a suppression added by an operator does not say.)
+pub const SUPPRESSED_STATUS: EnhancedStatus = EnhancedStatus::new(5, 7, 1);
+
+/// The reply reported for a suppressed recipient. No server was asked, so it is written as
+/// `Diagnostic-Code: X-Postrider; 550 5.7.1 recipient address is on the suppression list`.
+pub fn suppressed_reply() -> SmtpReply {
+    SmtpReply::synthetic(
+        550,
+        SUPPRESSED_STATUS,
+        "recipient address is on the suppression list",
+    )
+}
+
+impl<'a> DsnRecipient<'a> {
+    /// The failure report of recipient `r`, which was never attempted because its address is on
+    /// the suppression list: `Action: failed`, [`SUPPRESSED_STATUS`], `reply` (normally
+    /// [`suppressed_reply`]) as the diagnostic, no remote MTA and no attempt date.
+    pub fn suppressed(r: &'a RecipientStatus, reply: &'a SmtpReply) -> Self {
+        DsnRecipient {
+            address: &r.request.address,
+            original_recipient: r.request.orcpt.as_deref(),
+            action: DsnAction::Failed,
+            status: SUPPRESSED_STATUS,
+            remote_mta: None,
+            reply: Some(reply),
+            last_attempt_at: None,
+            will_retry_until: None,
+        }
+    }
 }
 
 /// Everything [`render_dsn`] needs; the caller supplies time and identity so rendering is pure.
@@ -506,6 +541,30 @@ the report is attached.\r\n";
             will_retry_until: None,
         }];
         check_golden("failure", &render(&r, DsnRet::Hdrs, Some("q-123")));
+    }
+
+    #[test]
+    fn suppressed_recipient_is_reported_failed_with_5_7_1() {
+        let mut r = RecipientStatus::new(crate::RecipientRequest::new(addr("bob@example.org")));
+        r.state = crate::RecipientState::Suppressed;
+        r.request.orcpt = Some("rfc822;Bob@example.org".into());
+        let reply = suppressed_reply();
+        let text = String::from_utf8(render(
+            &[DsnRecipient::suppressed(&r, &reply)],
+            DsnRet::Hdrs,
+            None,
+        ))
+        .unwrap();
+        for line in [
+            "Original-Recipient: rfc822;Bob@example.org\r\n",
+            "Final-Recipient: rfc822; bob@example.org\r\nAction: failed\r\nStatus: 5.7.1\r\n",
+            "Diagnostic-Code: X-Postrider; 550 5.7.1 recipient address is on the suppression list\r\n",
+            "<bob@example.org>: delivery failed (status 5.7.1)\r\n",
+            "Subject: Undelivered Mail Returned to Sender\r\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("Remote-MTA") && !text.contains("Last-Attempt-Date"));
     }
 
     #[test]

@@ -252,6 +252,12 @@ pub struct QueuedMessage {
     /// it is sent at most once per message.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_notified: bool,
+    /// Whether the sender is still owed the failure notice for the recipients suppressed at
+    /// enqueue ([`QueuedMessage::owes_suppression_notice`]). Set at enqueue, cleared by the
+    /// attempt that queues the notice ([`QueuedMessage::take_suppressed_reports`]); the message
+    /// is not finished while it is set. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suppression_notice_due: bool,
 }
 
 impl QueuedMessage {
@@ -279,6 +285,7 @@ impl QueuedMessage {
             tags: msg.tags.clone(),
             metadata: msg.metadata.clone(),
             delay_notified: false,
+            suppression_notice_due: false,
         }
     }
 
@@ -291,9 +298,40 @@ impl QueuedMessage {
             .map(|(i, _)| i)
     }
 
-    /// Whether every recipient is delivered or bounced.
+    /// Whether nothing more will happen: every recipient is final (delivered, bounced or
+    /// suppressed) and no failure notice about suppressed recipients is still owed.
     pub fn is_finished(&self) -> bool {
-        self.recipients.iter().all(|r| r.state.is_final())
+        !self.suppression_notice_due && self.recipients.iter().all(|r| r.state.is_final())
+    }
+
+    /// Whether the sender of this newly queued message is owed a failure notice for its
+    /// suppressed recipients. Only SMTP submitters are: they have no other way to learn that a
+    /// recipient was dropped, while API submitters see it in the status and events. Never for
+    /// the null sender (notifications are not bounced), and only when a suppressed recipient
+    /// asks for failure notices (RFC 3461 `NOTIFY`).
+    pub fn owes_suppression_notice(&self) -> bool {
+        self.source == Source::Smtp
+            && !self.sender.is_null()
+            && self
+                .recipients
+                .iter()
+                .any(|r| r.state == RecipientState::Suppressed && r.request.wants_failure_notice())
+    }
+
+    /// The suppressed recipients to report in the next failure notice, in recipient order, when
+    /// that notice is still owed ([`QueuedMessage::suppression_notice_due`]), which this clears:
+    /// the caller stores the notice together with the cleared record, so each is reported once.
+    /// Empty when nothing is owed.
+    pub fn take_suppressed_reports(&mut self) -> Vec<usize> {
+        if !std::mem::take(&mut self.suppression_notice_due) {
+            return Vec::new();
+        }
+        self.recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RecipientState::Suppressed)
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// The overall state, derived from the recipients (and hold/schedule flags) at time `now`.
@@ -376,6 +414,48 @@ mod tests {
             m.state(Timestamp::from_millis(10_000)),
             MessageState::Queued
         );
+    }
+
+    #[test]
+    fn suppression_notice_is_owed_to_smtp_senders_only_and_taken_once() {
+        let suppressed = |mut m: QueuedMessage| {
+            m.recipients[0].state = RecipientState::Suppressed;
+            m
+        };
+        let m = suppressed(msg(&["a@x.test", "b@y.test"]));
+        assert!(m.owes_suppression_notice());
+        assert!(
+            !msg(&["a@x.test"]).owes_suppression_notice(),
+            "nothing suppressed"
+        );
+        let mut api = m.clone();
+        api.source = Source::Http;
+        assert!(!api.owes_suppression_notice());
+        let mut null = m.clone();
+        null.sender = ReversePath::Null;
+        assert!(!null.owes_suppression_notice());
+        let mut never = m.clone();
+        never.recipients[0].request.notify = Some(crate::NotifyFlags {
+            never: true,
+            ..Default::default()
+        });
+        assert!(!never.owes_suppression_notice());
+
+        // While owed, an all-suppressed message is not finished.
+        let mut all = suppressed(msg(&["a@x.test"]));
+        all.suppression_notice_due = all.owes_suppression_notice();
+        assert!(!all.is_finished());
+        assert_eq!(
+            all.state(Timestamp::from_millis(2000)),
+            MessageState::Queued
+        );
+        assert_eq!(all.take_suppressed_reports(), vec![0]);
+        assert!(all.is_finished() && !all.suppression_notice_due);
+        assert_eq!(
+            all.state(Timestamp::from_millis(2000)),
+            MessageState::Bounced
+        );
+        assert!(all.take_suppressed_reports().is_empty(), "reported once");
     }
 
     #[test]

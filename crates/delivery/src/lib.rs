@@ -20,7 +20,9 @@
 //! Reply classes: 2xx delivered; 4xx, network errors and timeouts deferred (retried); 5xx bounced
 //! at once. A recipient still deferred when the message reaches the retry policy's `max_age` is
 //! bounced with its last 4xx reply and a 4.x.x status. Failure notices are never sent for
-//! messages with the null sender `<>`.
+//! messages with the null sender `<>`. Recipients suppressed at enqueue whose SMTP sender is owed
+//! a notice ([`postrider_core::QueuedMessage::suppression_notice_due`]) are reported as failed
+//! (`5.7.1`) by the failure notice of the message's next attempt, recorded with it.
 
 mod health;
 pub mod mx;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use postrider_core::dsn::{DsnAction, DsnRecipient, DsnReport, render_dsn};
+use postrider_core::dsn::{DsnAction, DsnRecipient, DsnReport, render_dsn, suppressed_reply};
 use std::time::Duration;
 
 use postrider_core::{
@@ -69,6 +69,10 @@ pub struct AppliedAttempt {
     pub next_attempt_at: Option<Timestamp>,
     /// Recipients bounced in this attempt (permanent failures and expiry), in recipient order.
     pub bounced: Vec<Bounce>,
+    /// Suppressed recipients whose failure the sender is still owed (taken from the record with
+    /// [`QueuedMessage::take_suppressed_reports`], so `message` no longer owes it), in recipient
+    /// order: reported by this attempt's failure notice, which is stored with `message`.
+    pub suppressed: Vec<usize>,
     /// Recipients delivered in this attempt whose success the sender asked to hear about and the
     /// next hop will not report (it does not support DSN).
     pub success_reports: Vec<usize>,
@@ -81,7 +85,9 @@ pub struct AppliedAttempt {
 /// Applies `outcomes` to `message` at `now` and decides what happens next with `policy`.
 ///
 /// Recipients already final are left alone. Pending recipients without an outcome keep their
-/// state (they were not attempted) but still count in the retry decision.
+/// state (they were not attempted) but still count in the retry decision. A failure notice still
+/// owed for suppressed recipients is taken into [`AppliedAttempt::suppressed`]; a message with
+/// nothing else to deliver then finishes without counting an attempt.
 pub fn apply_attempt(
     message: &QueuedMessage,
     outcomes: &[RecipientOutcome],
@@ -89,7 +95,9 @@ pub fn apply_attempt(
     policy: &RetryPolicy,
 ) -> AppliedAttempt {
     let mut m = message.clone();
-    let attempted = outcomes.iter().any(|o| !o.postponed) || outcomes.is_empty();
+    let suppressed = m.take_suppressed_reports();
+    let attempted = outcomes.iter().any(|o| !o.postponed)
+        || (outcomes.is_empty() && m.pending().next().is_some());
     if attempted {
         m.attempts = m.attempts.saturating_add(1);
     }
@@ -183,6 +191,7 @@ pub fn apply_attempt(
         message: m,
         next_attempt_at,
         bounced,
+        suppressed,
         success_reports,
         counts,
         postponed,
@@ -219,29 +228,42 @@ pub struct NoticeContext<'a> {
     pub now: Timestamp,
 }
 
-/// The failure notice for `bounced` recipients of `message` (already updated by
-/// [`apply_attempt`]), or `None` when none is due: the sender is `<>` (notifications are never
-/// bounced), or no bounced recipient asked for failure notices (`NOTIFY`).
+/// The failure notice for the `bounced` and owed `suppressed` recipients of `message` (all
+/// from [`apply_attempt`], which updated `message`), or `None` when none is due: the sender is
+/// `<>` (notifications are never bounced), or no such recipient asked for failure notices
+/// (`NOTIFY`).
 ///
-/// One notice per attempt lists every such recipient. Its envelope is `<>` → original sender.
+/// One notice per attempt lists every such recipient, in recipient order; suppressed ones are
+/// reported as [`DsnRecipient::suppressed`] (`5.7.1`). Its envelope is `<>` → original sender.
 pub fn failure_notice(
     message: &QueuedMessage,
     bounced: &[Bounce],
+    suppressed: &[usize],
     ctx: &NoticeContext<'_>,
 ) -> Option<NewMessage> {
-    let recipients: Vec<DsnRecipient<'_>> = bounced
+    let suppressed_reply = suppressed_reply();
+    let recipients: Vec<DsnRecipient<'_>> = message
+        .recipients
         .iter()
-        .filter_map(|b| message.recipients.get(b.index).map(|r| (b, r)))
+        .enumerate()
         .filter(|(_, r)| r.request.wants_failure_notice())
-        .map(|(b, r)| DsnRecipient {
-            address: &r.request.address,
-            original_recipient: r.request.orcpt.as_deref(),
-            action: DsnAction::Failed,
-            status: b.status,
-            remote_mta: r.mx_host.as_deref(),
-            reply: r.last_reply.as_ref(),
-            last_attempt_at: r.last_attempt_at,
-            will_retry_until: None,
+        .filter_map(|(index, r)| {
+            if let Some(b) = bounced.iter().find(|b| b.index == index) {
+                Some(DsnRecipient {
+                    address: &r.request.address,
+                    original_recipient: r.request.orcpt.as_deref(),
+                    action: DsnAction::Failed,
+                    status: b.status,
+                    remote_mta: r.mx_host.as_deref(),
+                    reply: r.last_reply.as_ref(),
+                    last_attempt_at: r.last_attempt_at,
+                    will_retry_until: None,
+                })
+            } else if suppressed.contains(&index) {
+                Some(DsnRecipient::suppressed(r, &suppressed_reply))
+            } else {
+                None
+            }
         })
         .collect();
     let message_id = format!("dsn.{}.{}@{}", message.id, message.attempts, ctx.hostname);
@@ -566,7 +588,13 @@ mod tests {
             max_returned_message: 1000,
             now,
         };
-        let notice = failure_notice(&applied.message, &applied.bounced, &ctx).unwrap();
+        let notice = failure_notice(
+            &applied.message,
+            &applied.bounced,
+            &applied.suppressed,
+            &ctx,
+        )
+        .unwrap();
         assert!(notice.envelope.sender().is_null());
         assert_eq!(notice.envelope.recipients().len(), 1);
         assert_eq!(
@@ -590,6 +618,102 @@ mod tests {
         assert!(text.contains("Content-Type: text/rfc822-headers"));
     }
 
+    fn notice_text(message: &QueuedMessage, applied: &AppliedAttempt) -> Option<String> {
+        let ctx = NoticeContext {
+            hostname: "relay.test",
+            original: Some(b"Subject: hi\r\n\r\nbody\r\n"),
+            max_returned_message: 1000,
+            now: Timestamp::from_millis(1_010_000),
+        };
+        failure_notice(message, &applied.bounced, &applied.suppressed, &ctx).map(|n| {
+            assert_eq!(n.metadata.get("dsn_for"), Some(&message.id.to_string()));
+            String::from_utf8(n.body).unwrap()
+        })
+    }
+
+    #[test]
+    fn owed_suppressed_recipients_join_the_failure_notice_once() {
+        let mut m = message(
+            "s@example.com",
+            &[
+                "a@example.org",
+                "b@example.org",
+                "c@example.org",
+                "d@example.org",
+            ],
+        );
+        for i in [0, 2] {
+            m.recipients[i].state = RecipientState::Suppressed;
+        }
+        m.recipients[2].request.notify = Some(NotifyFlags {
+            never: true,
+            ..Default::default()
+        });
+        m.suppression_notice_due = m.owes_suppression_notice();
+        assert!(m.suppression_notice_due);
+        let now = Timestamp::from_millis(1_010_000);
+        let applied = apply_attempt(
+            &m,
+            &[
+                outcome(1, 550, "5.1.1 no such user", ReplyClass::Permanent),
+                outcome(3, 250, "ok", ReplyClass::Success),
+            ],
+            now,
+            &policy(),
+        );
+        assert_eq!(applied.suppressed, vec![0, 2]);
+        assert!(!applied.message.suppression_notice_due);
+        assert!(applied.message.is_finished());
+        assert_eq!(applied.counts, (1, 0, 1), "suppressed ones are no results");
+        assert_eq!(
+            applied.message.recipients[0].state,
+            RecipientState::Suppressed
+        );
+        assert_eq!(applied.message.recipients[0].attempts, 0);
+        let text = notice_text(&applied.message, &applied).unwrap();
+        let a = text
+            .find("Final-Recipient: rfc822; a@example.org\r\nAction: failed\r\nStatus: 5.7.1\r\nDiagnostic-Code: X-Postrider; 550 5.7.1 recipient address is on the suppression list\r\n")
+            .unwrap_or_else(|| panic!("suppressed a missing:\n{text}"));
+        let b = text
+            .find("Final-Recipient: rfc822; b@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n")
+            .unwrap_or_else(|| panic!("bounced b missing:\n{text}"));
+        assert!(a < b, "recipient order");
+        assert!(!text.contains("c@example.org"), "NOTIFY=NEVER:\n{text}");
+        assert!(!text.contains("Final-Recipient: rfc822; d@example.org"));
+
+        // Reported once: a later attempt of the updated record owes nothing more.
+        let again = apply_attempt(&applied.message, &[], now, &policy());
+        assert!(again.suppressed.is_empty());
+        assert!(notice_text(&again.message, &again).is_none());
+    }
+
+    #[test]
+    fn only_suppressed_recipients_finish_without_an_attempt() {
+        let mut m = message("s@example.com", &["a@example.org"]);
+        m.recipients[0].state = RecipientState::Suppressed;
+        m.suppression_notice_due = m.owes_suppression_notice();
+        assert!(!m.is_finished());
+        let now = Timestamp::from_millis(1_010_000);
+        let applied = apply_attempt(&m, &[], now, &policy());
+        assert_eq!(applied.suppressed, vec![0]);
+        assert_eq!(applied.message.attempts, 0, "nothing was attempted");
+        assert_eq!(applied.next_attempt_at, None);
+        assert_eq!(applied.message.finished_at, Some(now));
+        let text = notice_text(&applied.message, &applied).unwrap();
+        assert!(text.contains("Status: 5.7.1"), "{text}");
+        assert!(
+            text.contains("Message-ID: <dsn.000000000000002a.0@relay.test>"),
+            "{text}"
+        );
+
+        // Without an owed notice (an API submission or a record from before): no report.
+        let mut api = m.clone();
+        api.suppression_notice_due = false;
+        let applied = apply_attempt(&api, &[], now, &policy());
+        assert!(applied.suppressed.is_empty());
+        assert!(notice_text(&applied.message, &applied).is_none());
+    }
+
     #[test]
     fn no_notice_for_null_sender_or_when_nobody_asked() {
         let m = message("", &["a@example.org"]);
@@ -607,7 +731,15 @@ mod tests {
             now,
         };
         assert_eq!(applied.bounced.len(), 1);
-        assert!(failure_notice(&applied.message, &applied.bounced, &ctx).is_none());
+        assert!(
+            failure_notice(
+                &applied.message,
+                &applied.bounced,
+                &applied.suppressed,
+                &ctx
+            )
+            .is_none()
+        );
 
         let mut m = message("s@example.com", &["a@example.org"]);
         m.recipients[0].request.notify = Some(NotifyFlags {
@@ -620,7 +752,15 @@ mod tests {
             now,
             &policy(),
         );
-        assert!(failure_notice(&applied.message, &applied.bounced, &ctx).is_none());
+        assert!(
+            failure_notice(
+                &applied.message,
+                &applied.bounced,
+                &applied.suppressed,
+                &ctx
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -642,9 +782,14 @@ mod tests {
                 max_returned_message: limit,
                 now,
             };
-            let body = failure_notice(&applied.message, &applied.bounced, &ctx)
-                .unwrap()
-                .body;
+            let body = failure_notice(
+                &applied.message,
+                &applied.bounced,
+                &applied.suppressed,
+                &ctx,
+            )
+            .unwrap()
+            .body;
             assert!(String::from_utf8(body).unwrap().contains(want), "{limit}");
         }
     }

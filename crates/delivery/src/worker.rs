@@ -273,14 +273,19 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
         max_returned_message: shared.settings.max_returned_message,
         now,
     };
-    let mut notice: Vec<_> = failure_notice(&applied.message, &applied.bounced, &ctx)
-        .into_iter()
-        .chain(success_notice(
-            &applied.message,
-            &applied.success_reports,
-            &ctx,
-        ))
-        .collect();
+    let mut notice: Vec<_> = failure_notice(
+        &applied.message,
+        &applied.bounced,
+        &applied.suppressed,
+        &ctx,
+    )
+    .into_iter()
+    .chain(success_notice(
+        &applied.message,
+        &applied.success_reports,
+        &ctx,
+    ))
+    .collect();
     notice.extend(delay_notice(
         &mut applied.message,
         shared.settings.delay_warning_after,

@@ -9,6 +9,7 @@ use postrider_core::{
     Address, Envelope, MessageId, NewMessage, QueuedMessage, RecipientRequest, RecipientState,
     RetryPolicy, ReversePath, Source,
 };
+use postrider_store::{ListFilter, Suppression, SuppressionReason};
 use postrider_testkit::{Behaviour, DnsServer, FailFirst, Failure, Phase, Reply, SmtpSink, Zone};
 
 mod common;
@@ -428,6 +429,107 @@ async fn null_sender_is_never_bounced() {
     assert_eq!(m.recipients[0].state, RecipientState::Bounced);
     assert_eq!(relay.metrics.bounces_generated.get(), 0);
     assert_eq!(relay.store.pending_count(), 0, "no notification was queued");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn suppressed_recipients_of_smtp_submissions_get_a_failure_notice() {
+    let dns = dns().await;
+    let mx = sink_at(2, 0, Behaviour::default()).await;
+    let sender_mx = sink_at(4, mx.port(), Behaviour::default()).await;
+    let relay = Relay::start(&dns, mx.port(), |_| {});
+    let listed = relay
+        .store
+        .add_suppression(Suppression {
+            address: "gone@example.test".into(),
+            reason: SuppressionReason::Manual,
+            created_at: now(),
+            source_message: None,
+            reply: None,
+        })
+        .await
+        .unwrap();
+    assert!(listed);
+
+    // One suppressed and one normal recipient: the normal one is delivered, the suppressed one
+    // reported to the sender.
+    let mixed = relay
+        .submit(
+            "alice@sender.test",
+            &["gone@example.test", "bob@example.test"],
+            BODY,
+        )
+        .await;
+    let got = mx.wait_for_messages(1, PATIENCE).await.unwrap();
+    assert_eq!(got[0].rcpt_to, vec!["bob@example.test"]);
+    let m = relay.finished(mixed).await;
+    let states: Vec<_> = m.recipients.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        vec![RecipientState::Suppressed, RecipientState::Delivered]
+    );
+    assert!(!m.suppression_notice_due);
+    let dsn = sender_mx.wait_for_messages(1, PATIENCE).await.unwrap();
+    assert_eq!(dsn[0].mail_from, "", "notices use the null sender");
+    assert_eq!(dsn[0].rcpt_to, vec!["alice@sender.test"]);
+    let (status, whole) = dsn_parts(&dsn[0].data);
+    for line in [
+        "Final-Recipient: rfc822; gone@example.test\r\nAction: failed\r\nStatus: 5.7.1\r\n",
+        "Diagnostic-Code: X-Postrider; 550 5.7.1 recipient address is on the suppression list",
+    ] {
+        assert!(status.contains(line), "missing {line:?} in\n{status}");
+    }
+    assert!(!status.contains("bob@example.test"), "{status}");
+    assert!(whole.contains("Subject: integration"), "original headers");
+
+    // Only a suppressed recipient: nothing is delivered, the notice still goes out.
+    let only = relay
+        .submit("alice@sender.test", &["gone@example.test"], BODY)
+        .await;
+    let m = relay.finished(only).await;
+    assert_eq!(m.recipients[0].state, RecipientState::Suppressed);
+    assert_eq!(m.attempts, 0);
+    let dsn = sender_mx.wait_for_messages(2, PATIENCE).await.unwrap();
+    assert!(dsn_parts(&dsn[1].data).0.contains("Status: 5.7.1"));
+
+    // An API submission: finished at enqueue, no notice.
+    let env = Envelope::new(
+        ReversePath::parse("alice@sender.test").unwrap(),
+        vec![RecipientRequest::new(
+            Address::parse("gone@example.test").unwrap(),
+        )],
+    )
+    .unwrap();
+    let api = relay
+        .store
+        .enqueue(NewMessage::new(env, BODY.to_vec(), Source::Http, now()))
+        .await
+        .unwrap();
+    assert!(relay.store.message(api).unwrap().unwrap().is_finished());
+    wait_until("the notices delivered", || relay.store.pending_count() == 0).await;
+    assert_eq!(sender_mx.messages().len(), 2);
+    assert_eq!(mx.messages().len(), 1);
+    assert_eq!(relay.metrics.bounces_generated.get(), 2);
+
+    // The notices are normal messages that name the original.
+    let all = relay
+        .store
+        .list(
+            &ListFilter {
+                include_finished: true,
+                ..ListFilter::default()
+            },
+            now(),
+        )
+        .unwrap();
+    let mut dsn_for: Vec<String> = all
+        .messages
+        .iter()
+        .filter(|m| m.source == Source::Dsn)
+        .filter_map(|m| m.metadata.get("dsn_for").cloned())
+        .collect();
+    dsn_for.sort();
+    assert_eq!(dsn_for, vec![mixed.to_string(), only.to_string()]);
     relay.stop().await;
 }
 

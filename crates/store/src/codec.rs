@@ -254,6 +254,10 @@ mod tests {
         let bytes = encode_message(&rec).unwrap();
         assert_eq!(bytes[0], 1);
         assert_eq!(decode_message(b"k", &bytes).unwrap(), rec);
+        let mut owed = rec.clone();
+        owed.message.suppression_notice_due = true;
+        let bytes = encode_message(&owed).unwrap();
+        assert_eq!(decode_message(b"k", &bytes).unwrap(), owed);
     }
 
     #[test]
@@ -482,6 +486,10 @@ mod tests {
             Some(Timestamp::from_millis(1_795_411_500_000))
         );
         assert!(!m.held);
+        assert!(
+            !m.suppression_notice_due,
+            "a flag added later reads as false in older records"
+        );
         assert_eq!(m.finished_at, None);
         assert_eq!(m.tags, vec!["newsletter".to_string()]);
         assert_eq!(m.metadata.get("campaign").map(String::as_str), Some("c-7"));

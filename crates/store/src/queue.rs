@@ -22,9 +22,10 @@ pub(crate) struct PreparedNew {
     pub(crate) id: MessageId,
     record: IVec,
     body: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The schedule entry, or, when every recipient is suppressed, the finished-index entry.
+    /// The schedule entry, or, when finished at enqueue, the finished-index entry.
     due: TimeKey,
-    /// Every recipient is suppressed: the message is finished at enqueue.
+    /// Every recipient is suppressed and no failure notice is owed: the message is finished at
+    /// enqueue.
     finished: bool,
     events: Vec<PendingEvent>,
 }
@@ -75,13 +76,16 @@ impl Store {
         let id = MessageId::from_u64(self.inner.db.generate_id()?.saturating_add(1));
         let mut message = QueuedMessage::new(id, msg);
         // Suppressed addresses are never attempted. (Checked before the transaction: an
-        // address listed concurrently may still get this one message.)
+        // address listed concurrently may still get this one message.) When the sender is owed
+        // a failure notice for them, the message stays scheduled even if nothing else is left:
+        // its first attempt queues the notice in the transaction that records it.
         if !self.inner.trees.suppressions.is_empty() {
             for r in &mut message.recipients {
                 if self.is_suppressed(&r.request.address)? {
                     r.state = RecipientState::Suppressed;
                 }
             }
+            message.suppression_notice_due = message.owes_suppression_notice();
         }
         let finished = message.is_finished();
         let due = if finished {

@@ -3,7 +3,11 @@
 //! Keys are the address lowercased (UTF-8). Recipients whose bounce carried an enhanced status
 //! `5.1.x` (bad address) are added by [`crate::Store::record_attempt`] in the same transaction;
 //! operators add and remove entries through the API. At enqueue, recipients on the list get the
-//! state [`postrider_core::RecipientState::Suppressed`] and are never attempted.
+//! state [`postrider_core::RecipientState::Suppressed`] and are never attempted. When the sender
+//! is owed a failure notice for them (SMTP submissions, see
+//! [`postrider_core::QueuedMessage::owes_suppression_notice`]), the record says so
+//! (`suppression_notice_due`) and the message stays scheduled, even with nothing else to
+//! deliver, until an attempt records the notice with [`crate::Store::record_attempt`].
 
 use postrider_core::{Address, MessageId, SmtpReply, Timestamp};
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use postrider_core::{RecipientState, SmtpReply, Timestamp};
+use postrider_core::{NotifyFlags, RecipientState, ReversePath, SmtpReply, Source, Timestamp};
 use postrider_metrics::Metrics;
 use postrider_store::{
     EnqueueResult, EventKind, IdempotencyKey, Suppression, SuppressionReason, WebhookSubscription,
@@ -276,26 +276,22 @@ async fn hard_bounces_are_suppressed_and_suppressed_recipients_skipped() {
     let lease = store.lease_due(ts(T0 + 100), LEASE, 1).unwrap().remove(0);
     assert_eq!(lease.message.pending().collect::<Vec<_>>(), vec![1]);
 
-    // Every recipient suppressed: finished at enqueue, never leased, not pending.
+    // Every recipient suppressed (an API submission: no notice owed): finished at enqueue,
+    // never leased, not pending.
     let pending = store.pending_count();
-    let all = store
-        .enqueue(new_message(&["gone@x.test"], T0 + 200))
-        .await
-        .unwrap();
+    let mut api = new_message(&["gone@x.test"], T0 + 200);
+    api.source = Source::Http;
+    let all = store.enqueue(api).await.unwrap();
     let m = store.message(all).unwrap().unwrap();
     assert!(m.is_finished());
     assert_eq!(m.finished_at, Some(ts(T0 + 200)));
     assert_eq!(store.body(all).unwrap(), None);
     assert_eq!(store.pending_count(), pending);
     assert!(store.lease_due(ts(T0 + 300), LEASE, 10).unwrap().is_empty());
-    let kinds: Vec<_> = store
-        .events_after(0, 100)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.message_id == all)
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(kinds, vec![EventKind::Accepted, EventKind::Suppressed]);
+    assert_eq!(
+        event_kinds(&store, all),
+        vec![EventKind::Accepted, EventKind::Suppressed]
+    );
     // It is purged like any finished message.
     assert_eq!(store.purge_finished(ts(T0 + 201)).unwrap(), 2);
 
@@ -334,6 +330,149 @@ async fn hard_bounces_are_suppressed_and_suppressed_recipients_skipped() {
         store.message(id).unwrap().unwrap().recipients[0].state,
         RecipientState::Queued
     );
+}
+
+/// The kinds of the logged events of message `id`, in order.
+fn event_kinds(store: &postrider_store::Store, id: postrider_core::MessageId) -> Vec<EventKind> {
+    store
+        .events_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.message_id == id)
+        .map(|e| e.kind)
+        .collect()
+}
+
+fn manual_suppression(address: &str) -> Suppression {
+    Suppression {
+        address: address.into(),
+        reason: SuppressionReason::Manual,
+        created_at: ts(T0),
+        source_message: None,
+        reply: None,
+    }
+}
+
+#[tokio::test]
+async fn smtp_senders_are_owed_a_notice_for_suppressed_recipients_until_an_attempt_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q");
+    let store = open_retrying(&path, Metrics::new()).await;
+    assert!(
+        store
+            .add_suppression(manual_suppression("gone@x.test"))
+            .await
+            .unwrap()
+    );
+
+    // No notice owed: API submissions, the null sender, NOTIFY without FAILURE, notifications.
+    let mut api = new_message(&["gone@x.test"], T0);
+    api.source = Source::Http;
+    let mut null_sender = new_message(&["gone@x.test"], T0);
+    null_sender.envelope = postrider_core::Envelope::new(
+        ReversePath::Null,
+        null_sender.envelope.recipients().to_vec(),
+    )
+    .unwrap();
+    let mut never = new_message(&["gone@x.test"], T0);
+    let mut rcpts = never.envelope.recipients().to_vec();
+    rcpts[0].notify = Some(NotifyFlags {
+        success: true,
+        ..NotifyFlags::default()
+    });
+    never.envelope = postrider_core::Envelope::new(never.envelope.sender().clone(), rcpts).unwrap();
+    let mut dsn = new_message(&["gone@x.test"], T0);
+    dsn.source = Source::Dsn;
+    for msg in [api, null_sender, never, dsn] {
+        let source = msg.source;
+        let id = store.enqueue(msg).await.unwrap();
+        let m = store.message(id).unwrap().unwrap();
+        assert!(!m.suppression_notice_due, "{source:?}");
+        assert!(m.is_finished() && m.finished_at.is_some(), "{source:?}");
+        assert_eq!(store.body(id).unwrap(), None);
+    }
+    assert_eq!(store.pending_count(), 0);
+    assert!(store.lease_due(ts(T0 + 1), LEASE, 10).unwrap().is_empty());
+
+    // An SMTP submission whose only recipient is suppressed: kept, with its body, until the
+    // notice is recorded; the recipient stays `suppressed`.
+    let all = store
+        .enqueue(new_message(&["Gone@x.test"], T0 + 100))
+        .await
+        .unwrap();
+    let m = store.message(all).unwrap().unwrap();
+    assert_eq!(m.recipients[0].state, RecipientState::Suppressed);
+    assert!(m.suppression_notice_due && !m.is_finished());
+    assert_eq!(m.finished_at, None);
+    assert!(store.body(all).unwrap().is_some());
+    assert_eq!(store.pending_count(), 1);
+    assert_eq!(
+        event_kinds(&store, all),
+        vec![EventKind::Accepted, EventKind::Suppressed]
+    );
+
+    // A crash before the attempt loses nothing: the owed notice is part of the durable record.
+    drop(store);
+    let store = open_retrying(&path, Metrics::new()).await;
+    assert_eq!(store.pending_count(), 1);
+    let lease = store.lease_due(ts(T0 + 100), LEASE, 10).unwrap().remove(0);
+    assert_eq!(lease.message.id, all);
+    assert!(lease.message.suppression_notice_due);
+    assert_eq!(lease.message.pending().count(), 0);
+
+    // The attempt takes the report and records the notice with the cleared flag, at once.
+    let mut message = lease.message.clone();
+    assert_eq!(message.take_suppressed_reports(), vec![0]);
+    message.finished_at = Some(ts(T0 + 101));
+    let update = postrider_store::AttemptUpdate {
+        message,
+        next_attempt_at: None,
+        notifications: vec![bounce_for(&lease.message)],
+    };
+    let postrider_store::RecordOutcome::Recorded { notification_ids } =
+        store.record_attempt(&lease, update.clone()).await.unwrap()
+    else {
+        panic!("lease lost");
+    };
+    assert_eq!(notification_ids.len(), 1);
+    let m = store.message(all).unwrap().unwrap();
+    assert!(!m.suppression_notice_due && m.is_finished());
+    assert_eq!(m.finished_at, Some(ts(T0 + 101)));
+    assert_eq!(m.recipients[0].state, RecipientState::Suppressed);
+    assert_eq!(m.attempts, 0, "nothing was attempted");
+    assert_eq!(store.body(all).unwrap(), None);
+    assert_eq!(store.pending_count(), 1, "only the notice is pending");
+    // Recording the same lease again writes nothing: the notice exists once.
+    assert_eq!(
+        store.record_attempt(&lease, update).await.unwrap(),
+        postrider_store::RecordOutcome::LeaseLost
+    );
+    let leased = store.lease_due(ts(T0 + 200), LEASE, 10).unwrap();
+    assert_eq!(ids(&leased), notification_ids);
+    // No new event for the suppressed recipient: it was reported at enqueue.
+    assert_eq!(
+        event_kinds(&store, all),
+        vec![EventKind::Accepted, EventKind::Suppressed]
+    );
+
+    // With another recipient the message is scheduled as usual, and deleting an owed-notice
+    // message before its attempt keeps the pending count right.
+    let before = store.pending_count();
+    let mixed = store
+        .enqueue(new_message(&["gone@x.test", "ok@x.test"], T0 + 300))
+        .await
+        .unwrap();
+    let m = store.message(mixed).unwrap().unwrap();
+    assert!(m.suppression_notice_due);
+    assert_eq!(m.pending().collect::<Vec<_>>(), vec![1]);
+    let only = store
+        .enqueue(new_message(&["gone@x.test"], T0 + 300))
+        .await
+        .unwrap();
+    assert_eq!(store.pending_count(), before + 2);
+    store.delete(only).await.unwrap();
+    store.delete(mixed).await.unwrap();
+    assert_eq!(store.pending_count(), before);
 }
 
 #[tokio::test]
