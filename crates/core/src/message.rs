@@ -100,7 +100,8 @@ pub struct RecipientStatus {
 pub struct TlsInfo {
     /// Whether the session was encrypted (STARTTLS or implicit TLS); `false` means plaintext.
     pub encrypted: bool,
-    /// The negotiated protocol version (`TLSv1.3`), when the TLS library reports it.
+    /// The negotiated protocol version (`TLSv1.2`, `TLSv1.3`) of an encrypted session, read from
+    /// the server's ServerHello; `None` for plaintext, and in records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Whether the server's certificate chain verified against the trusted roots for its name.

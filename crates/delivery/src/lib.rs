@@ -15,7 +15,8 @@
 //!   global, per-address and per-domain connection limits; a circuit breaker per host
 //!   (`health`, exposed by [`DeliveryHandle::suspended`]); per-domain message rates (`rate`);
 //!   static [`Route`]s and a [`Relayhost`] with AUTH; TLS policy per domain with the outcome
-//!   recorded per recipient ([`postrider_core::TlsInfo`]); success and delay DSNs next to bounces.
+//!   (encryption, negotiated version, certificate verification) recorded per recipient
+//!   ([`postrider_core::TlsInfo`]); success and delay DSNs next to bounces.
 //!
 //! Reply classes: 2xx delivered; 4xx, network errors and timeouts deferred (retried); 5xx bounced
 //! at once. A recipient still deferred when the message reaches the retry policy's `max_age` is
@@ -32,6 +33,9 @@ mod rate;
 mod scheduler;
 mod settings;
 mod smtp;
+mod stream;
+mod tls;
+mod tls_version;
 mod worker;
 
 pub use health::SuspendedDestination;

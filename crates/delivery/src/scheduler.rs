@@ -17,7 +17,8 @@ use crate::mx::MxResolver;
 use crate::pool::Pool;
 use crate::rate::RateLimiter;
 use crate::settings::{DeliverySettings, InvalidSettings};
-use crate::smtp::{TlsTrust, quit};
+use crate::smtp::quit;
+use crate::tls::TlsTrust;
 use crate::worker::{Shared, clock_now, run_attempt};
 
 /// Pause after a store error before the scheduler tries again.
@@ -116,7 +117,7 @@ pub fn spawn_delivery(
         breaker: Mutex::new(Breaker::new(settings.breaker)),
         rate: Mutex::new(RateLimiter::default()),
         domain_limits: Mutex::new(HashMap::new()),
-        tls: TlsTrust::new(extra_roots),
+        tls: TlsTrust::new(extra_roots, settings.verify_certificates),
         metric_domains: Mutex::new(HashSet::new()),
         settings,
         metrics,

@@ -13,7 +13,6 @@
 //! session, which is safe because nothing was accepted.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -24,11 +23,11 @@ use postrider_core::{
     Domain, DsnRet, EnhancedStatus, RecipientRequest, ReplyClass, ReversePath, SmtpPhase,
     SmtpReply, Timestamp, TlsInfo, classify_reply,
 };
-use tokio_rustls::rustls;
 
 use crate::mx::MxError;
 use crate::pool::{Capabilities, Checkout, ConnectionSlot, PoolKey, Session, SessionMode};
 use crate::settings::{DeliverySettings, RelayTls, Relayhost, TlsMode};
+use crate::stream::{EstablishedTls, SeenVersion, SmtpStream, connect_tcp};
 use crate::worker::{Shared, clock_now};
 
 /// What to send to one domain.
@@ -379,60 +378,51 @@ fn tls_parameters(
     builder.build_rustls()
 }
 
-/// Trust material for outbound TLS.
-#[derive(Debug)]
-pub(crate) struct TlsTrust {
-    /// Extra roots from `ca_file` (DER).
-    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// Checks chains after the fact when certificates are not verified during the handshake, to
-    /// record whether they would have verified.
-    verifier: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+/// What Postrider knows of a connection's TLS that lettre does not report.
+enum Wire {
+    /// Plain TCP (STARTTLS may follow): the version, once the ServerHello went by.
+    Plain(SeenVersion),
+    /// Implicit TLS, whose handshake Postrider ran.
+    Implicit(EstablishedTls),
 }
 
-impl TlsTrust {
-    /// Builds the trust store: webpki roots plus `extra_roots`.
-    pub(crate) fn new(extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> Self {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        for c in &extra_roots {
-            let _ = roots.add(c.clone());
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .ok();
-        TlsTrust {
-            extra_roots,
-            verifier,
-        }
-    }
+/// Why [`connect`] gave no connection.
+enum ConnectError {
+    /// The TCP connection failed.
+    Tcp(std::io::Error),
+    /// The implicit-TLS handshake failed.
+    Tls(String),
+    /// lettre failed at the greeting or EHLO (with the server's reply, when it sent one).
+    Smtp(lettre::transport::smtp::Error),
+}
 
-    /// Whether `chain` (leaf first) verifies for `name`.
-    fn verifies(&self, chain: &[Vec<u8>], name: &str) -> bool {
-        use rustls::client::danger::ServerCertVerifier;
-        let (Some(verifier), Some((leaf, rest))) = (&self.verifier, chain.split_first()) else {
-            return false;
-        };
-        let Ok(server_name) = rustls::pki_types::ServerName::try_from(name.to_owned()) else {
-            return false;
-        };
-        let leaf = rustls::pki_types::CertificateDer::from(leaf.as_slice());
-        let intermediates: Vec<_> = rest
-            .iter()
-            .map(|c| rustls::pki_types::CertificateDer::from(c.as_slice()))
-            .collect();
-        verifier
-            .verify_server_cert(
-                &leaf,
-                &intermediates,
-                &server_name,
-                &[],
-                rustls::pki_types::UnixTime::now(),
-            )
-            .is_ok()
-    }
+/// Opens the TCP connection to `addr` (from the configured source address), runs the implicit-TLS
+/// handshake when `implicit`, then lets lettre read the greeting and send EHLO.
+async fn connect(
+    shared: &Shared,
+    addr: SocketAddr,
+    sni: &str,
+    implicit: bool,
+    helo: &ClientId,
+) -> Result<(AsyncSmtpConnection, Wire), ConnectError> {
+    let settings = &shared.settings;
+    let tcp = connect_tcp(addr, settings.source_ip, settings.timeouts.connect)
+        .await
+        .map_err(ConnectError::Tcp)?;
+    let (stream, wire) = if implicit {
+        let config = shared.tls.implicit_config().map_err(ConnectError::Tls)?;
+        let (stream, established) = SmtpStream::implicit(tcp, config, sni)
+            .await
+            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        (stream, Wire::Implicit(established))
+    } else {
+        let (stream, seen) = SmtpStream::plain(tcp);
+        (stream, Wire::Plain(seen))
+    };
+    let conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), helo)
+        .await
+        .map_err(ConnectError::Smtp)?;
+    Ok((conn, wire))
 }
 
 /// Connects to `ip` and runs the greeting, EHLO, STARTTLS (when `use_tls` and offered), AUTH
@@ -453,49 +443,38 @@ async fn open_session(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let implicit = match target.relay {
-        Some(r) if r.tls == RelayTls::Implicit => match tls_parameters(shared, &sni) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                return Err(skip(tls_error_reply(&target.name, &e), false, false));
-            }
-        },
-        _ => None,
+    let implicit_tls = target.relay.is_some_and(|r| r.tls == RelayTls::Implicit);
+    let cannot_connect = |e: &dyn std::fmt::Display| {
+        SmtpReply::synthetic(
+            451,
+            EnhancedStatus::new(4, 4, 1),
+            format!(
+                "cannot connect to {} [{ip}]:{}: {}",
+                target.name,
+                target.port,
+                postrider_core::dsn::one_line(&e.to_string())
+            ),
+        )
     };
-    let implicit_tls = implicit.is_some();
-    // lettre reads the greeting and sends EHLO inside connect, so one timeout covers all three.
+    // The greeting and EHLO are read inside connect, so one timeout covers all three.
     let limit = t.connect + t.greeting + t.ehlo;
-    let connect = AsyncSmtpConnection::connect_tokio1(
-        addr,
-        Some(t.connect),
-        &helo,
-        implicit,
-        settings.source_ip,
-    );
-    let mut conn = match tokio::time::timeout(limit, connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
+    let connected =
+        tokio::time::timeout(limit, connect(shared, addr, &sni, implicit_tls, &helo)).await;
+    let (mut conn, wire) = match connected {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(ConnectError::Smtp(e))) => {
             return Err(match reply_of_error(&e) {
                 Some(reply) => {
                     let permanent =
                         classify_reply(SmtpPhase::Greeting, &reply) == ReplyClass::Permanent;
                     skip(reply, permanent, true)
                 }
-                None => skip(
-                    SmtpReply::synthetic(
-                        451,
-                        EnhancedStatus::new(4, 4, 1),
-                        format!(
-                            "cannot connect to {} [{ip}]:{}: {}",
-                            target.name,
-                            target.port,
-                            postrider_core::dsn::one_line(&e.to_string())
-                        ),
-                    ),
-                    false,
-                    false,
-                ),
+                None => skip(cannot_connect(&e), false, false),
             });
+        }
+        Ok(Err(ConnectError::Tcp(e))) => return Err(skip(cannot_connect(&e), false, false)),
+        Ok(Err(ConnectError::Tls(e))) => {
+            return Err(skip(tls_error_reply(&target.name, &e), false, false));
         }
         Err(_) => {
             return Err(skip(
@@ -512,7 +491,7 @@ async fn open_session(
             ));
         }
     };
-    if use_tls && !implicit_tls && conn.can_starttls() {
+    if use_tls && matches!(wire, Wire::Plain(_)) && conn.can_starttls() {
         let handshake = async {
             let params = tls_parameters(shared, &sni)?;
             conn.starttls(params, &helo).await
@@ -529,7 +508,15 @@ async fn open_session(
             }
         }
     }
-    let encrypted = conn.is_encrypted();
+    let established = match wire {
+        Wire::Implicit(established) => Some(established),
+        Wire::Plain(seen) if conn.is_encrypted() => Some(EstablishedTls {
+            version: seen.get(),
+            chain: conn.certificate_chain().unwrap_or_default(),
+        }),
+        Wire::Plain(_) => None,
+    };
+    let encrypted = established.is_some();
     let tls_required = match target.mode {
         SessionMode::Mx(m) => m == TlsMode::Required,
         SessionMode::Relay => target
@@ -614,15 +601,17 @@ async fn open_session(
         }
         Step::Broken(reply) => return Err(skip(reply, false, true)),
     };
-    let verified = encrypted
-        && (settings.verify_certificates
-            || conn
-                .certificate_chain()
-                .is_ok_and(|chain| shared.tls.verifies(&chain, &sni)));
-    let tls = TlsInfo {
-        encrypted,
-        version: None,
-        verified,
+    let tls = match &established {
+        Some(established) => TlsInfo {
+            encrypted: true,
+            version: established.version.map(|v| v.to_string()),
+            verified: settings.verify_certificates || shared.tls.verifies(&established.chain, &sni),
+        },
+        None => TlsInfo {
+            encrypted: false,
+            version: None,
+            verified: false,
+        },
     };
     let label = if encrypted { "tls" } else { "plaintext" };
     if let Ok(c) = shared
@@ -642,7 +631,7 @@ async fn open_session(
     })
 }
 
-fn tls_error_reply(host: &str, e: &lettre::transport::smtp::Error) -> SmtpReply {
+fn tls_error_reply(host: &str, e: &dyn std::fmt::Display) -> SmtpReply {
     SmtpReply::synthetic(
         451,
         EnhancedStatus::new(4, 7, 0),

@@ -23,7 +23,8 @@ use crate::outcome::{
 use crate::pool::Pool;
 use crate::rate::RateLimiter;
 use crate::settings::DeliverySettings;
-use crate::smtp::{TlsTrust, Transaction, deliver_to_domain};
+use crate::smtp::{Transaction, deliver_to_domain};
+use crate::tls::TlsTrust;
 
 /// State shared by the scheduler and its workers.
 pub(crate) struct Shared {
@@ -397,6 +398,12 @@ fn log_outcomes(before: &QueuedMessage, after: &QueuedMessage, outcomes: &[Timed
             mx = t.outcome.mx_host.as_deref().unwrap_or("-"),
             reply = %t.outcome.reply,
             tls = t.outcome.tls.as_ref().is_some_and(|t| t.encrypted),
+            tls_version = t
+                .outcome
+                .tls
+                .as_ref()
+                .and_then(|t| t.version.as_deref())
+                .unwrap_or("-"),
             tls_verified = t.outcome.tls.as_ref().is_some_and(|t| t.verified),
             postponed = t.outcome.postponed,
             duration_ms = u64::try_from(t.duration.as_millis()).unwrap_or(u64::MAX),

@@ -1,19 +1,23 @@
 //! The production delivery engine against real loopback peers: connection reuse and limits, the
 //! destination circuit breaker, rate limits, DSNs beyond bounces, routes, the relay host with
-//! AUTH over TLS, egress address, TLS recording, the DNS cache and the new metrics.
+//! AUTH over STARTTLS or implicit TLS, egress address, TLS recording (encryption, negotiated
+//! version, certificate verification), the DNS cache and the new metrics.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use postrider_core::{
     Address, DsnRet, Envelope, MessageId, NotifyFlags, RecipientRequest, RecipientState,
-    RetryPolicy, ReversePath,
+    RetryPolicy, ReversePath, TlsInfo,
 };
 use postrider_delivery::{
-    BreakerSettings, DnsSettings, DomainPolicy, HickoryMxResolver, RelayTls, Relayhost, Route,
-    TlsMode,
+    BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, HickoryMxResolver, RelayTls,
+    Relayhost, Route, TlsMode,
 };
-use postrider_testkit::{Behaviour, DnsServer, RecordType, Reply, SmtpSink, Zone};
+use postrider_testkit::{
+    Behaviour, DnsServer, RecordType, Reply, SmtpSink, SmtpSinkBuilder, TlsVersion, Zone,
+};
 
 mod common;
 use common::{PATIENCE, Relay, ip, now, wait_until};
@@ -52,6 +56,14 @@ async fn sink_at(last: u8, port: u16, behaviour: Behaviour) -> SmtpSink {
         .start()
         .await
         .unwrap()
+}
+
+/// A `ca_file` that trusts `sink`'s certificate, in a directory that lasts as long as the guard.
+fn ca_file_trusting(sink: &SmtpSink) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, sink.tls_cert_pem().unwrap()).unwrap();
+    (dir, ca)
 }
 
 fn retry_fast() -> RetryPolicy {
@@ -504,27 +516,33 @@ async fn routes_override_mx_lookup() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn relayhost_authenticates_over_tls() {
-    let dns = dns().await;
-    let provider = SmtpSink::builder()
+/// The mail provider's server on 127.0.0.8: AUTH required, and offered only over TLS.
+fn provider() -> SmtpSinkBuilder {
+    SmtpSink::builder()
         .bind(IpAddr::V4(ip(8)), 0)
-        .tls(true)
         .credentials("postrider", "s3cret")
         .require_auth(true)
         .auth_requires_tls(true)
-        .start()
-        .await
-        .unwrap();
+}
+
+/// The provider as the relay host, with its credentials.
+fn provider_relayhost(port: u16, tls: RelayTls) -> Relayhost {
+    Relayhost {
+        host: "relay.provider.test".into(),
+        port,
+        username: Some("postrider".into()),
+        password: Some("s3cret".into()),
+        tls,
+        allow_plaintext_auth: false,
+    }
+}
+
+#[tokio::test]
+async fn relayhost_authenticates_over_tls() {
+    let dns = dns().await;
+    let provider = provider().tls(true).start().await.unwrap();
     let relay = Relay::start(&dns, 9, |s| {
-        s.relayhost = Some(Relayhost {
-            host: "relay.provider.test".into(),
-            port: provider.port(),
-            username: Some("postrider".into()),
-            password: Some("s3cret".into()),
-            tls: RelayTls::Required,
-            allow_plaintext_auth: false,
-        });
+        s.relayhost = Some(provider_relayhost(provider.port(), RelayTls::Required));
     });
     let ids = [
         relay
@@ -544,8 +562,127 @@ async fn relayhost_authenticates_over_tls() {
         assert_eq!(m.recipients[0].state, RecipientState::Delivered);
         let tls = m.recipients[0].tls.clone().expect("tls recorded");
         assert!(tls.encrypted && !tls.verified, "{tls:?}");
+        assert_eq!(tls.version.as_deref(), Some("TLSv1.3"), "{tls:?}");
     }
     relay.stop().await;
+}
+
+/// Delivers one message to bob@example.test under `tweak`ed settings and returns the TLS
+/// recorded for it.
+async fn delivered_tls(
+    dns: &DnsServer,
+    port: u16,
+    tweak: impl FnOnce(&mut DeliverySettings),
+) -> TlsInfo {
+    let relay = Relay::start(dns, port, tweak);
+    let id = relay
+        .submit("alice@sender.test", &["bob@example.test"])
+        .await;
+    let m = relay.finished(id).await;
+    relay.stop().await;
+    assert_eq!(m.recipients[0].state, RecipientState::Delivered);
+    m.recipients[0].tls.clone().expect("tls recorded")
+}
+
+/// The TLS version `sink` negotiated for the last message it received.
+fn negotiated_by(sink: &SmtpSink) -> Option<String> {
+    let got = sink.messages();
+    got.last()
+        .and_then(|m| m.tls_version)
+        .map(|v| v.to_string())
+}
+
+async fn mx_offering(versions: Vec<TlsVersion>, hello_retry: bool) -> SmtpSink {
+    SmtpSink::builder()
+        .bind(IpAddr::V4(ip(2)), 0)
+        .tls(true)
+        .tls_versions(versions)
+        .tls_hello_retry(hello_retry)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn starttls_version_is_recorded() {
+    let dns = dns().await;
+    for (versions, hello_retry, expected) in [
+        (vec![TlsVersion::Tls12], false, "TLSv1.2"),
+        (vec![TlsVersion::Tls12, TlsVersion::Tls13], false, "TLSv1.3"),
+        // the server answers the first ClientHello with a HelloRetryRequest
+        (vec![TlsVersion::Tls13], true, "TLSv1.3"),
+    ] {
+        let mx = mx_offering(versions, hello_retry).await;
+        let tls = delivered_tls(&dns, mx.port(), |_| {}).await;
+        assert!(tls.encrypted, "{tls:?}");
+        assert_eq!(tls.version.as_deref(), Some(expected), "{tls:?}");
+        assert_eq!(tls.version, negotiated_by(&mx));
+    }
+
+    let plain = sink_at(2, 0, Behaviour::default()).await;
+    let tls = delivered_tls(&dns, plain.port(), |_| {}).await;
+    assert_eq!(
+        tls,
+        TlsInfo {
+            encrypted: false,
+            version: None,
+            verified: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn relayhost_with_implicit_tls() {
+    let dns = dns().await;
+    let provider = provider()
+        .implicit_tls(true)
+        .tls_versions(vec![TlsVersion::Tls12])
+        .tls_names(vec!["relay.provider.test".into()])
+        .start()
+        .await
+        .unwrap();
+    let (_dir, ca) = ca_file_trusting(&provider);
+    let relayhost = provider_relayhost(provider.port(), RelayTls::Implicit);
+    // (verify certificates, trust the provider's certificate) -> recorded as verified
+    for (verify, trust, verified) in [
+        (false, false, false),
+        (false, true, true),
+        (true, true, true),
+    ] {
+        let tls = delivered_tls(&dns, 9, |s| {
+            s.relayhost = Some(relayhost.clone());
+            s.verify_certificates = verify;
+            s.ca_file = trust.then(|| ca.clone());
+        })
+        .await;
+        assert_eq!(
+            tls,
+            TlsInfo {
+                encrypted: true,
+                version: Some("TLSv1.2".into()),
+                verified
+            },
+            "verify {verify}, trust {trust}"
+        );
+        assert_eq!(tls.version, negotiated_by(&provider));
+        let got = provider.messages();
+        assert_eq!(got.last().unwrap().auth_user.as_deref(), Some("postrider"));
+    }
+
+    // verification required, certificate not trusted: the handshake fails, nothing is sent
+    let relay = Relay::start(&dns, 9, |s| {
+        s.relayhost = Some(relayhost.clone());
+        s.verify_certificates = true;
+    });
+    let id = relay
+        .submit("alice@sender.test", &["bob@example.test"])
+        .await;
+    let m = relay.wait_for(id, "an attempt", |m| m.attempts == 1).await;
+    relay.stop().await;
+    assert_eq!(m.recipients[0].state, RecipientState::Deferred);
+    let reply = m.recipients[0].last_reply.clone().unwrap();
+    assert_eq!(reply.status().to_string(), "4.7.0", "{reply}");
+    assert_eq!(provider.messages().len(), 3);
 }
 
 #[tokio::test]
@@ -609,9 +746,7 @@ async fn certificate_verification_is_recorded_and_enforced() {
         .await
         .unwrap();
     // trusted through ca_file: the route to the IP literal verifies against the IP SAN
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, mx.tls_cert_pem().unwrap()).unwrap();
+    let (_dir, ca) = ca_file_trusting(&mx);
     let port = mx.port();
     let relay = Relay::start(&dns, port, |s| {
         s.verify_certificates = true;
@@ -625,6 +760,7 @@ async fn certificate_verification_is_recorded_and_enforced() {
     let m = relay.finished(id).await;
     let tls = m.recipients[0].tls.clone().unwrap();
     assert!(tls.encrypted && tls.verified, "{tls:?}");
+    assert_eq!(tls.version.as_deref(), Some("TLSv1.3"), "{tls:?}");
     relay.stop().await;
 
     // not trusted, verification on, TLS required: a transient failure, nothing delivered

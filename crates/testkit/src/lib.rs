@@ -1,8 +1,9 @@
 //! Real protocol peers for Postrider's tests, on loopback only.
 //!
 //! - [`SmtpSink`]: a receiving ESMTP server (greeting, EHLO extensions,
-//!   MAIL/RCPT/DATA with dot-unstuffing, RSET, NOOP, QUIT, STARTTLS with a
-//!   self-signed certificate, AUTH PLAIN/LOGIN, pipelined input) whose
+//!   MAIL/RCPT/DATA with dot-unstuffing, RSET, NOOP, QUIT, STARTTLS or
+//!   implicit TLS with a self-signed certificate and a choice of TLS
+//!   versions, AUTH PLAIN/LOGIN, pipelined input) whose
 //!   replies are programmable while it runs ([`Behaviour`]) and which
 //!   records every accepted message ([`ReceivedMessage`]).
 //! - [`DnsServer`]: an authoritative DNS server (hickory-server, UDP and
@@ -59,6 +60,7 @@ pub use hickory_proto::rr::RecordType;
 pub use smtp::behaviour::{Behaviour, Extensions, FailFirst, Phase, RcptMatch, RcptRule};
 pub use smtp::reply::Reply;
 pub use smtp::sink::{ReceivedMessage, SmtpSink, SmtpSinkBuilder};
+pub use tls::TlsVersion;
 
 /// Errors of the SMTP sink.
 #[derive(Debug, thiserror::Error)]

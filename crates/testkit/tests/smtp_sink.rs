@@ -8,7 +8,9 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, MailParameter, RcptParameter};
-use postrider_testkit::{Behaviour, FailFirst, Phase, Reply, SinkError, SmtpSink};
+use postrider_testkit::{
+    Behaviour, FailFirst, Phase, ReceivedMessage, Reply, SinkError, SmtpSink, TlsVersion,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -130,25 +132,93 @@ async fn per_recipient_replies_and_recorded_message() {
 #[tokio::test]
 async fn starttls_with_trusted_self_signed_certificate() {
     let sink = SmtpSink::builder().tls(true).start().await.unwrap();
-    let pem = sink.tls_cert_pem().unwrap().to_owned();
     let mut conn = connect(sink.addr()).await;
     assert!(conn.can_starttls());
-    let tls = TlsParameters::builder("sink.test".into())
-        .add_root_certificate(Certificate::from_pem(pem.as_bytes()).unwrap())
-        .build_rustls()
-        .unwrap();
-    conn.starttls(tls, &helo()).await.unwrap();
+    conn.starttls(trusting(&sink), &helo()).await.unwrap();
     assert!(conn.is_encrypted());
     assert!(!conn.can_starttls(), "STARTTLS must not be offered twice");
+    let message = send_one(&sink, &mut conn).await;
+    assert!(message.tls);
+    assert_eq!(message.tls_version, Some(TlsVersion::Tls13));
+    assert_eq!(message.data, b"Subject: tls\r\n\r\nbody\r\n".to_vec());
+}
+
+/// Trusts `sink`'s certificate for the name `sink.test`.
+fn trusting(sink: &SmtpSink) -> TlsParameters {
+    let pem = sink.tls_cert_pem().unwrap();
+    TlsParameters::builder("sink.test".into())
+        .add_root_certificate(Certificate::from_pem(pem.as_bytes()).unwrap())
+        .build_rustls()
+        .unwrap()
+}
+
+/// Sends one message on `conn` and returns it as the sink recorded it.
+async fn send_one(sink: &SmtpSink, conn: &mut AsyncSmtpConnection) -> ReceivedMessage {
     conn.command(Mail::new(Some("a@relay.test".parse().unwrap()), vec![]))
         .await
         .unwrap();
-    assert_eq!(rcpt_code(&mut conn, "x@example.test").await, 250);
+    assert_eq!(rcpt_code(conn, "x@example.test").await, 250);
     conn.command(Data).await.unwrap();
     conn.message(b"Subject: tls\r\n\r\nbody").await.unwrap();
     let messages = sink.wait_for_messages(1, WAIT).await.unwrap();
-    assert!(messages[0].tls);
-    assert_eq!(messages[0].data, b"Subject: tls\r\n\r\nbody\r\n".to_vec());
+    messages[0].clone()
+}
+
+#[tokio::test]
+async fn starttls_offers_the_configured_versions() {
+    for (versions, hello_retry, expected) in [
+        (vec![TlsVersion::Tls12], false, TlsVersion::Tls12),
+        (vec![TlsVersion::Tls13], false, TlsVersion::Tls13),
+        (
+            vec![TlsVersion::Tls12, TlsVersion::Tls13],
+            true,
+            TlsVersion::Tls13,
+        ),
+    ] {
+        let sink = SmtpSink::builder()
+            .tls(true)
+            .tls_versions(versions)
+            .tls_hello_retry(hello_retry)
+            .start()
+            .await
+            .unwrap();
+        let mut conn = connect(sink.addr()).await;
+        conn.starttls(trusting(&sink), &helo()).await.unwrap();
+        let message = send_one(&sink, &mut conn).await;
+        assert!(message.tls);
+        assert_eq!(message.tls_version, Some(expected));
+    }
+}
+
+#[tokio::test]
+async fn implicit_tls_handshakes_before_the_greeting() {
+    let sink = SmtpSink::builder()
+        .implicit_tls(true)
+        .tls_versions(vec![TlsVersion::Tls12])
+        .start()
+        .await
+        .unwrap();
+    let mut conn = AsyncSmtpConnection::connect_tokio1(
+        sink.addr(),
+        Some(WAIT),
+        &helo(),
+        Some(trusting(&sink)),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(conn.is_encrypted());
+    assert!(!conn.can_starttls(), "no STARTTLS inside TLS");
+    let message = send_one(&sink, &mut conn).await;
+    assert!(message.tls);
+    assert_eq!(message.tls_version, Some(TlsVersion::Tls12));
+
+    // a plaintext client gets no greeting
+    let mut raw = TcpStream::connect(sink.addr()).await.unwrap();
+    raw.write_all(b"EHLO relay.test\r\n").await.unwrap();
+    let mut line = String::new();
+    let read = tokio::time::timeout(WAIT, BufReader::new(raw).read_line(&mut line)).await;
+    assert!(!line.starts_with("220"), "{read:?} {line:?}");
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use super::behaviour::{Behaviour, Phase};
 use super::command::{Command, DataReceiver, parse_command};
 use super::reply::Reply;
 use crate::SinkError;
-use crate::tls;
+use crate::tls::{self, TlsOptions, TlsVersion};
 
 /// Longest accepted command line (bytes, CRLF included).
 const MAX_COMMAND_LINE: usize = 4096;
@@ -43,8 +43,10 @@ pub struct ReceivedMessage {
     pub rcpt_params: Vec<Vec<String>>,
     /// Message content with dot-stuffing undone, without the final `.` line.
     pub data: Vec<u8>,
-    /// True when the session was encrypted with STARTTLS.
+    /// True when the session was encrypted (STARTTLS or implicit TLS).
     pub tls: bool,
+    /// The TLS version negotiated for the session, when encrypted.
+    pub tls_version: Option<TlsVersion>,
     /// The authenticated user, if the client used AUTH.
     pub auth_user: Option<String>,
     /// The HELO/EHLO name given by the client.
@@ -63,6 +65,8 @@ pub struct SmtpSinkBuilder {
     behaviour: Behaviour,
     tls: bool,
     tls_names: Vec<String>,
+    tls_options: TlsOptions,
+    implicit_tls: bool,
     credentials: Option<(String, String)>,
     require_auth: bool,
     require_tls: bool,
@@ -80,6 +84,8 @@ impl Default for SmtpSinkBuilder {
             behaviour: Behaviour::default(),
             tls: false,
             tls_names: Vec::new(),
+            tls_options: TlsOptions::default(),
+            implicit_tls: false,
             credentials: None,
             require_auth: false,
             require_tls: false,
@@ -117,6 +123,27 @@ impl SmtpSinkBuilder {
     /// Extra names (DNS names or IP literals) for the certificate.
     pub fn tls_names(mut self, names: Vec<String>) -> Self {
         self.tls_names = names;
+        self
+    }
+
+    /// The TLS versions offered (default: TLS 1.2 and 1.3).
+    pub fn tls_versions(mut self, versions: Vec<TlsVersion>) -> Self {
+        self.tls_options.versions = versions;
+        self
+    }
+
+    /// Answer a TLS 1.3 client's first ClientHello with a HelloRetryRequest
+    /// (only the P-384 key exchange is accepted; default false).
+    pub fn tls_hello_retry(mut self, enabled: bool) -> Self {
+        self.tls_options.hello_retry = enabled;
+        self
+    }
+
+    /// Implicit TLS (SMTPS, RFC 8314): every session starts with the TLS
+    /// handshake, before the greeting; STARTTLS is then not offered.
+    /// Generates the certificate as [`Self::tls`] does (default false).
+    pub fn implicit_tls(mut self, enabled: bool) -> Self {
+        self.implicit_tls = enabled;
         self
     }
 
@@ -179,14 +206,14 @@ impl SmtpSinkBuilder {
             addr: requested,
             source,
         })?;
-        let certificate = if self.tls {
+        let certificate = if self.tls || self.implicit_tls {
             let mut names = vec![
                 self.behaviour.hostname.clone(),
                 "localhost".to_owned(),
                 addr.ip().to_string(),
             ];
             names.extend(self.tls_names.iter().cloned());
-            Some(tls::generate(names)?)
+            Some(tls::generate(names, &self.tls_options)?)
         } else {
             None
         };
@@ -197,6 +224,7 @@ impl SmtpSinkBuilder {
         let shared = Arc::new(Shared {
             config: SessionConfig {
                 acceptor,
+                implicit_tls: self.implicit_tls,
                 credentials: self.credentials,
                 require_auth: self.require_auth,
                 require_tls: self.require_tls,
@@ -392,6 +420,7 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Settings fixed at start.
 struct SessionConfig {
     acceptor: Option<TlsAcceptor>,
+    implicit_tls: bool,
     credentials: Option<(String, String)>,
     require_auth: bool,
     require_tls: bool,
@@ -576,6 +605,7 @@ struct Session<'a> {
     peer: SocketAddr,
     io: BufReader<BoxedIo>,
     tls: bool,
+    tls_version: Option<TlsVersion>,
     helo: Option<String>,
     auth_user: Option<String>,
     transaction: Option<Transaction>,
@@ -590,6 +620,7 @@ impl<'a> Session<'a> {
             peer,
             io: BufReader::new(Box::new(stream)),
             tls: false,
+            tls_version: None,
             helo: None,
             auth_user: None,
             transaction: None,
@@ -602,6 +633,9 @@ impl<'a> Session<'a> {
         if behaviour.disconnect_at_command == Some(0) {
             self.shared
                 .note(self.id, "-- dropped before greeting".into());
+            return Ok(());
+        }
+        if self.shared.config.implicit_tls && matches!(self.start_tls().await?, Flow::Close) {
             return Ok(());
         }
         let greeting = behaviour.effective_greeting();
@@ -927,6 +961,7 @@ impl<'a> Session<'a> {
                 rcpt_params: transaction.rcpt_params,
                 data: receiver.into_body(),
                 tls: self.tls,
+                tls_version: self.tls_version,
                 auth_user: self.auth_user.clone(),
                 helo: self.helo.clone().unwrap_or_default(),
                 peer: self.peer,
@@ -947,11 +982,11 @@ impl<'a> Session<'a> {
     }
 
     async fn starttls(&mut self) -> io::Result<Flow> {
-        let Some(acceptor) = self.shared.config.acceptor.clone() else {
+        if self.shared.config.acceptor.is_none() {
             self.send(&Reply::new(502, "5.5.1 STARTTLS not available"))
                 .await?;
             return Ok(Flow::Continue);
-        };
+        }
         if self.tls {
             self.send(&Reply::new(503, "5.5.1 already using TLS"))
                 .await?;
@@ -966,12 +1001,26 @@ impl<'a> Session<'a> {
                 "-- discarded input pipelined after STARTTLS".into(),
             );
         }
+        self.start_tls().await
+    }
+
+    /// Runs the server side of the TLS handshake on the connection and
+    /// starts the session afresh over it (RFC 3207 §4.2).
+    async fn start_tls(&mut self) -> io::Result<Flow> {
+        let Some(acceptor) = self.shared.config.acceptor.clone() else {
+            return Ok(Flow::Close);
+        };
         let placeholder: BoxedIo = Box::new(tokio::io::empty());
         let plain = std::mem::replace(&mut self.io, BufReader::new(placeholder)).into_inner();
         let handshake =
             tokio::time::timeout(self.shared.config.idle_timeout, acceptor.accept(plain)).await;
         match handshake {
             Ok(Ok(stream)) => {
+                self.tls_version = stream
+                    .get_ref()
+                    .1
+                    .protocol_version()
+                    .and_then(TlsVersion::of);
                 self.io = BufReader::new(Box::new(stream));
                 self.tls = true;
                 self.helo = None;

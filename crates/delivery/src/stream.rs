@@ -1,0 +1,229 @@
+//! The byte streams Postrider hands to lettre, which it connects itself so that the negotiated TLS
+//! version is known ([`SmtpStream`]): plain TCP that watches for the ServerHello of a later
+//! STARTTLS, or implicit TLS whose handshake Postrider ran.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lettre::transport::smtp::client::AsyncTokioStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+
+use crate::tls_version::{HelloObserver, TlsVersion};
+
+/// Opens a TCP connection to `addr` within `limit`, from `source` when given (any local address
+/// otherwise).
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    limit: Duration,
+) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source {
+        if ip.is_ipv4() != addr.is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("source address {ip} cannot reach {addr}"),
+            ));
+        }
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    tokio::time::timeout(limit, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))?
+}
+
+/// The TLS version an [`SmtpStream`] saw negotiated by STARTTLS, readable after the stream was
+/// handed to lettre.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeenVersion(Arc<OnceLock<TlsVersion>>);
+
+impl SeenVersion {
+    /// The version the server selected, once its ServerHello went by.
+    pub(crate) fn get(&self) -> Option<TlsVersion> {
+        self.0.get().copied()
+    }
+}
+
+/// What a TLS handshake established: what lettre reports for the sessions it encrypts itself,
+/// plus the version.
+#[derive(Debug, Clone)]
+pub(crate) struct EstablishedTls {
+    /// The negotiated protocol version.
+    pub version: Option<TlsVersion>,
+    /// The server's certificate chain (DER, leaf first).
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// The stream of one outbound SMTP connection, as handed to lettre.
+#[derive(Debug)]
+pub(crate) enum SmtpStream {
+    /// Plain TCP, passed through unchanged. When lettre starts TLS on it (STARTTLS), the server's
+    /// ServerHello is read on the way to learn the version lettre does not report.
+    Plain {
+        /// The connection.
+        tcp: TcpStream,
+        /// Watches the handshake.
+        observer: HelloObserver,
+        /// Where the version goes.
+        seen: SeenVersion,
+    },
+    /// Implicit TLS (SMTPS), whose handshake Postrider ran. lettre treats it as a plain stream;
+    /// what the handshake established is kept in an [`EstablishedTls`].
+    Implicit(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl SmtpStream {
+    /// A plain stream over `tcp`; the version of a later STARTTLS will show in the returned
+    /// [`SeenVersion`].
+    pub(crate) fn plain(tcp: TcpStream) -> (Self, SeenVersion) {
+        let seen = SeenVersion::default();
+        let stream = SmtpStream::Plain {
+            tcp,
+            observer: HelloObserver::default(),
+            seen: seen.clone(),
+        };
+        (stream, seen)
+    }
+
+    /// Runs the TLS handshake on `tcp` for `server_name` (a DNS name or an IP literal).
+    pub(crate) async fn implicit(
+        tcp: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<(Self, EstablishedTls)> {
+        let name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{server_name} is not a valid TLS server name"),
+            )
+        })?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        let conn = stream.get_ref().1;
+        let established = EstablishedTls {
+            version: conn.protocol_version().map(|v| TlsVersion(u16::from(v))),
+            chain: conn
+                .peer_certificates()
+                .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
+                .unwrap_or_default(),
+        };
+        Ok((SmtpStream::Implicit(Box::new(stream)), established))
+    }
+}
+
+/// Notes a write of `offered` that the socket accepted (part of) in the observer.
+fn client_wrote(
+    observer: &mut HelloObserver,
+    written: io::Result<usize>,
+    offered: &[u8],
+) -> io::Result<usize> {
+    if let Ok(n) = written
+        && n > 0
+        && !observer.is_done()
+    {
+        observer.client_sent(offered);
+    }
+    written
+}
+
+impl AsyncRead for SmtpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain {
+                tcp,
+                observer,
+                seen,
+            } => {
+                let before = buf.filled().len();
+                let polled = Pin::new(tcp).poll_read(cx, buf);
+                if let Poll::Ready(Ok(())) = polled
+                    && !observer.is_done()
+                    && let Some(version) = observer.server_sent(&buf.filled()[before..])
+                {
+                    let _ = seen.0.set(version);
+                }
+                polled
+            }
+            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SmtpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SmtpStream::Plain { tcp, observer, .. } => Pin::new(tcp)
+                .poll_write(cx, buf)
+                .map(|written| client_wrote(observer, written, buf)),
+            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SmtpStream::Plain { tcp, observer, .. } => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                Pin::new(tcp)
+                    .poll_write_vectored(cx, bufs)
+                    .map(|written| client_wrote(observer, written, first))
+            }
+            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            SmtpStream::Plain { tcp, .. } => tcp.is_write_vectored(),
+            SmtpStream::Implicit(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain { tcp, .. } => Pin::new(tcp).poll_flush(cx),
+            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
+            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncTokioStream for SmtpStream {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            SmtpStream::Plain { tcp, .. } => tcp.peer_addr(),
+            SmtpStream::Implicit(tls) => tls.get_ref().0.peer_addr(),
+        }
+    }
+}

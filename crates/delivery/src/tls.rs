@@ -1,0 +1,155 @@
+//! Trust material for outbound TLS: the roots, the after-the-fact chain check that records
+//! whether a certificate would have verified, and the rustls client configuration of implicit-TLS
+//! sessions (lettre cannot run implicit TLS over a stream it did not open itself).
+
+use std::sync::Arc;
+
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// Trust material for outbound TLS.
+#[derive(Debug)]
+pub(crate) struct TlsTrust {
+    /// Extra roots from `ca_file` (DER).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Checks chains after the fact when certificates are not verified during the handshake, to
+    /// record whether they would have verified.
+    verifier: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    /// Client configuration of implicit-TLS sessions, under the same verification policy as
+    /// STARTTLS; an error text when it could not be built.
+    implicit: Result<Arc<rustls::ClientConfig>, String>,
+}
+
+impl TlsTrust {
+    /// Builds the trust store: webpki roots plus `extra_roots`. With `verify_certificates`,
+    /// implicit-TLS handshakes fail on a certificate that does not verify; without, any
+    /// certificate is accepted (and whether it verified is recorded).
+    pub(crate) fn new(
+        extra_roots: Vec<CertificateDer<'static>>,
+        verify_certificates: bool,
+    ) -> Self {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for c in &extra_roots {
+            let _ = roots.add(c.clone());
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::clone(&roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .ok();
+        let implicit = implicit_config(roots, provider, verify_certificates)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        TlsTrust {
+            extra_roots,
+            verifier,
+            implicit,
+        }
+    }
+
+    /// The client configuration of implicit-TLS sessions.
+    pub(crate) fn implicit_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.implicit.clone()
+    }
+
+    /// Whether `chain` (leaf first) verifies for `name`.
+    pub(crate) fn verifies(&self, chain: &[Vec<u8>], name: &str) -> bool {
+        let (Some(verifier), Some((leaf, rest))) = (&self.verifier, chain.split_first()) else {
+            return false;
+        };
+        let Ok(server_name) = ServerName::try_from(name.to_owned()) else {
+            return false;
+        };
+        let leaf = CertificateDer::from(leaf.as_slice());
+        let intermediates: Vec<_> = rest
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        verifier
+            .verify_server_cert(&leaf, &intermediates, &server_name, &[], UnixTime::now())
+            .is_ok()
+    }
+}
+
+/// TLS 1.2 and 1.3 (as lettre offers for STARTTLS), verifying against `roots` or accepting any
+/// certificate.
+fn implicit_config(
+    roots: Arc<rustls::RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    verify_certificates: bool,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let builder = if verify_certificates {
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+    };
+    Ok(builder.with_no_client_auth())
+}
+
+/// Accepts any server certificate (opportunistic encryption without verification), while still
+/// checking that the server holds the key of the certificate it presented.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
