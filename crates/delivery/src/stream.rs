@@ -18,7 +18,9 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use crate::tls_version::{HelloObserver, TlsVersion};
 
 /// Opens a TCP connection to `addr` within `limit`, from `source` when given (any local address
-/// otherwise).
+/// otherwise), with Nagle's algorithm off: lettre writes the message and its final `.` line
+/// separately, and with Nagle the terminator would wait for the server's delayed ACK (~40 ms per
+/// message).
 pub(crate) async fn connect_tcp(
     addr: SocketAddr,
     source: Option<IpAddr>,
@@ -37,6 +39,7 @@ pub(crate) async fn connect_tcp(
         }
         socket.bind(SocketAddr::new(ip, 0))?;
     }
+    socket.set_nodelay(true)?;
     tokio::time::timeout(limit, socket.connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))?
@@ -225,5 +228,34 @@ impl AsyncTokioStream for SmtpStream {
             SmtpStream::Plain { tcp, .. } => tcp.peer_addr(),
             SmtpStream::Implicit(tls) => tls.get_ref().0.peer_addr(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn outbound_connections_do_not_wait_for_delayed_acks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tcp = connect_tcp(addr, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(tcp.nodelay().unwrap(), "Nagle's algorithm is off");
+        let from = connect_tcp(
+            addr,
+            Some("127.0.0.1".parse().unwrap()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(from.nodelay().unwrap());
+        assert!(
+            connect_tcp(addr, Some("::1".parse().unwrap()), Duration::from_secs(5))
+                .await
+                .is_err(),
+            "an IPv6 source cannot reach an IPv4 address"
+        );
     }
 }

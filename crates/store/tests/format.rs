@@ -110,7 +110,10 @@ async fn kept_pending_count_matches_a_recount_after_every_kind_of_change() {
             .await
             .unwrap();
         let _ = store
-            .record_attempt(&leases[1], deferred(&leases[1].message, T0 + 1, T0 + 60_000))
+            .record_attempt(
+                &leases[1],
+                deferred(&leases[1].message, T0 + 1, T0 + 60_000),
+            )
             .await
             .unwrap();
         let _ = store
@@ -138,7 +141,8 @@ async fn kept_pending_count_matches_a_recount_after_every_kind_of_change() {
     {
         let db = raw_db(dir.path());
         let meta = db.open_tree("meta").unwrap();
-        meta.insert("format_version", &1u32.to_be_bytes()[..]).unwrap();
+        meta.insert("format_version", &1u32.to_be_bytes()[..])
+            .unwrap();
         meta.remove("pending_count").unwrap();
         db.flush().unwrap();
     }
@@ -146,7 +150,11 @@ async fn kept_pending_count_matches_a_recount_after_every_kind_of_change() {
     assert_eq!(store.pending_count(), 7, "recount");
     drop(store);
     let v = meta_value(dir.path(), "format_version").unwrap();
-    assert_eq!(&v[..], &2u32.to_be_bytes()[..], "marked current once counted");
+    assert_eq!(
+        &v[..],
+        &2u32.to_be_bytes()[..],
+        "marked current once counted"
+    );
     let count = meta_value(dir.path(), "pending_count").unwrap();
     assert_eq!(&count[..], &7i64.to_be_bytes()[..]);
 }

@@ -524,10 +524,18 @@ async fn batch_lease_claims_each_due_message_once() {
     let first = store.lease_due(ts(T0 + 1000), LEASE, 256).unwrap();
     assert_eq!(ids(&first), queued[..256].to_vec());
     for l in &first {
-        assert_eq!(store.leased_until(l.message.id).unwrap(), Some(l.leased_until));
+        assert_eq!(
+            store.leased_until(l.message.id).unwrap(),
+            Some(l.leased_until)
+        );
     }
     let rest = store.lease_due(ts(T0 + 1000), LEASE, 256).unwrap();
     assert_eq!(ids(&rest), queued[256..].to_vec());
-    assert!(store.lease_due(ts(T0 + 1000), LEASE, 256).unwrap().is_empty());
+    assert!(
+        store
+            .lease_due(ts(T0 + 1000), LEASE, 256)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.pending_count(), 300);
 }
