@@ -26,7 +26,9 @@
 use std::time::{Duration, Instant};
 
 use postrider_metrics::Metrics;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
 
 use crate::error::{Result, StoreError};
 
@@ -49,13 +51,13 @@ struct Request {
 /// Handle to the committer thread.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::SyncSender<Request>,
 }
 
 impl GroupCommit {
     /// Starts the committer thread.
     pub(crate) fn start(metrics: Metrics, log_file: Option<std::fs::File>) -> Result<Self> {
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         std::thread::Builder::new()
             .name("postrider-store-commit".into())
             .spawn(move || run_committer(rx, &metrics, log_file.as_ref()))
@@ -66,13 +68,21 @@ impl GroupCommit {
     /// Returns once every write committed before this call is on disk.
     pub(crate) async fn durable(&self, db: &sled::Db) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Request {
-                db: db.clone(),
-                reply: Some(reply),
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let mut request = Request {
+            db: db.clone(),
+            reply: Some(reply),
+        };
+        loop {
+            match self.tx.try_send(request) {
+                Ok(()) => break,
+                // Back-pressure: the committer is thousands of requests behind.
+                Err(mpsc::TrySendError::Full(r)) => {
+                    request = r;
+                    tokio::task::yield_now().await;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+            }
+        }
         match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Sled(e)),
@@ -92,33 +102,31 @@ impl GroupCommit {
 }
 
 fn run_committer(
-    mut rx: mpsc::Receiver<Request>,
+    rx: mpsc::Receiver<Request>,
     metrics: &Metrics,
     log_file: Option<&std::fs::File>,
 ) {
     let mut replies: Vec<Reply> = Vec::with_capacity(64);
-    while let Some(first) = rx.blocking_recv() {
+    while let Ok(first) = rx.recv() {
         let db = first.db;
         let mut requests = 1;
         replies.extend(first.reply);
         let mut gather_until = None;
         while requests < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(req) => {
-                    // Its `db` handle is dropped right here.
-                    requests += 1;
-                    replies.extend(req.reply);
+            let next = if replies.is_empty() {
+                // Nobody waits yet: gather a little longer, until someone does.
+                let until = *gather_until.get_or_insert_with(|| Instant::now() + LAZY_DELAY);
+                match until.checked_duration_since(Instant::now()) {
+                    Some(left) => rx.recv_timeout(left).ok(),
+                    None => None,
                 }
-                Err(_) if replies.is_empty() => {
-                    // Nobody waits yet: gather a little longer, until someone does.
-                    let until = *gather_until.get_or_insert_with(|| Instant::now() + LAZY_DELAY);
-                    if Instant::now() >= until {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(_) => break,
-            }
+            } else {
+                rx.try_recv().ok()
+            };
+            let Some(req) = next else { break };
+            // Its `db` handle is dropped right here.
+            requests += 1;
+            replies.extend(req.reply);
         }
         let started = Instant::now();
         let result = db.flush().map(drop).and_then(|()| match log_file {
