@@ -433,7 +433,10 @@ fn schemas() -> Value {
             "address": s("string"),
             "state": {"type": "string", "enum": ["queued", "deferred", "delivered", "bounced", "suppressed"]},
             "attempts": s("integer"), "last_reply": {"$ref": "#/components/schemas/Reply"},
-            "mx_host": s("string"), "last_attempt_at": {"type": "string", "format": "date-time"}}},
+            "mx_host": s("string"), "last_attempt_at": {"type": "string", "format": "date-time"},
+            "tls": {"type": "object", "description": "Transport of the last attempt that reached a server.",
+                "properties": {"encrypted": s("boolean"), "version": {"type": "string", "example": "TLSv1.3"},
+                    "verified": s("boolean")}}}},
         "Message": {"type": "object", "properties": {
             "id": s("string"),
             "state": {"type": "string", "enum": ["queued", "scheduled", "deferred", "held", "delivered", "bounced", "partially_bounced"]},

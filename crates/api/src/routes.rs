@@ -9,7 +9,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use postrider_core::{MessageId, QueuedMessage, RecipientStatus, SmtpReply, Timestamp};
+use postrider_core::{MessageId, QueuedMessage, RecipientStatus, SmtpReply, Timestamp, TlsInfo};
 use postrider_store::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -335,6 +335,9 @@ pub(crate) struct RecipientView {
     last_reply: Option<ReplyView>,
     mx_host: Option<String>,
     last_attempt_at: Option<String>,
+    /// The transport of the last attempt that reached a server: encrypted, TLS version,
+    /// certificate verified.
+    tls: Option<TlsInfo>,
 }
 
 impl From<&RecipientStatus> for RecipientView {
@@ -346,6 +349,7 @@ impl From<&RecipientStatus> for RecipientView {
             last_reply: r.last_reply.as_ref().map(ReplyView::from),
             mx_host: r.mx_host.clone(),
             last_attempt_at: r.last_attempt_at.map(Timestamp::to_rfc3339),
+            tls: r.tls.clone(),
         }
     }
 }

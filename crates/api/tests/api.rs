@@ -372,8 +372,56 @@ async fn status_endpoint_reports_the_message() {
     assert_eq!(
         v["recipients"][1],
         json!({"address": "y@dest.test", "state": "queued", "attempts": 0, "last_reply": null,
-               "mx_host": null, "last_attempt_at": null})
+               "mx_host": null, "last_attempt_at": null, "tls": null})
     );
+
+    // After an attempt over TLS, each recipient shows the transport it got.
+    let lease = h
+        .store
+        .lease_due(
+            Timestamp::from_millis(now_ms() + 1000),
+            Duration::from_secs(60),
+            1,
+        )
+        .unwrap()
+        .remove(0);
+    let mut tried = lease.message.clone();
+    tried.attempts = 1;
+    for r in &mut tried.recipients {
+        r.attempts = 1;
+        r.state = RecipientState::Deferred;
+        r.mx_host = Some("mx.dest.test".into());
+        r.last_reply = Some(postrider_core::SmtpReply::new(451, "4.3.0 later"));
+        r.tls = Some(postrider_core::TlsInfo {
+            encrypted: true,
+            version: Some("TLSv1.3".into()),
+            verified: true,
+        });
+    }
+    let outcome = h
+        .store
+        .record_attempt(
+            &lease,
+            postrider_store::AttemptUpdate {
+                message: tried,
+                next_attempt_at: Some(Timestamp::from_millis(now_ms() + 60_000)),
+                notifications: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        postrider_store::RecordOutcome::Recorded { .. }
+    ));
+    let r = call(Method::GET, &format!("/v1/messages/{id}"))
+        .send(&h.app)
+        .await;
+    assert_eq!(
+        r.json["recipients"][0]["tls"],
+        json!({"encrypted": true, "version": "TLSv1.3", "verified": true})
+    );
+    assert_eq!(r.json["recipients"][0]["mx_host"], "mx.dest.test");
 
     let r = call(Method::GET, "/v1/messages/00000000deadbeef")
         .send(&h.app)

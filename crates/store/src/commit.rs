@@ -101,11 +101,7 @@ impl GroupCommit {
     }
 }
 
-fn run_committer(
-    rx: mpsc::Receiver<Request>,
-    metrics: &Metrics,
-    log_file: Option<&std::fs::File>,
-) {
+fn run_committer(rx: mpsc::Receiver<Request>, metrics: &Metrics, log_file: Option<&std::fs::File>) {
     let mut replies: Vec<Reply> = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
         let db = first.db;
