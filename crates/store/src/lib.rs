@@ -72,8 +72,11 @@ use crate::codec::{DATA_FORMAT_VERSION, FORMAT_VERSION_KEY};
 use crate::commit::GroupCommit;
 use crate::error::Result;
 
-/// sled page-cache size (a soft limit on the store's memory use).
-const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+/// sled page-cache size (a soft limit on the store's memory use). The hot working set is small
+/// (messages are read back within milliseconds of being written); measured on the relay bench,
+/// 64 MiB gave more messages/s and less CPU per message than 256 MiB, whose larger cache costs
+/// more to maintain than it saves in reads.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A due message claimed by [`Store::lease_due`]: its schedule entry now points at the lease
 /// expiry, so if the process dies the message becomes due again without any recovery pass.
