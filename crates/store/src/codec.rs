@@ -22,8 +22,10 @@ pub(crate) const BODY_RECORD_VERSION: u8 = 1;
 /// 1: the first layout. 2: adds `meta/pending_count`, kept by every transaction that changes
 /// the number of unfinished messages, so opening never counts the queue. Version 1 directories
 /// are counted once when opened and then marked 2 (a build that only knows 1 refuses them,
-/// since it would not keep the count).
-pub(crate) const DATA_FORMAT_VERSION: u32 = 2;
+/// since it would not keep the count). 3: writes are journaled (`journal-0`, `journal-1` and
+/// `meta/journal_seq`, see `journal.rs`); the journal may hold acknowledged writes sled does
+/// not, so a build that knows only 2 (and would ignore the journal) refuses it.
+pub(crate) const DATA_FORMAT_VERSION: u32 = 3;
 /// The first version with `meta/pending_count`.
 pub(crate) const PENDING_COUNT_SINCE: u32 = 2;
 /// Key of the data-directory format version in the `meta` tree.

@@ -1,36 +1,32 @@
-//! Group commit: many writers, one fsync at a time.
+//! Group commit: many writers, one journal sync at a time.
 //!
-//! Durability: `Db::flush` writes sled's log with `sync_file_range`, which on Linux does not
-//! flush the drive's write cache nor persist the file's new size, so after each flush the
-//! committer also calls `fdatasync` on the log file. Message bodies are stored in chunks small
-//! enough never to become separate blob files (which sled does not sync at all).
-//!
-//! sled 0.34's `flush_async` deadlocks with eight or more concurrent callers, so it is never
-//! used. Instead every writer, after its transaction committed, sends a oneshot to one committer
-//! over a bounded channel. The committer takes every waiter queued so far (up to [`MAX_BATCH`]),
-//! runs ONE blocking `Db::flush`, and answers all of them. Writers that arrive during a flush
-//! are served by the next one. sled's own background flusher is disabled
-//! (`flush_every_ms(None)`), so the committer is the only flusher.
+//! Every write is journaled as it commits (`journal.rs`). A writer that promises durability
+//! then sends a oneshot to one committer over a bounded channel. The committer takes every
+//! waiter queued so far (up to [`MAX_BATCH`]), takes the journal records committed up to that
+//! moment, writes them to the journal file with one `fdatasync`, and answers all of them.
+//! Writers that arrive during a sync are served by the next one. sled's own background flusher
+//! is disabled (`flush_every_ms(None)`): sled is flushed only by journal checkpoints.
 //!
 //! Writes that need not hold up their caller (an attempt's outcome: losing it in a crash only
-//! means the message is tried again, the at-least-once window) ask for a flush with
-//! [`GroupCommit::soon`] and do not wait. They ride along with the next waiting flush; when no
-//! writer waits, the committer gathers them for up to [`LAZY_DELAY`] and flushes once.
+//! means the message is tried again, the at-least-once window) ask for a sync with
+//! [`GroupCommit::soon`] and do not wait. They ride along with the next waiting sync; when no
+//! writer waits, the committer gathers them for up to [`LAZY_DELAY`] and syncs once.
 //!
 //! The committer is a dedicated OS thread rather than a task on the blocking pool of whichever
 //! runtime came first: it is started at open, needs no runtime, and keeps working whichever
 //! runtime (or how many) the callers use. It holds no database handle between batches (each
-//! request carries one), so dropping the last [`crate::Store`] really closes the database; the
-//! thread ends when the channel closes.
+//! request carries one, for checkpoints), so dropping the last [`crate::Store`] really closes
+//! the database; the thread ends when the channel closes.
 
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use postrider_metrics::Metrics;
-use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
 use crate::error::{Result, StoreError};
+use crate::journal::{Journal, JournalFiles};
 
 /// Capacity of the request channel; writers wait (back-pressure) when it is full.
 const CHANNEL_CAPACITY: usize = 4096;
@@ -56,11 +52,11 @@ pub(crate) struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the committer thread.
-    pub(crate) fn start(metrics: Metrics, log_file: Option<std::fs::File>) -> Result<Self> {
+    pub(crate) fn start(metrics: Metrics, journal: Arc<Journal>, files: JournalFiles) -> Result<Self> {
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         std::thread::Builder::new()
             .name("postrider-store-commit".into())
-            .spawn(move || run_committer(rx, &metrics, log_file.as_ref()))
+            .spawn(move || run_committer(rx, &metrics, &journal, files))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         Ok(GroupCommit { tx })
     }
@@ -101,7 +97,12 @@ impl GroupCommit {
     }
 }
 
-fn run_committer(rx: mpsc::Receiver<Request>, metrics: &Metrics, log_file: Option<&std::fs::File>) {
+fn run_committer(
+    rx: mpsc::Receiver<Request>,
+    metrics: &Metrics,
+    journal: &Journal,
+    mut files: JournalFiles,
+) {
     let mut replies: Vec<Reply> = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
         let db = first.db;
@@ -125,12 +126,9 @@ fn run_committer(rx: mpsc::Receiver<Request>, metrics: &Metrics, log_file: Optio
             replies.extend(req.reply);
         }
         let started = Instant::now();
-        let result = db.flush().map(drop).and_then(|()| match log_file {
-            // Data and size of the log reach stable storage (sled itself only uses
-            // sync_file_range, which does neither).
-            Some(f) => f.sync_data().map_err(sled::Error::Io),
-            None => Ok(()),
-        });
+        // Everything committed before the requests arrived is in this buffer.
+        let buf = journal.take();
+        let result = files.sync(&db, &buf);
         // Release the handle before answering, so a caller that drops its store afterwards
         // really closes the database.
         drop(db);
@@ -145,5 +143,6 @@ fn run_committer(rx: mpsc::Receiver<Request>, metrics: &Metrics, log_file: Optio
             let _ = reply.send(result.clone());
         }
     }
+    files.finish();
     tracing::debug!("store committer stopped");
 }

@@ -14,6 +14,7 @@ use postrider_core::{
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
+use crate::journal::TreeId;
 use crate::Store;
 use crate::error::{Result, StoreError};
 
@@ -359,8 +360,7 @@ impl Store {
                 .take(PURGE_BATCH)
                 .collect::<Result<Vec<(IVec, IVec)>, sled::Error>>()?;
             let mut done = batch.len() < PURGE_BATCH;
-            let mut removals = sled::Batch::default();
-            let mut count = 0u64;
+            let mut removals = Vec::new();
             for (key, value) in &batch {
                 match decode_event(key, value) {
                     Ok(r) if r.at >= before => {
@@ -368,13 +368,16 @@ impl Store {
                         break;
                     }
                     // Old and unreadable records alike are dropped.
-                    _ => {
-                        removals.remove(key.clone());
-                        count += 1;
-                    }
+                    _ => removals.push(key.clone()),
                 }
             }
-            self.inner.trees.events.apply_batch(removals)?;
+            let count = removals.len() as u64;
+            self.write(|tx| {
+                for key in &removals {
+                    tx.remove(TreeId::Events, key.clone())?;
+                }
+                Ok(())
+            })?;
             purged += count;
             if done || count == 0 {
                 break;

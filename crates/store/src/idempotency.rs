@@ -10,6 +10,7 @@ use postrider_core::{MessageId, NewMessage, Timestamp};
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
+use crate::journal::TreeId;
 use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::keys::hex;
@@ -170,25 +171,24 @@ impl Store {
                 break;
             }
             for ekey in batch {
-                let (Some(at), Some(rkey)) = (ekey.get(..8), ekey.get(8..)) else {
-                    trees.idempotency_expiry.remove(&ekey)?;
-                    continue;
-                };
-                if let Some(current) = trees.idempotency.get(rkey)? {
-                    let same = decode_record(rkey, &current)
-                        .map(|r| r.created_at.as_millis().to_be_bytes() == at)
-                        .unwrap_or(true);
-                    // Remove only this exact record (not a newer one written meanwhile).
-                    if same
-                        && trees
-                            .idempotency
-                            .compare_and_swap(rkey, Some(current), None as Option<IVec>)?
-                            .is_ok()
+                let removed = self.write(|tx| {
+                    let mut removed = false;
+                    if let (Some(at), Some(rkey)) = (ekey.get(..8), ekey.get(8..))
+                        && let Some(current) = tx.get(TreeId::Idempotency, rkey)?
                     {
-                        purged += 1;
+                        let same = decode_record(rkey, &current)
+                            .map(|r| r.created_at.as_millis().to_be_bytes() == at)
+                            .unwrap_or(true);
+                        // Remove only this exact record (not a newer one written meanwhile).
+                        if same {
+                            tx.remove(TreeId::Idempotency, rkey)?;
+                            removed = true;
+                        }
                     }
-                }
-                trees.idempotency_expiry.remove(&ekey)?;
+                    tx.remove(TreeId::IdempotencyExpiry, ekey.clone())?;
+                    Ok(removed)
+                })?;
+                purged += u64::from(removed);
             }
         }
         tracing::debug!(purged, before = %before, "expired idempotency keys purged");

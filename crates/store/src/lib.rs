@@ -18,8 +18,9 @@
 //! Every unfinished message that is not held has exactly one `schedule` entry: its next
 //! attempt, or while an attempt is in flight, its lease expiry. Every state change is one sled
 //! transaction across the trees it touches (planned outside, checked and applied inside: see
-//! `plan.rs`), and every async call that returns `Ok` after a state change has been made durable
-//! by a shared group-commit flush (see `commit.rs`; sled's `flush_async` is never used).
+//! `plan.rs`), recorded in a write-ahead journal (`journal.rs`), and every async call that
+//! returns `Ok` after a state change has been made durable by a shared group-commit sync of
+//! that journal (see `commit.rs`). sled itself is flushed only at journal checkpoints.
 //!
 //! # Typical use
 //! - Submission: [`Store::enqueue`] → answer `250` only on `Ok`; a [`StoreError`] with
@@ -42,6 +43,7 @@ mod commit;
 mod error;
 mod events;
 mod idempotency;
+mod journal;
 mod keys;
 mod outbox;
 mod plan;
@@ -134,6 +136,8 @@ pub(crate) struct Trees {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) trees: Trees,
+    /// The lock every write runs under, and the records not yet synced.
+    pub(crate) journal: Arc<journal::Journal>,
     pub(crate) commit: GroupCommit,
     pub(crate) work: Notify,
     pub(crate) webhook_work: Notify,
@@ -143,8 +147,10 @@ pub(crate) struct Inner {
     /// Set by the first write or flush that failed with a storage error (see [`Store::write_failed`]).
     pub(crate) write_failed: AtomicBool,
     pub(crate) metrics: Metrics,
-    /// Declared last: dropped after the trees.
+    /// Declared after the trees: dropped after them.
     pub(crate) db: sled::Db,
+    /// The journal directory of a temporary store, removed last.
+    pub(crate) _temporary_dir: Option<tempfile::TempDir>,
 }
 
 /// Handle to the queue. Cloning is cheap; the database closes when the last clone is dropped.
@@ -153,20 +159,28 @@ pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// Reads the pending count of a current directory; initialises a new one; counts an older one
-/// once and marks it current (one transaction, then flushed).
+/// Reads the pending count of a current directory; initialises a new one; upgrades an older one
+/// (format 1 is counted once) and marks it current (one batch, then flushed).
 fn open_pending_count(db: &sled::Db, trees: &Trees, format_version: Option<u32>) -> Result<i64> {
-    if let Some(v) = format_version
-        && v >= codec::PENDING_COUNT_SINCE
-    {
-        match trees.meta.get(codec::PENDING_COUNT_KEY)? {
-            Some(bytes) => return codec::decode_pending_count(&bytes),
-            None => tracing::warn!("meta/pending_count missing: counting the queue once"),
+    let kept = match format_version {
+        Some(v) if v >= codec::PENDING_COUNT_SINCE => {
+            match trees.meta.get(codec::PENDING_COUNT_KEY)? {
+                Some(bytes) => Some(codec::decode_pending_count(&bytes)?),
+                None => {
+                    tracing::warn!("meta/pending_count missing: counting the queue once");
+                    None
+                }
+            }
         }
+        _ => None,
+    };
+    if let (Some(count), Some(DATA_FORMAT_VERSION)) = (kept, format_version) {
+        return Ok(count);
     }
-    let pending = match format_version {
-        None => 0,
-        Some(_) => queue::count_pending(trees)?,
+    let pending = match (kept, format_version) {
+        (Some(count), _) => count,
+        (None, None) => 0,
+        (None, Some(_)) => queue::count_pending(trees)?,
     };
     let mut batch = sled::Batch::default();
     batch.insert(FORMAT_VERSION_KEY, &DATA_FORMAT_VERSION.to_be_bytes()[..]);
@@ -188,28 +202,62 @@ fn open_pending_count(db: &sled::Db, trees: &Trees, format_version: Option<u32>)
 /// directory with a different segment size.
 const SEGMENT_SIZE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Journal file size of temporary stores (tests).
+const TEMPORARY_JOURNAL_BYTES: u64 = 4 * 1024 * 1024;
+
 impl Store {
     /// Opens (or creates) the data directory at `path`. Fails with
     /// [`StoreError::UnknownFormat`] when the directory was written by a newer Postrider.
     pub fn open(path: &Path, metrics: Metrics) -> Result<Store, StoreError> {
+        Store::open_with_journal_size(path, metrics, journal::JOURNAL_FILE_BYTES)
+    }
+
+    /// [`Store::open`] with journal files of `bytes` each (at least 64 KiB): how much is
+    /// journaled between two checkpoints of sled. Smaller files mean more checkpoints; tests
+    /// use them to exercise checkpoints.
+    pub fn open_with_journal_size(
+        path: &Path,
+        metrics: Metrics,
+        bytes: u64,
+    ) -> Result<Store, StoreError> {
         let config = sled::Config::new().path(path);
-        Store::open_config(config, metrics, Some(path.join("db")))
+        Store::open_config(config, metrics, path, Some(path.join("db")), bytes.max(64 * 1024), None)
     }
 
     /// A store in a fresh temporary directory (under `/dev/shm` when it exists), removed when
     /// the last handle is dropped. For tests.
     pub fn temporary(metrics: Metrics) -> Result<Store, StoreError> {
-        Store::open_config(sled::Config::new().temporary(true), metrics, None)
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new()
+                .prefix("postrider-journal")
+                .tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("postrider-journal").tempdir()
+        }
+        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let path = dir.path().to_path_buf();
+        Store::open_config(
+            sled::Config::new().temporary(true),
+            metrics,
+            &path,
+            None,
+            TEMPORARY_JOURNAL_BYTES,
+            Some(dir),
+        )
     }
 
-    /// `log_file` is sled's log (`<dir>/db`), synced after every group flush; `None` for
-    /// temporary stores.
+    /// `journal_dir` holds the journal files; `log_file` is sled's log (`<dir>/db`), synced
+    /// after every checkpoint; `None` for temporary stores.
     fn open_config(
         config: sled::Config,
         metrics: Metrics,
+        journal_dir: &Path,
         log_file: Option<std::path::PathBuf>,
+        journal_bytes: u64,
+        temporary_dir: Option<tempfile::TempDir>,
     ) -> Result<Store> {
-        // Our group committer is the only flusher (see `commit`).
+        // Journal checkpoints are the only flushes (see `commit`).
         let db = config
             .cache_capacity(CACHE_CAPACITY_BYTES)
             .segment_size(SEGMENT_SIZE_BYTES)
@@ -233,21 +281,26 @@ impl Store {
             idempotency: db.open_tree("idempotency")?,
             idempotency_expiry: db.open_tree("idempotency_expiry")?,
         };
-        let pending = open_pending_count(&db, &trees, format_version)?;
-        metrics.queue_messages.set(pending);
-        tracing::info!(recovered = db.was_recovered(), pending, "store opened");
         // sled's flush writes its log with sync_file_range on Linux, which neither flushes the
-        // drive's write cache nor persists the file's size; the committer adds an fdatasync.
+        // drive's write cache nor persists the file's size; checkpoints add an fdatasync.
         let log_file = match log_file {
             Some(p) => {
                 Some(std::fs::File::open(&p).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?)
             }
             None => None,
         };
-        let commit = GroupCommit::start(metrics.clone(), log_file)?;
+        let next_seq =
+            journal::replay(journal_dir, &db, &trees, log_file.as_ref(), journal_bytes)?;
+        let pending = open_pending_count(&db, &trees, format_version)?;
+        metrics.queue_messages.set(pending);
+        tracing::info!(recovered = db.was_recovered(), pending, "store opened");
+        let journal = Arc::new(journal::Journal::new(next_seq));
+        let files = journal::JournalFiles::open(journal_dir, journal_bytes, log_file)?;
+        let commit = GroupCommit::start(metrics.clone(), journal.clone(), files)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 trees,
+                journal,
                 commit,
                 work: Notify::new(),
                 webhook_work: Notify::new(),
@@ -257,6 +310,7 @@ impl Store {
                 write_failed: AtomicBool::new(false),
                 metrics,
                 db,
+                _temporary_dir: temporary_dir,
             }),
         })
     }
@@ -289,7 +343,7 @@ impl Store {
         }
     }
 
-    /// Makes every write so far durable (one shared flush).
+    /// Makes every write so far durable (one shared journal sync).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.check_writable()?;
         self.inner.commit.durable(&self.inner.db).await

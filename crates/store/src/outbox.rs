@@ -11,8 +11,8 @@ use std::time::Duration;
 use postrider_core::Timestamp;
 use serde::{Deserialize, Serialize};
 use sled::IVec;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::journal::TreeId;
 use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::events::Event;
@@ -142,7 +142,7 @@ impl Store {
             let record = decode_outbox(&key, &value);
             let (Some(k), Ok(record)) = (parsed, record) else {
                 tracing::error!(key = %hex(&key), "unreadable webhook outbox entry removed");
-                outbox.remove(&key)?;
+                self.write(|tx| tx.remove(TreeId::Outbox, key.clone()).map_err(Into::into))?;
                 continue;
             };
             let until = now
@@ -150,19 +150,15 @@ impl Store {
                 .max(Timestamp::from_millis(k.due.as_millis().saturating_add(1)));
             let leased = OutboxKey { due: until, ..k }.to_bytes();
             // Move the entry atomically; skip it when someone else moved it first.
-            let moved = outbox.transaction(|t| {
-                if t.get(&key)?.is_none() {
+            let moved = self.write(|tx| {
+                if tx.remove(TreeId::Outbox, key.clone())?.is_none() {
                     return Ok(false);
                 }
-                t.remove(&key)?;
-                t.insert(&leased[..], value.clone())?;
-                Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(true)
-            });
-            match moved {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(TransactionError::Storage(e)) => return Err(e.into()),
-                Err(TransactionError::Abort(never)) => match never {},
+                tx.insert(TreeId::Outbox, &leased[..], value.clone())?;
+                Ok(true)
+            })?;
+            if !moved {
+                continue;
             }
             let event = match self.event(k.seq) {
                 Ok(e) => e,
@@ -188,7 +184,10 @@ impl Store {
     /// Removes a delivered (or abandoned) entry. Durable when `Ok`.
     pub async fn webhook_delivered(&self, delivery: &WebhookDelivery) -> Result<(), StoreError> {
         self.check_writable()?;
-        self.inner.trees.outbox.remove(&delivery.leased[..])?;
+        self.write(|tx| {
+            tx.remove(TreeId::Outbox, &delivery.leased[..])?;
+            Ok(())
+        })?;
         self.durable().await
     }
 
@@ -208,17 +207,12 @@ impl Store {
         let value = encode_outbox(&record)?;
         let next = OutboxKey { due: at, ..k }.to_bytes();
         let leased = delivery.leased;
-        let result = self.inner.trees.outbox.transaction(|t| {
-            if t.remove(&leased[..])?.is_some() {
-                t.insert(&next[..], value.clone())?;
+        self.write(|tx| {
+            if tx.remove(TreeId::Outbox, &leased[..])?.is_some() {
+                tx.insert(TreeId::Outbox, &next[..], value.clone())?;
             }
-            Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(())
-        });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-            Err(TransactionError::Abort(never)) => match never {},
-        }
+            Ok(())
+        })?;
         self.durable().await
     }
 }

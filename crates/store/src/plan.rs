@@ -1,5 +1,5 @@
-//! A planned state change: preconditions plus one write batch per tree, applied in a single sled
-//! transaction. Plans are computed outside the transaction (decoding and JSON encoding happen
+//! A planned state change: preconditions plus one write batch per tree, applied in a single
+//! journaled sled transaction ([`Store::write`]). Plans are computed outside the transaction (decoding and JSON encoding happen
 //! once), so the transaction closure only checks preconditions and applies batches: it is
 //! side-effect free and cheap to re-run on conflict.
 //!
@@ -8,18 +8,42 @@
 //! sequence order is commit order), webhook outbox entries keyed by those numbers,
 //! suppressions added only when absent, and the idempotency-key check.
 
-use std::convert::Infallible;
-
 use postrider_core::Timestamp;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Batch, IVec, Transactional};
+use sled::IVec;
 
-use crate::Trees;
+use crate::Store;
 use crate::codec::{PENDING_COUNT_KEY, decode_pending_count};
-use crate::error::{Result, StoreError};
+use crate::error::Result;
+use crate::journal::{TreeId, Tx, UnabortableTransactionResult};
 use crate::events::{EVENT_SEQ_KEY, PendingEvent, WebhookSubscription};
 use crate::idempotency::decode_record;
 use crate::outbox::{OutboxKey, OutboxRecord, encode_outbox};
+
+/// Writes to one tree, applied in order (a later write of a key wins).
+#[derive(Debug, Default)]
+pub(crate) struct Batch(Vec<(IVec, Option<IVec>)>);
+
+impl Batch {
+    /// Sets `key` to `value`.
+    pub(crate) fn insert(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
+        self.0.push((key.into(), Some(value.into())));
+    }
+
+    /// Removes `key`.
+    pub(crate) fn remove(&mut self, key: impl Into<IVec>) {
+        self.0.push((key.into(), None));
+    }
+
+    fn apply(&self, tx: &Tx<'_>, tree: TreeId) -> UnabortableTransactionResult<()> {
+        for (key, value) in &self.0 {
+            match value {
+                Some(v) => tx.insert(tree, key.clone(), v.clone())?,
+                None => drop(tx.remove(tree, key.clone())?),
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Writes to apply atomically, and what must still hold for them to apply.
 #[derive(Debug, Default)]
@@ -78,10 +102,10 @@ pub(crate) enum Verdict {
     Idempotent(IVec),
 }
 
-/// Applies `plan` in one transaction over every tree. `webhooks` route the plan's events into
-/// the outbox (entries due at `now`).
+/// Applies `plan` in one journaled transaction over every tree. `webhooks` route the plan's
+/// events into the outbox (entries due at `now`).
 pub(crate) fn apply(
-    trees: &Trees,
+    store: &Store,
     plan: &Plan,
     webhooks: &[WebhookSubscription],
     now: Timestamp,
@@ -101,37 +125,26 @@ pub(crate) fn apply(
             })
             .collect::<Result<Vec<_>>>()?
     };
-    let tuple = (
-        &trees.messages,
-        &trees.bodies,
-        &trees.schedule,
-        &trees.finished,
-        &trees.held,
-        &trees.meta,
-        &trees.events,
-        &trees.outbox,
-        &trees.suppressions,
-        &trees.idempotency,
-        &trees.idempotency_expiry,
-    );
-    let result = tuple.transaction(|(m, b, s, f, h, meta, ev, ob, sup, idem, idem_exp)| {
+    store.write(|tx| {
         if let Some((key, expected)) = &plan.expect_record
-            && m.get(key)? != *expected
+            && tx.get(TreeId::Messages, key)? != *expected
         {
             return Ok(Verdict::RecordChanged);
         }
         if let Some(key) = &plan.expect_scheduled
-            && s.get(key)?.is_none()
+            && tx.get(TreeId::Schedule, key)?.is_none()
         {
             return Ok(Verdict::NotScheduled);
         }
         for (id, expected, scheduled) in &plan.expect_each {
-            if m.get(id)? != *expected || s.get(scheduled)?.is_none() {
+            if tx.get(TreeId::Messages, id)? != *expected
+                || tx.get(TreeId::Schedule, scheduled)?.is_none()
+            {
                 return Ok(Verdict::RecordChanged);
             }
         }
         if let Some(w) = &plan.idempotency {
-            if let Some(existing) = idem.get(&w.key)? {
+            if let Some(existing) = tx.get(TreeId::Idempotency, &w.key)? {
                 match decode_record(&w.key, &existing) {
                     Ok(r) if r.created_at >= w.valid_after => {
                         return Ok(Verdict::Idempotent(existing));
@@ -139,40 +152,40 @@ pub(crate) fn apply(
                     Ok(r) => {
                         let mut old = r.created_at.as_millis().to_be_bytes().to_vec();
                         old.extend_from_slice(&w.key);
-                        idem_exp.remove(old)?;
+                        tx.remove(TreeId::IdempotencyExpiry, old)?;
                     }
                     // An unreadable record is replaced.
                     Err(_) => {}
                 }
             }
-            idem.insert(&w.key, w.value.clone())?;
-            idem_exp.insert(&w.expiry_key, &[][..])?;
+            tx.insert(TreeId::Idempotency, w.key.clone(), w.value.clone())?;
+            tx.insert(TreeId::IdempotencyExpiry, w.expiry_key.clone(), &[][..])?;
         }
-        m.apply_batch(&plan.messages)?;
-        b.apply_batch(&plan.bodies)?;
-        s.apply_batch(&plan.schedule)?;
-        f.apply_batch(&plan.finished)?;
-        h.apply_batch(&plan.held)?;
+        plan.messages.apply(tx, TreeId::Messages)?;
+        plan.bodies.apply(tx, TreeId::Bodies)?;
+        plan.schedule.apply(tx, TreeId::Schedule)?;
+        plan.finished.apply(tx, TreeId::Finished)?;
+        plan.held.apply(tx, TreeId::Held)?;
         for (key, value) in &plan.suppress_if_absent {
-            if sup.get(key)?.is_none() {
-                sup.insert(key, value.clone())?;
+            if tx.get(TreeId::Suppressions, key)?.is_none() {
+                tx.insert(TreeId::Suppressions, key.clone(), value.clone())?;
             }
         }
         if plan.pending_delta != 0 {
-            let count = meta
-                .get(PENDING_COUNT_KEY)?
+            let count = tx
+                .get(TreeId::Meta, PENDING_COUNT_KEY)?
                 .map_or(0, |v| decode_pending_count(&v).unwrap_or(0));
             let count = count.saturating_add(plan.pending_delta).max(0);
-            meta.insert(PENDING_COUNT_KEY, &count.to_be_bytes()[..])?;
+            tx.insert(TreeId::Meta, PENDING_COUNT_KEY, &count.to_be_bytes()[..])?;
         }
         if !plan.events.is_empty() {
-            let mut seq = meta
-                .get(EVENT_SEQ_KEY)?
+            let mut seq = tx
+                .get(TreeId::Meta, EVENT_SEQ_KEY)?
                 .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
                 .map_or(0, u64::from_be_bytes);
             for event in &plan.events {
                 seq = seq.saturating_add(1);
-                ev.insert(&seq.to_be_bytes()[..], event.value.clone())?;
+                tx.insert(TreeId::Events, &seq.to_be_bytes()[..], event.value.clone())?;
                 for (index, (hook, value)) in webhooks.iter().zip(&outbox_values).enumerate() {
                     if hook.wants(event.kind) {
                         let key = OutboxKey {
@@ -180,19 +193,14 @@ pub(crate) fn apply(
                             seq,
                             webhook: u32::try_from(index).unwrap_or(u32::MAX),
                         };
-                        ob.insert(&key.to_bytes()[..], value.clone())?;
+                        tx.insert(TreeId::Outbox, &key.to_bytes()[..], value.clone())?;
                     }
                 }
             }
-            meta.insert(EVENT_SEQ_KEY, &seq.to_be_bytes()[..])?;
+            tx.insert(TreeId::Meta, EVENT_SEQ_KEY, &seq.to_be_bytes()[..])?;
         }
-        Ok::<_, ConflictableTransactionError<Infallible>>(Verdict::Applied)
-    });
-    match result {
-        Ok(v) => Ok(v),
-        Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
-        Err(TransactionError::Abort(never)) => match never {},
-    }
+        Ok(Verdict::Applied)
+    })
 }
 
 /// Whether applying `plan` writes outbox entries for `webhooks`.

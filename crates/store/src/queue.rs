@@ -124,7 +124,7 @@ impl Store {
             }
         }
         let webhooks = self.webhooks();
-        let result = crate::plan::apply(&self.inner.trees, plan, &webhooks, clock_now());
+        let result = crate::plan::apply(self, plan, &webhooks, clock_now());
         self.note_failure(&result);
         let verdict = result?;
         if verdict == Verdict::Applied {
@@ -144,7 +144,7 @@ impl Store {
     }
 
     /// Durably stores a new message and schedules its first attempt. Returns only after the
-    /// record, body and schedule entry are on disk (one transaction, one shared flush).
+    /// record, body and schedule entry are on disk (one transaction, one shared journal sync).
     pub async fn enqueue(&self, msg: NewMessage) -> Result<MessageId, StoreError> {
         self.check_writable()?;
         let prepared = self.prepare_new(&msg)?;

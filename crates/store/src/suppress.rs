@@ -13,6 +13,7 @@ use postrider_core::{Address, MessageId, SmtpReply, Timestamp};
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
+use crate::journal::TreeId;
 use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::plan::Plan;
@@ -139,12 +140,13 @@ impl Store {
         entry.address = suppression_key(&entry.address);
         let key = entry.address.as_bytes().to_vec();
         let value = encode_suppression(&entry)?;
-        let added = self
-            .inner
-            .trees
-            .suppressions
-            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
-            .is_ok();
+        let added = self.write(|tx| {
+            if tx.get(TreeId::Suppressions, &key)?.is_some() {
+                return Ok(false);
+            }
+            tx.insert(TreeId::Suppressions, &key[..], &value[..])?;
+            Ok(true)
+        })?;
         if added {
             self.durable().await?;
             tracing::info!(address = %entry.address, reason = entry.reason.as_str(), "address suppressed");
@@ -156,12 +158,11 @@ impl Store {
     pub async fn remove_suppression(&self, address: &str) -> Result<bool, StoreError> {
         self.check_writable()?;
         let key = suppression_key(address);
-        let removed = self
-            .inner
-            .trees
-            .suppressions
-            .remove(key.as_bytes())?
-            .is_some();
+        let removed = self.write(|tx| {
+            Ok(tx
+                .remove(TreeId::Suppressions, key.as_bytes())?
+                .is_some())
+        })?;
         if removed {
             self.durable().await?;
             tracing::info!(address = %key, "address removed from the suppression list");
