@@ -15,8 +15,8 @@
 # Environment: N (default 20000), SIZE (4096), REPS (3) as in the harness; quick
 # mode: N=5000 REPS=1. PEERS: the harness folder (default /work/shared/bench/peers).
 # CARGO_TARGET_DIR is honoured. POSTRIDER_BIN skips the build. PROFILE_CMD, if
-# set, is run with the Postrider PID appended while the c=20 row runs (e.g.
-# PROFILE_CMD="perf record -g -o /tmp/p.data -p"), and stopped with SIGINT.
+# set, is run with the Postrider PID appended while the rows in PROFILE_ROWS (default
+# "c20") run (e.g. PROFILE_CMD="perf record -g -o /tmp/p.data -p"), and stopped with SIGINT.
 # LOADRUN_EXTRA: more loadrun options for both sides, e.g. "--quiet-wait 60".
 # OUT: result folder (default /tmp/postrider-bench/vs-postfix-TIMESTAMP).
 # Needs root (Postfix, cgroup accounting) and $PEERS/install.sh done once.
@@ -181,11 +181,11 @@ run_postrider() { # tag loadrun args...
     python3 "$HERE/probe.py" --relay "127.0.0.1:$SMTP_PORT" --to probe@probe.example \
       --size "$SIZE" --out "$OUT/postrider/probe-$tag.json" 2>>"$OUT/postrider/probe.log" &
     PROBE_PID=$!
-    if [[ -n ${PROFILE_CMD:-} ]]; then
-      # shellcheck disable=SC2086  # PROFILE_CMD is a command line
-      $PROFILE_CMD "$PR_PID" > "$OUT/postrider/profile.log" 2>&1 &
-      PROF_PID=$!
-    fi
+  fi
+  if [[ -n ${PROFILE_CMD:-} && " ${PROFILE_ROWS:-c20} " == *" $tag "* ]]; then
+    # shellcheck disable=SC2086  # PROFILE_CMD is a command line
+    $PROFILE_CMD "$PR_PID" > "$OUT/postrider/profile-$tag.log" 2>&1 &
+    PROF_PID=$!
   fi
   "$PEERS/run-relay.sh" "127.0.0.1:$SMTP_PORT" "$SINK_PORT" --label postrider --pid "$PR_PID" \
     --out "$OUT/postrider" "$@" ${LOADRUN_EXTRA:-} || echo "# postrider row failed: $*" >&2

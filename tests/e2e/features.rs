@@ -203,7 +203,10 @@ async fn webhooks_events_and_idempotency_through_the_binary() {
     // subscribed kinds (the bounce DSN's own delivery may be posted too).
     let posts = wait_until("two webhook posts for the message", async || {
         let s = seen.lock().expect("seen").clone();
-        let about = s.iter().filter(|(_, v)| v["message_id"] == id.as_str()).count();
+        let about = s
+            .iter()
+            .filter(|(_, v)| v["message_id"] == id.as_str())
+            .count();
         (about >= 2).then_some(s)
     })
     .await;

@@ -52,7 +52,11 @@ pub(crate) struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the committer thread.
-    pub(crate) fn start(metrics: Metrics, journal: Arc<Journal>, files: JournalFiles) -> Result<Self> {
+    pub(crate) fn start(
+        metrics: Metrics,
+        journal: Arc<Journal>,
+        files: JournalFiles,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         std::thread::Builder::new()
             .name("postrider-store-commit".into())

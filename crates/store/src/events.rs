@@ -3,7 +3,7 @@
 //!
 //! Events are written in the same transaction as the state change that causes them. Their
 //! sequence number is taken from a counter in `meta` (`event_seq`) inside that transaction, and
-//! sled runs transactions one at a time, so sequence order is commit order: a reader that has
+//! writes run one at a time under the journal lock, so sequence order is write order: a reader that has
 //! seen `seq = n` will never later find a new event below `n`. That makes `seq` a durable cursor.
 
 use std::collections::BTreeMap;
@@ -14,9 +14,9 @@ use postrider_core::{
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
-use crate::journal::TreeId;
 use crate::Store;
 use crate::error::{Result, StoreError};
+use crate::journal::TreeId;
 
 /// The newest event-record version this build writes and reads.
 pub(crate) const EVENT_RECORD_VERSION: u8 = 1;

@@ -10,9 +10,9 @@ use postrider_core::{MessageId, NewMessage, Timestamp};
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
-use crate::journal::TreeId;
 use crate::Store;
 use crate::error::{Result, StoreError};
+use crate::journal::TreeId;
 use crate::keys::hex;
 use crate::plan::{IdempotencyWrite, Plan, Verdict};
 

@@ -1,8 +1,7 @@
 //! Write-ahead journal: what makes a write durable before its `250`.
 //!
-//! Every write to the database goes through [`Store::write`]: one sled transaction over all
-//! trees, run under the journal lock, which records the exact keys and values it wrote and
-//! gives them a sequence number. The same transaction stores that number in
+//! Every write to the database goes through [`Store::write`], run under the journal lock, which
+//! records the exact keys and values it wrote and gives them a sequence number, stored last in
 //! `meta/journal_seq`. Once committed, the record is appended to an in-memory buffer; the group
 //! committer (`commit.rs`) writes the buffer to the journal file and `fdatasync`s it: one small
 //! sequential write and one sync per group, with no sled flush on the way.
@@ -13,17 +12,16 @@
 //! records. A file is written again only after the checkpoint that covers it finished.
 //!
 //! On open, [`replay`] reads both files and re-applies, in order, every record newer than the
-//! `meta/journal_seq` that sled recovered. sled recovers a prefix of its history (its
-//! transactions are atomic, and they run in sequence order under the journal lock), so what it
-//! lacks is exactly the records after that number. Records are absolute writes (a value or a
-//! removal), so applying one that sled already has changes nothing.
+//! `meta/journal_seq` that sled recovered. sled recovers a prefix of its log, and writes reach
+//! its log in sequence order (one at a time, under the journal lock, each record's number
+//! after its writes), so what it lacks is at most part of the record after that number and
+//! everything later. Records are absolute writes (a value or a removal), so applying one that
+//! sled already has, in whole or in part, changes nothing.
 //!
 //! Record layout (version 1, `migrations-free-data/README.md`): `"PRJ1" ‖ be_u32(len) ‖
 //! be_u32(crc32 of body) ‖ body`, body = `be_u64(seq) ‖ be_u32(ops) ‖ ops`, op = `u8(tree) ‖
 //! u8(1 put / 0 remove) ‖ be_u32(key len) ‖ key ‖ [be_u32(value len) ‖ value]`.
 
-use std::cell::RefCell;
-use std::convert::Infallible;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -31,10 +29,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
-use sled::{IVec, Transactional};
+use sled::IVec;
 
 use crate::Store;
 use crate::Trees;
@@ -204,7 +199,11 @@ fn decode_body(body: &[u8]) -> Option<Record> {
             _ => return None,
         };
         let key = cur.take_len()?;
-        let value = if put { Some(cur.take_len()?.into()) } else { None };
+        let value = if put {
+            Some(cur.take_len()?.into())
+        } else {
+            None
+        };
         ops.push(Op {
             tree,
             key: key.into(),
@@ -266,42 +265,29 @@ impl Journal {
     }
 }
 
-/// The view of a transaction over every tree, recording what it writes.
+/// A write in progress over every tree, recording what it writes. It runs under the journal
+/// lock, so no other write interleaves: what it reads stays true until it returns.
 pub(crate) struct Tx<'a> {
-    trees: &'a [TransactionalTree],
-    ops: &'a RefCell<Vec<Op>>,
+    trees: [&'a sled::Tree; TREE_COUNT],
+    ops: Vec<Op>,
 }
 
-/// Result of a read or write inside a transaction.
-pub(crate) type UnabortableTransactionResult<T> = std::result::Result<T, UnabortableTransactionError>;
-
-/// A transaction body's result.
-pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Infallible>>;
-
 impl Tx<'_> {
-    fn tree(&self, tree: TreeId) -> &TransactionalTree {
-        &self.trees[tree as usize]
-    }
-
-    /// Reads a key as the transaction sees it.
-    pub(crate) fn get(
-        &self,
-        tree: TreeId,
-        key: impl AsRef<[u8]>,
-    ) -> UnabortableTransactionResult<Option<IVec>> {
-        self.tree(tree).get(key)
+    /// Reads a key.
+    pub(crate) fn get(&self, tree: TreeId, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
+        self.trees[tree as usize].get(key)
     }
 
     /// Sets a key.
     pub(crate) fn insert(
-        &self,
+        &mut self,
         tree: TreeId,
         key: impl Into<IVec>,
         value: impl Into<IVec>,
-    ) -> UnabortableTransactionResult<()> {
+    ) -> sled::Result<()> {
         let (key, value) = (key.into(), value.into());
-        self.tree(tree).insert(key.clone(), value.clone())?;
-        self.ops.borrow_mut().push(Op {
+        self.trees[tree as usize].insert(key.clone(), value.clone())?;
+        self.ops.push(Op {
             tree,
             key,
             value: Some(value),
@@ -311,14 +297,14 @@ impl Tx<'_> {
 
     /// Removes a key; returns the value it had.
     pub(crate) fn remove(
-        &self,
+        &mut self,
         tree: TreeId,
         key: impl Into<IVec>,
-    ) -> UnabortableTransactionResult<Option<IVec>> {
+    ) -> sled::Result<Option<IVec>> {
         let key = key.into();
-        let old = self.tree(tree).remove(key.clone())?;
+        let old = self.trees[tree as usize].remove(&key)?;
         if old.is_some() {
-            self.ops.borrow_mut().push(Op {
+            self.ops.push(Op {
                 tree,
                 key,
                 value: None,
@@ -329,40 +315,35 @@ impl Tx<'_> {
 }
 
 impl Store {
-    /// Runs `body` as one transaction over every tree and journals what it wrote. The result
-    /// is in memory only: callers that promise durability then await [`Store::durable`].
-    pub(crate) fn write<R>(&self, body: impl Fn(&Tx<'_>) -> TxResult<R>) -> Result<R> {
+    /// Runs `body` under the journal lock and journals what it wrote. `body` must check
+    /// everything it depends on before its first write: there is no rollback (a sled
+    /// transaction would roll sled's IO buffer twice per write, i.e. two log writes with
+    /// `sync_file_range` each). Atomicity after a crash comes from the journal: sled holds a
+    /// prefix of the writes, and replay re-applies whole records after its `journal_seq`,
+    /// which is written last. The result is in memory only: callers that promise durability
+    /// then await [`Store::durable`].
+    pub(crate) fn write<R>(&self, body: impl FnOnce(&mut Tx<'_>) -> sled::Result<R>) -> Result<R> {
         let mut pending = self.inner.journal.lock();
         let seq = pending.next_seq;
-        let ops = RefCell::new(Vec::new());
-        let trees = self.inner.trees.all();
-        let result = trees[..].transaction(|views| {
-            ops.borrow_mut().clear();
-            let tx = Tx {
-                trees: views,
-                ops: &ops,
-            };
-            let r = body(&tx)?;
-            if !ops.borrow().is_empty() {
-                tx.insert(TreeId::Meta, JOURNAL_SEQ_KEY, &seq.to_be_bytes()[..])?;
-            }
-            Ok(r)
-        });
-        let result = match result {
-            Ok(r) => r,
-            Err(TransactionError::Storage(e)) => {
-                let e = Err(StoreError::Sled(e));
-                self.note_failure(&e);
-                return e;
-            }
-            Err(TransactionError::Abort(never)) => match never {},
+        let mut tx = Tx {
+            trees: self.inner.trees.all(),
+            ops: Vec::new(),
         };
-        let ops = ops.into_inner();
-        if !ops.is_empty() {
-            encode_record(seq, &ops, &mut pending.buf);
+        let mut result = body(&mut tx);
+        if !tx.ops.is_empty() {
+            // Journaled even after a failed write: the record holds what sled has in memory.
+            if let Err(e) = tx.insert(TreeId::Meta, JOURNAL_SEQ_KEY, &seq.to_be_bytes()[..])
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+            encode_record(seq, &tx.ops, &mut pending.buf);
             pending.next_seq = seq + 1;
         }
-        Ok(result)
+        drop(pending);
+        let result = result.map_err(StoreError::Sled);
+        self.note_failure(&result);
+        result
     }
 }
 
@@ -409,20 +390,12 @@ pub(crate) fn replay(
             );
             break;
         }
-        let result = all[..].transaction(|views| {
-            for op in &record.ops {
-                let tree = &views[op.tree as usize];
-                match &op.value {
-                    Some(v) => tree.insert(op.key.clone(), v.clone())?,
-                    None => tree.remove(op.key.clone())?,
-                };
+        for op in &record.ops {
+            let tree = all[op.tree as usize];
+            match &op.value {
+                Some(v) => drop(tree.insert(op.key.clone(), v.clone())?),
+                None => drop(tree.remove(&op.key)?),
             }
-            Ok::<_, ConflictableTransactionError<Infallible>>(())
-        });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
-            Err(TransactionError::Abort(never)) => match never {},
         }
         last = record.seq;
         applied += 1;
@@ -541,7 +514,11 @@ impl JournalFiles {
                     .spawn(move || {
                         let started = Instant::now();
                         let r = checkpoint(&db, log.as_ref());
-                        tracing::debug!(ms = started.elapsed().as_millis() as u64, ok = r.is_ok(), "store checkpoint");
+                        tracing::debug!(
+                            ms = started.elapsed().as_millis() as u64,
+                            ok = r.is_ok(),
+                            "store checkpoint"
+                        );
                         r
                     })?,
             );
@@ -573,7 +550,9 @@ impl JournalFiles {
             }
             Some(Err(_)) => {
                 self.must_checkpoint = true;
-                Err(sled::Error::ReportableBug("store checkpoint thread panicked".into()))
+                Err(sled::Error::ReportableBug(
+                    "store checkpoint thread panicked".into(),
+                ))
             }
         }
     }

@@ -16,9 +16,9 @@
 //!   [`Store::enqueue_idempotent`].
 //!
 //! Every unfinished message that is not held has exactly one `schedule` entry: its next
-//! attempt, or while an attempt is in flight, its lease expiry. Every state change is one sled
-//! transaction across the trees it touches (planned outside, checked and applied inside: see
-//! `plan.rs`), recorded in a write-ahead journal (`journal.rs`), and every async call that
+//! attempt, or while an attempt is in flight, its lease expiry. Every state change is one
+//! record of a write-ahead journal (`journal.rs`) across the trees it touches (planned outside,
+//! checked and applied under the journal lock: see `plan.rs`), and every async call that
 //! returns `Ok` after a state change has been made durable by a shared group-commit sync of
 //! that journal (see `commit.rs`). sled itself is flushed only at journal checkpoints.
 //!
@@ -221,7 +221,14 @@ impl Store {
         bytes: u64,
     ) -> Result<Store, StoreError> {
         let config = sled::Config::new().path(path);
-        Store::open_config(config, metrics, path, Some(path.join("db")), bytes.max(64 * 1024), None)
+        Store::open_config(
+            config,
+            metrics,
+            path,
+            Some(path.join("db")),
+            bytes.max(64 * 1024),
+            None,
+        )
     }
 
     /// A store in a fresh temporary directory (under `/dev/shm` when it exists), removed when
@@ -233,7 +240,9 @@ impl Store {
                 .prefix("postrider-journal")
                 .tempdir_in(shm)
         } else {
-            tempfile::Builder::new().prefix("postrider-journal").tempdir()
+            tempfile::Builder::new()
+                .prefix("postrider-journal")
+                .tempdir()
         }
         .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let path = dir.path().to_path_buf();
@@ -289,8 +298,7 @@ impl Store {
             }
             None => None,
         };
-        let next_seq =
-            journal::replay(journal_dir, &db, &trees, log_file.as_ref(), journal_bytes)?;
+        let next_seq = journal::replay(journal_dir, &db, &trees, log_file.as_ref(), journal_bytes)?;
         let pending = open_pending_count(&db, &trees, format_version)?;
         metrics.queue_messages.set(pending);
         tracing::info!(recovered = db.was_recovered(), pending, "store opened");

@@ -12,10 +12,10 @@ use postrider_core::Timestamp;
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
-use crate::journal::TreeId;
 use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::events::Event;
+use crate::journal::TreeId;
 use crate::keys::hex;
 
 /// The newest outbox-record version this build writes and reads.
@@ -142,7 +142,7 @@ impl Store {
             let record = decode_outbox(&key, &value);
             let (Some(k), Ok(record)) = (parsed, record) else {
                 tracing::error!(key = %hex(&key), "unreadable webhook outbox entry removed");
-                self.write(|tx| tx.remove(TreeId::Outbox, key.clone()).map_err(Into::into))?;
+                self.write(|tx| tx.remove(TreeId::Outbox, key.clone()))?;
                 continue;
             };
             let until = now

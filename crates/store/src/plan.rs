@@ -1,12 +1,12 @@
-//! A planned state change: preconditions plus one write batch per tree, applied in a single
-//! journaled sled transaction ([`Store::write`]). Plans are computed outside the transaction (decoding and JSON encoding happen
-//! once), so the transaction closure only checks preconditions and applies batches: it is
-//! side-effect free and cheap to re-run on conflict.
+//! A planned state change: preconditions plus one write batch per tree, applied as one journal
+//! record under the journal lock ([`Store::write`]). Plans are computed outside the lock
+//! (decoding and JSON encoding happen once), so under it the change only checks preconditions
+//! and applies batches.
 //!
-//! The few writes that depend on what is in the database at commit time also happen inside:
-//! the pending-message count (`meta/pending_count`), event sequence numbers (a counter in `meta`; sled runs transactions one at a time, so
-//! sequence order is commit order), webhook outbox entries keyed by those numbers,
-//! suppressions added only when absent, and the idempotency-key check.
+//! The few writes that depend on what is in the database at that moment also happen under the
+//! lock: the pending-message count (`meta/pending_count`), event sequence numbers (a counter in
+//! `meta`; writes run one at a time, so sequence order is write order), webhook outbox entries
+//! keyed by those numbers, suppressions added only when absent, and the idempotency-key check.
 
 use postrider_core::Timestamp;
 use sled::IVec;
@@ -14,9 +14,9 @@ use sled::IVec;
 use crate::Store;
 use crate::codec::{PENDING_COUNT_KEY, decode_pending_count};
 use crate::error::Result;
-use crate::journal::{TreeId, Tx, UnabortableTransactionResult};
 use crate::events::{EVENT_SEQ_KEY, PendingEvent, WebhookSubscription};
 use crate::idempotency::decode_record;
+use crate::journal::{TreeId, Tx};
 use crate::outbox::{OutboxKey, OutboxRecord, encode_outbox};
 
 /// Writes to one tree, applied in order (a later write of a key wins).
@@ -34,7 +34,7 @@ impl Batch {
         self.0.push((key.into(), None));
     }
 
-    fn apply(&self, tx: &Tx<'_>, tree: TreeId) -> UnabortableTransactionResult<()> {
+    fn apply(&self, tx: &mut Tx<'_>, tree: TreeId) -> sled::Result<()> {
         for (key, value) in &self.0 {
             match value {
                 Some(v) => tx.insert(tree, key.clone(), v.clone())?,
@@ -102,7 +102,7 @@ pub(crate) enum Verdict {
     Idempotent(IVec),
 }
 
-/// Applies `plan` in one journaled transaction over every tree. `webhooks` route the plan's
+/// Applies `plan` as one journal record. `webhooks` route the plan's
 /// events into the outbox (entries due at `now`).
 pub(crate) fn apply(
     store: &Store,

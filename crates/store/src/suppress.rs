@@ -13,9 +13,9 @@ use postrider_core::{Address, MessageId, SmtpReply, Timestamp};
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
-use crate::journal::TreeId;
 use crate::Store;
 use crate::error::{Result, StoreError};
+use crate::journal::TreeId;
 use crate::plan::Plan;
 
 /// The newest suppression-record version this build writes and reads.
@@ -158,11 +158,8 @@ impl Store {
     pub async fn remove_suppression(&self, address: &str) -> Result<bool, StoreError> {
         self.check_writable()?;
         let key = suppression_key(address);
-        let removed = self.write(|tx| {
-            Ok(tx
-                .remove(TreeId::Suppressions, key.as_bytes())?
-                .is_some())
-        })?;
+        let removed =
+            self.write(|tx| Ok(tx.remove(TreeId::Suppressions, key.as_bytes())?.is_some()))?;
         if removed {
             self.durable().await?;
             tracing::info!(address = %key, "address removed from the suppression list");

@@ -90,10 +90,21 @@ async fn a_crash_keeps_every_acknowledged_write_across_checkpoints() {
         .filter(|id| !delivered_ids.contains(id))
         .collect();
     let reopened = Store::open(crashed.path(), Metrics::new()).unwrap();
-    assert_eq!(pending_ids(&reopened), expected, "every accepted message is back");
-    assert_eq!(reopened.pending_count(), expected.len() as u64, "kept count");
+    assert_eq!(
+        pending_ids(&reopened),
+        expected,
+        "every accepted message is back"
+    );
+    assert_eq!(
+        reopened.pending_count(),
+        expected.len() as u64,
+        "kept count"
+    );
     for id in &delivered_ids {
-        let m = reopened.message(*id).unwrap().expect("delivered record kept");
+        let m = reopened
+            .message(*id)
+            .unwrap()
+            .expect("delivered record kept");
         assert!(m.finished_at.is_some(), "{id} stays delivered");
     }
     let big = accepted[120];
@@ -150,7 +161,12 @@ async fn a_clean_close_leaves_nothing_to_replay_twice() {
     for round in 0..3 {
         let store = open_retrying(dir.path(), Metrics::new()).await;
         for n in 0..30 {
-            accepted.insert(store.enqueue(message_of(4096, round * 100 + n)).await.unwrap());
+            accepted.insert(
+                store
+                    .enqueue(message_of(4096, round * 100 + n))
+                    .await
+                    .unwrap(),
+            );
         }
         // Delivered messages must not come back from older journal records.
         let leases = store.lease_due(ts(T0), LEASE, 10).unwrap();
