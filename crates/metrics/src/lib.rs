@@ -32,7 +32,7 @@ pub struct Metrics {
     pub smtp_rejections: IntCounterVec,
     /// `postrider_http_requests_total{route,status}`: API requests by matched route and status class.
     pub http_requests: IntCounterVec,
-    /// `postrider_store_flush_seconds`: time of one group-commit flush (fsync) of the store.
+    /// `postrider_store_flush_seconds`: time of one group commit (journal write + fdatasync).
     pub store_flush_duration: Histogram,
     /// `postrider_store_flush_batch`: writes (submissions and recorded outcomes) made durable by
     /// one flush.
