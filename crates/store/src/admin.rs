@@ -73,6 +73,17 @@ pub struct QueueStats {
     pub corrupt: u64,
 }
 
+/// The pending part of the queue, from [`Store::pending_summary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSummary {
+    /// Count for each pending [`MessageState`] (queued, scheduled, deferred, held, in that
+    /// order); `None` when more messages were pending than the caller allowed to read.
+    pub by_state: Option<Vec<(MessageState, u64)>>,
+    /// Arrival time of the oldest pending message (held ones included); `None` when nothing
+    /// is pending.
+    pub oldest_received_at: Option<Timestamp>,
+}
+
 const ALL_STATES: [MessageState; 7] = [
     MessageState::Queued,
     MessageState::Scheduled,
@@ -212,6 +223,82 @@ impl Store {
             pending,
             top_domains,
             corrupt,
+        })
+    }
+
+    /// Counts the pending messages by state and finds the oldest, reading only the schedule and
+    /// held indexes: O(pending), never the finished messages kept for retention. With more
+    /// than `max_records` pending, only the oldest is looked up (keys only, one record read).
+    pub fn pending_summary(&self, now: Timestamp, max_records: u64) -> Result<PendingSummary> {
+        let trees = &self.inner.trees;
+        // Every pending message has a schedule entry (`Some(at)`) or a held entry (`None`); a
+        // held message whose lease is still running has both and is counted from the held
+        // index only, and a stale schedule entry (not the record's `schedule_at`) not at all.
+        let scheduled = trees
+            .schedule
+            .iter()
+            .keys()
+            .map(|k| k.map(|k| TimeKey::from_bytes(&k).map(|t| (t.id, Some(t.at)))));
+        let held = trees
+            .held
+            .iter()
+            .keys()
+            .map(|k| k.map(|k| parse_id_key(&k).map(|id| (id, None))));
+        let entries = scheduled.chain(held);
+        if self.pending_count() > max_records {
+            let mut oldest_id: Option<MessageId> = None;
+            for entry in entries {
+                if let Some((id, _)) = entry? {
+                    oldest_id = Some(oldest_id.map_or(id, |o| o.min(id)));
+                }
+            }
+            let oldest_received_at = match oldest_id {
+                Some(id) => self.message(id)?.map(|m| m.received_at),
+                None => None,
+            };
+            return Ok(PendingSummary {
+                by_state: None,
+                oldest_received_at,
+            });
+        }
+        let mut counts = [0u64; ALL_STATES.len()];
+        let mut oldest_received_at: Option<Timestamp> = None;
+        for entry in entries {
+            let Some((id, scheduled_at)) = entry? else {
+                continue;
+            };
+            let rec = match self.record(id) {
+                Ok(Some(rec)) => rec,
+                // Gone meanwhile, or unreadable (logged where it is read for delivery).
+                Ok(None) | Err(StoreError::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let state = rec.message.state(now);
+            let counted_here = match scheduled_at {
+                Some(at) => state != MessageState::Held && rec.schedule_at == Some(at),
+                None => state == MessageState::Held,
+            };
+            if !counted_here {
+                continue;
+            }
+            if let Some(i) = ALL_STATES
+                .iter()
+                .position(|s| *s == state && s.is_pending())
+            {
+                counts[i] += 1;
+                let at = rec.message.received_at;
+                oldest_received_at = Some(oldest_received_at.map_or(at, |o| o.min(at)));
+            }
+        }
+        let by_state = ALL_STATES
+            .iter()
+            .copied()
+            .zip(counts)
+            .filter(|(s, _)| s.is_pending())
+            .collect();
+        Ok(PendingSummary {
+            by_state: Some(by_state),
+            oldest_received_at,
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use postrider_core::{Domain, MessageId, MessageState};
 use postrider_metrics::Metrics;
-use postrider_store::{ListFilter, RecordOutcome, Store, StoreError};
+use postrider_store::{ListFilter, PendingSummary, RecordOutcome, Store, StoreError};
 
 #[tokio::test]
 async fn hold_and_release() {
@@ -355,14 +355,7 @@ async fn stats_count_states_and_domains() {
     store.hold(a).await.unwrap();
 
     let stats = store.stats(ts(T0 + 2), 10).unwrap();
-    let count = |s: MessageState| {
-        stats
-            .by_state
-            .iter()
-            .find(|(x, _)| *x == s)
-            .map(|(_, n)| *n)
-            .unwrap()
-    };
+    let count = |s: MessageState| count_in(&stats.by_state, s).unwrap();
     assert_eq!(count(MessageState::Held), 1);
     assert_eq!(count(MessageState::Queued), 1);
     assert_eq!(count(MessageState::Scheduled), 1);
@@ -378,6 +371,129 @@ async fn stats_count_states_and_domains() {
         store.stats(ts(T0 + 2), 1).unwrap().top_domains,
         vec![(big, 2)]
     );
+}
+
+#[tokio::test]
+async fn pending_summary_counts_what_stats_counts_without_finished_messages() {
+    let store = temp_store();
+    // Oldest: held while its lease runs (a schedule entry and a held entry, counted once).
+    let held = store.enqueue(new_message(&["a@x.test"], T0)).await.unwrap();
+    let queued = store
+        .enqueue(new_message(&["b@x.test"], T0 + 1))
+        .await
+        .unwrap();
+    let mut later = new_message(&["c@x.test"], T0 + 2);
+    later.not_before = Some(ts(T0 + 1_000_000));
+    store.enqueue(later).await.unwrap();
+    let retried = store
+        .enqueue(new_message(&["d@x.test"], T0 + 3))
+        .await
+        .unwrap();
+    let done = store
+        .enqueue(new_message(&["e@x.test"], T0 + 4))
+        .await
+        .unwrap();
+    let leases = store.lease_due(ts(T0 + 10), LEASE, 10).unwrap();
+    let lease_of = |id| leases.iter().find(|l| l.message.id == id).unwrap();
+    store.hold(held).await.unwrap();
+    let r = lease_of(retried);
+    let outcome = store
+        .record_attempt(r, deferred(&r.message, T0 + 11, T0 + 60_000))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, RecordOutcome::Recorded { .. }));
+    let d = lease_of(done);
+    let outcome = store
+        .record_attempt(d, delivered(&d.message, T0 + 11))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, RecordOutcome::Recorded { .. }));
+    // `queued` stays leased: still pending, counted as queued (no attempt recorded yet).
+    assert!(leases.iter().any(|l| l.message.id == queued));
+
+    let now = ts(T0 + 20);
+    let summary = store.pending_summary(now, 100).unwrap();
+    let stats = store.stats(now, 0).unwrap();
+    let pending_in_stats: Vec<_> = stats
+        .by_state
+        .iter()
+        .copied()
+        .filter(|(s, _)| s.is_pending())
+        .collect();
+    let mut by_state = summary.by_state.clone().unwrap();
+    by_state.sort_by_key(|(s, _)| *s as u8);
+    let mut expected = pending_in_stats.clone();
+    expected.sort_by_key(|(s, _)| *s as u8);
+    assert_eq!(by_state, expected);
+    let count = |s: MessageState| count_in(summary.by_state.as_deref().unwrap(), s).unwrap();
+    assert_eq!(count(MessageState::Held), 1);
+    assert_eq!(count(MessageState::Queued), 1);
+    assert_eq!(count(MessageState::Scheduled), 1);
+    assert_eq!(count(MessageState::Deferred), 1);
+    assert_eq!(summary.oldest_received_at, Some(ts(T0)));
+
+    // Over the limit: no breakdown, the oldest still found.
+    let brief = store.pending_summary(now, 3).unwrap();
+    assert_eq!(brief.by_state, None);
+    assert_eq!(brief.oldest_received_at, Some(ts(T0)));
+
+    // Once the held message is gone, the next oldest pending one is reported.
+    store.delete(held).await.unwrap();
+    let summary = store.pending_summary(now, 100).unwrap();
+    assert_eq!(summary.oldest_received_at, Some(ts(T0 + 1)));
+    assert_eq!(count_of(&summary, MessageState::Held), 0);
+    assert_eq!(
+        store.pending_summary(now, 0).unwrap().oldest_received_at,
+        Some(ts(T0 + 1))
+    );
+}
+
+#[tokio::test]
+async fn pending_summary_of_an_empty_or_drained_queue() {
+    let store = temp_store();
+    assert_eq!(
+        store.pending_summary(ts(T0), 100).unwrap(),
+        PendingSummary {
+            by_state: Some(vec![
+                (MessageState::Queued, 0),
+                (MessageState::Scheduled, 0),
+                (MessageState::Deferred, 0),
+                (MessageState::Held, 0),
+            ]),
+            oldest_received_at: None,
+        }
+    );
+    let id = store.enqueue(new_message(&["a@x.test"], T0)).await.unwrap();
+    let lease = store.lease_due(ts(T0), LEASE, 10).unwrap().remove(0);
+    assert_eq!(lease.message.id, id);
+    let outcome = store
+        .record_attempt(&lease, delivered(&lease.message, T0 + 1))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, RecordOutcome::Recorded { .. }));
+    let summary = store.pending_summary(ts(T0 + 2), 100).unwrap();
+    assert_eq!(summary.oldest_received_at, None);
+    assert!(summary.by_state.unwrap().iter().all(|(_, n)| *n == 0));
+    assert_eq!(
+        store
+            .pending_summary(ts(T0 + 2), 0)
+            .unwrap()
+            .oldest_received_at,
+        None
+    );
+}
+
+/// The count for `state` in a by-state list; `None` when the list has no entry for it.
+fn count_in(by_state: &[(MessageState, u64)], state: MessageState) -> Option<u64> {
+    by_state.iter().find(|(s, _)| *s == state).map(|(_, n)| *n)
+}
+
+fn count_of(summary: &PendingSummary, state: MessageState) -> u64 {
+    summary
+        .by_state
+        .as_deref()
+        .and_then(|v| count_in(v, state))
+        .unwrap_or(0)
 }
 
 #[tokio::test]
