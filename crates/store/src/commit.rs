@@ -132,7 +132,11 @@ fn run_committer(
         let started = Instant::now();
         // Everything committed before the requests arrived is in this buffer.
         let buf = journal.take();
-        let result = files.sync(&db, &buf);
+        let result = if journal.syncs_fail() {
+            files.fail_sync()
+        } else {
+            files.sync(&db, &buf)
+        };
         // Release the handle before answering, so a caller that drops its store afterwards
         // really closes the database.
         drop(db);

@@ -120,7 +120,7 @@ impl Store {
         if let Some(existing) = self.inner.trees.idempotency.get(&rkey)? {
             let rec = decode_record(&rkey, &existing)?;
             if rec.created_at >= key.valid_after {
-                return Ok(answer(rec, &hash));
+                return self.answer_durably(rec, &hash).await;
             }
         }
         let prepared = self.prepare_new(&msg)?;
@@ -142,7 +142,7 @@ impl Store {
         match self.apply_plan(&mut plan)? {
             Verdict::Idempotent(bytes) => {
                 let rec = decode_record(&rkey, &bytes)?;
-                Ok(answer(rec, &hash))
+                self.answer_durably(rec, &hash).await
             }
             _ => {
                 self.durable().await?;
@@ -151,6 +151,17 @@ impl Store {
                 Ok(EnqueueResult::Created(prepared.id))
             }
         }
+    }
+
+    /// The answer for a live key. A replay confirms the message the key names, which may be
+    /// the one a concurrent request is still making durable (or one whose sync failed), so it
+    /// waits for the same durability as that request's own answer: the shared journal sync.
+    async fn answer_durably(&self, rec: IdempotencyRecord, hash: &str) -> Result<EnqueueResult> {
+        let answer = answer(rec, hash);
+        if matches!(answer, EnqueueResult::Replayed { .. }) {
+            self.durable().await?;
+        }
+        Ok(answer)
     }
 
     /// Drops idempotency entries created before `before` (call with `now - ttl`). Returns how

@@ -25,6 +25,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -241,6 +242,8 @@ pub(crate) struct Pending {
 #[derive(Debug)]
 pub(crate) struct Journal {
     pending: Mutex<Pending>,
+    /// Test hook ([`Store::set_fail_syncs`]): journal syncs fail as a full disk would.
+    fail_syncs: AtomicBool,
 }
 
 impl Journal {
@@ -250,7 +253,13 @@ impl Journal {
                 next_seq,
                 buf: Vec::new(),
             }),
+            fail_syncs: AtomicBool::new(false),
         }
+    }
+
+    /// Whether syncs are switched off by [`Store::set_fail_syncs`].
+    pub(crate) fn syncs_fail(&self) -> bool {
+        self.fail_syncs.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -315,6 +324,14 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Test hook: while `true`, every journal sync fails the way a full disk fails it (the
+    /// records it should have written are not in the journal, so the next sync that succeeds
+    /// checkpoints first). Writes themselves still reach the database in memory, which is
+    /// what lets tests check that nothing is confirmed before it is durable.
+    pub fn set_fail_syncs(&self, fail: bool) {
+        self.inner.journal.fail_syncs.store(fail, Ordering::Relaxed);
+    }
+
     /// Runs `body` under the journal lock and journals what it wrote. `body` must check
     /// everything it depends on before its first write: there is no rollback (a sled
     /// transaction would roll sled's IO buffer twice per write, i.e. two log writes with
@@ -481,6 +498,15 @@ impl JournalFiles {
             checkpoint: None,
             must_checkpoint: false,
         })
+    }
+
+    /// Fails a sync as a failed journal write does: `buf`'s records are not written, so the
+    /// next sync checkpoints first ([`Store::set_fail_syncs`]).
+    pub(crate) fn fail_sync(&mut self) -> Result<(), sled::Error> {
+        self.must_checkpoint = true;
+        Err(sled::Error::Io(std::io::Error::other(
+            "journal sync failed (injected)",
+        )))
     }
 
     /// Makes the records in `buf` (everything committed up to now that earlier calls did not

@@ -21,6 +21,17 @@ fn idem(key: &str, body: u8) -> IdempotencyKey {
     }
 }
 
+/// Key `k1` with another body is a conflict, and nothing is written.
+async fn assert_other_body_conflicts(store: &postrider_store::Store) {
+    assert_eq!(
+        store
+            .enqueue_idempotent(new_message(&["b@x.test"], T0 + 5), idem("k1", 2))
+            .await
+            .unwrap(),
+        EnqueueResult::Conflict
+    );
+}
+
 fn wall_now() -> Timestamp {
     Timestamp::from_millis(
         u64::try_from(
@@ -60,13 +71,7 @@ async fn idempotent_enqueue_replays_conflicts_and_survives_restart() {
         }
     );
     // Same key, other body: conflict, nothing new.
-    assert_eq!(
-        store
-            .enqueue_idempotent(new_message(&["b@x.test"], T0 + 5), idem("k1", 2))
-            .await
-            .unwrap(),
-        EnqueueResult::Conflict
-    );
+    assert_other_body_conflicts(&store).await;
     // The same key in another scope is another key.
     let other_scope = IdempotencyKey {
         scope: "client-b".into(),
@@ -158,6 +163,39 @@ async fn concurrent_duplicates_enqueue_once() {
     assert_eq!(created.len(), 1, "exactly one enqueue");
     assert!(replayed.iter().all(|id| *id == created[0]));
     assert_eq!(store.pending_count(), 1);
+}
+
+/// A replay confirms a message just like the first answer did, so it must not come before the
+/// message is durable: while journal syncs fail, the key's message is only in memory and a
+/// replay is an error too; once syncs work again the replay names the same message.
+#[tokio::test]
+async fn replays_wait_for_the_message_to_be_durable() {
+    let store = temp_store();
+    store.set_fail_syncs(true);
+    let first = store
+        .enqueue_idempotent(new_message(&["a@x.test"], T0), idem("k1", 1))
+        .await;
+    assert!(first.is_err(), "a failed sync is no success: {first:?}");
+    let replay = store
+        .enqueue_idempotent(new_message(&["a@x.test"], T0 + 5), idem("k1", 1))
+        .await;
+    assert!(
+        replay.is_err(),
+        "a replay before the message is durable is no success either: {replay:?}"
+    );
+    // A different body under the same key is still a conflict (nothing is confirmed).
+    assert_other_body_conflicts(&store).await;
+
+    store.set_fail_syncs(false);
+    let again = store
+        .enqueue_idempotent(new_message(&["a@x.test"], T0 + 9), idem("k1", 1))
+        .await
+        .unwrap();
+    let EnqueueResult::Replayed { id, .. } = again else {
+        panic!("{again:?}")
+    };
+    assert!(store.message(id).unwrap().is_some());
+    store.flush().await.unwrap();
 }
 
 #[tokio::test]
