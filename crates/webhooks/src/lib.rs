@@ -214,6 +214,14 @@ impl Dispatcher {
                 }
                 continue;
             }
+            // Events are written with the change they describe, before that change is
+            // durable (a submission is confirmed only after its sync). Announce only what a
+            // crash cannot take back: after a failed sync the entries stay leased and are
+            // tried again when the lease expires.
+            if let Err(e) = self.store.flush().await {
+                tracing::error!(error = %e, entries = due.len(), "webhook events not durable; retried after their lease");
+                continue;
+            }
             let mut tasks = JoinSet::new();
             for delivery in due {
                 let (store, settings, metrics, client) = (

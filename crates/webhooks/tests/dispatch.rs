@@ -165,6 +165,45 @@ async fn signed_posts_are_retried_after_500_and_filtered_by_event() {
     task.await.unwrap();
 }
 
+/// An event is posted only once the change it describes is durable: while journal syncs fail,
+/// the `accepted` event of a submission that was refused is never announced.
+#[tokio::test]
+async fn events_are_posted_only_once_durable() {
+    let (rx, addr) = receiver(0).await;
+    let store = Store::temporary(Metrics::new()).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = spawn_webhooks(
+        store.clone(),
+        settings(vec![WebhookSettings::new(
+            format!("http://{addr}/all"),
+            SECRET,
+        )]),
+        Metrics::new(),
+        shutdown.clone(),
+    );
+    store.set_fail_syncs(true);
+    assert!(store.enqueue(message("a@example.net")).await.is_err());
+    assert_eq!(store.webhook_outbox_len(), 1, "the event is written");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rx.requests.lock().unwrap().is_empty(),
+        "nothing is announced while it is not durable"
+    );
+
+    store.set_fail_syncs(false);
+    let id = store.enqueue(message("b@example.net")).await.unwrap();
+    eventually("the durable message's event", || {
+        !rx.requests.lock().unwrap().is_empty()
+    })
+    .await;
+    let requests = rx.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "only the durable one so far");
+    let event: serde_json::Value = serde_json::from_slice(&requests[0].1).unwrap();
+    assert_eq!(event["message_id"], id.to_string());
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
 #[tokio::test]
 async fn outbox_entries_survive_a_restart() {
     let (rx, addr) = receiver(0).await;
