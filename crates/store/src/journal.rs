@@ -773,7 +773,8 @@ mod tests {
             (1..=seq).collect::<Vec<_>>()
         );
         assert_eq!(got[4].ops, vec![big]);
-        // Reopened, a file without holes is known as prepared.
+        // Reopened: a file that still has holes is prepared again from its start, and opening
+        // it writes nothing.
         drop(files);
         let allocated_before = allocated();
         let files = JournalFiles::open(dir.path(), capacity, None).unwrap();
