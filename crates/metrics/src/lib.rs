@@ -37,6 +37,9 @@ pub struct Metrics {
     /// `postrider_store_flush_batch`: writes (submissions and recorded outcomes) made durable by
     /// one flush.
     pub store_flush_batch: Histogram,
+    /// Journal records found damaged or missing when the queue was opened (each one an
+    /// acknowledged write that could not be recovered); see `quarantine/` in the data directory.
+    pub store_corrupt_records: IntCounter,
 
     // ---- operations metrics: queue shape, disk, build, SMTP transactions ----
     /// `postrider_queue_messages_by_state{state}`: pending messages by state (`queued`, `deferred`,
@@ -144,6 +147,14 @@ impl Metrics {
         .expect("static metric definition");
         registry
             .register(Box::new(bounces_generated.clone()))
+            .expect("metric registered once");
+        let store_corrupt_records = IntCounter::new(
+            "postrider_store_corrupt_records_total",
+            "Journal records found damaged or missing when the queue was opened.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(store_corrupt_records.clone()))
             .expect("metric registered once");
         let queue_messages = IntGauge::new(
             "postrider_queue_messages",
@@ -358,6 +369,7 @@ impl Metrics {
             http_requests,
             store_flush_duration,
             store_flush_batch,
+            store_corrupt_records,
             // operations metrics
             queue_messages_by_state,
             queue_oldest_message_age,

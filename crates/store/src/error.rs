@@ -32,6 +32,28 @@ pub enum StoreError {
         /// The newest version this build reads.
         supported: u32,
     },
+    /// The journal lacks records that no damage explains (a deleted or replaced journal file,
+    /// a sequence gap): starting would silently lose acknowledged writes, so opening refuses
+    /// unless [`crate::OpenOptions::accept_journal_loss`] is set.
+    #[error(
+        "journal records are missing: {detail}; run `postrider store check` to see what is affected, \
+         then start with --accept-journal-loss to accept the loss (it is logged and recorded in quarantine/)"
+    )]
+    JournalIncomplete {
+        /// What is missing, naming the file and the sequence range.
+        detail: String,
+    },
+    /// sled could not open its database (an error or a panic inside sled): the file is damaged.
+    #[error(
+        "the queue database {path} is damaged ({detail}); run `postrider store check` and then \
+         `postrider store rebuild`, which keeps the damaged files in quarantine/"
+    )]
+    DatabaseDamaged {
+        /// The damaged database file (`<data_dir>/db`).
+        path: std::path::PathBuf,
+        /// What sled reported.
+        detail: String,
+    },
     /// The store is shutting down or its committer has stopped.
     #[error("the store is closed")]
     Closed,

@@ -66,6 +66,7 @@ pub use admin::{
     QueueStats,
 };
 pub use error::StoreError;
+pub use journal::{DamageKind, JournalDamage, JournalReport, inspect_journal};
 pub use events::{Event, EventKind, MAX_EVENTS_PAGE, WebhookSubscription};
 pub use idempotency::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
 pub use outbox::{MAX_OUTBOX_LEASE, WebhookDelivery};
@@ -84,6 +85,19 @@ use crate::error::Result;
 /// process within its memory budget at the same message rate as 64 MiB, whose cache grew the
 /// resident set by 40–60 MiB over a run; 256 MiB was slower than 64.
 const CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How a data directory is opened ([`Store::open_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Start even when journal records are missing that no damage explains (a deleted journal
+    /// file, a sequence gap). The loss is logged at ERROR, counted in
+    /// `postrider_store_corrupt_records_total` and described in a file in `quarantine/`.
+    /// Without it such a directory fails to open with [`StoreError::JournalIncomplete`].
+    pub accept_journal_loss: bool,
+    /// Size of each journal file (at least 64 KiB; default 32 MiB): how much is journaled
+    /// between two size-triggered checkpoints. Tests use small files to exercise checkpoints.
+    pub journal_bytes: Option<u64>,
+}
 
 /// A due message claimed by [`Store::lease_due`]: its schedule entry now points at the lease
 /// expiry, so if the process dies the message becomes due again without any recovery pass.
@@ -152,6 +166,8 @@ pub(crate) struct Inner {
     /// Set by the first write or flush that failed with a storage error (see [`Store::write_failed`]).
     pub(crate) write_failed: AtomicBool,
     pub(crate) metrics: Metrics,
+    /// What the journal replay at open found.
+    pub(crate) journal_report: JournalReport,
     /// Declared after the trees: dropped after them.
     pub(crate) db: sled::Db,
     /// The journal directory of a temporary store, removed last.
@@ -214,7 +230,29 @@ impl Store {
     /// Opens (or creates) the data directory at `path`. Fails with
     /// [`StoreError::UnknownFormat`] when the directory was written by a newer Postrider.
     pub fn open(path: &Path, metrics: Metrics) -> Result<Store, StoreError> {
-        Store::open_with_journal_size(path, metrics, journal::JOURNAL_FILE_BYTES)
+        Store::open_with(path, metrics, &OpenOptions::default())
+    }
+
+    /// Opens (or creates) the data directory at `path` with `options`. Fails with
+    /// [`StoreError::JournalIncomplete`] when acknowledged writes may be missing (unless
+    /// accepted) and [`StoreError::DatabaseDamaged`] when sled cannot open its files.
+    pub fn open_with(
+        path: &Path,
+        metrics: Metrics,
+        options: &OpenOptions,
+    ) -> Result<Store, StoreError> {
+        let config = sled::Config::new().path(path);
+        Store::open_config(
+            config,
+            metrics,
+            path,
+            Some(path.join("db")),
+            options
+                .journal_bytes
+                .unwrap_or(journal::JOURNAL_FILE_BYTES)
+                .max(64 * 1024),
+            None,
+        )
     }
 
     /// [`Store::open`] with journal files of `bytes` each (at least 64 KiB): how much is
@@ -225,14 +263,13 @@ impl Store {
         metrics: Metrics,
         bytes: u64,
     ) -> Result<Store, StoreError> {
-        let config = sled::Config::new().path(path);
-        Store::open_config(
-            config,
-            metrics,
+        Store::open_with(
             path,
-            Some(path.join("db")),
-            bytes.max(64 * 1024),
-            None,
+            metrics,
+            &OpenOptions {
+                journal_bytes: Some(bytes),
+                ..OpenOptions::default()
+            },
         )
     }
 
@@ -322,6 +359,7 @@ impl Store {
                 fail_writes: AtomicBool::new(false),
                 write_failed: AtomicBool::new(false),
                 metrics,
+                journal_report: JournalReport::default(),
                 db,
                 _temporary_dir: temporary_dir,
             }),
@@ -360,6 +398,17 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.check_writable()?;
         self.inner.commit.durable(&self.inner.db).await
+    }
+
+    /// What reading the journal found when the store was opened: damage, recovered records.
+    pub fn journal_report(&self) -> &JournalReport {
+        &self.inner.journal_report
+    }
+
+    /// Closes the store cleanly (at shutdown): makes every write durable and checkpoints sled,
+    /// so the database alone holds everything and the journal is no longer needed.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.flush().await
     }
 
     /// Resolves when new work may be due (an enqueue, a new or earlier schedule entry, a
@@ -434,6 +483,21 @@ impl Store {
     pub(crate) fn note_failure<T>(&self, r: &Result<T>) {
         if let Err(StoreError::Sled(_)) = r {
             self.inner.write_failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Why the store cannot take writes now (a failed write or sync, e.g. a full disk; writes
+    /// switched off by [`Store::set_fail_writes`]), or `None` when it can. Readiness checks
+    /// and the SMTP listener use it to turn traffic away before a message is uploaded.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if self.inner.fail_writes.load(Ordering::Relaxed) {
+            Some("queue storage writes are disabled".to_owned())
+        } else if self.inner.journal.syncs_fail() {
+            Some("queue storage cannot sync its journal".to_owned())
+        } else if self.write_failed() {
+            Some("queue storage failed to write (disk full or I/O error); waiting for space to reopen it".to_owned())
+        } else {
+            None
         }
     }
 
