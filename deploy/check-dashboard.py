@@ -41,6 +41,7 @@ KNOWN = {
     "postrider_http_requests_total": {"route", "status"},
     "postrider_store_flush_seconds": {"histogram"},
     "postrider_store_flush_batch": {"histogram"},
+    "postrider_store_corrupt_records_total": set(),
     "postrider_queue_messages_by_state": {"state"},
     "postrider_queue_oldest_message_age_seconds": set(),
     "postrider_data_dir_free_bytes": set(),

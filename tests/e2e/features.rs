@@ -359,6 +359,7 @@ async fn metrics_after_a_scripted_run() {
         "postrider_http_requests_total",
         "postrider_store_flush_seconds_count",
         "postrider_store_flush_batch_count",
+        "postrider_store_corrupt_records_total",
         "postrider_store_size_bytes",
         "postrider_data_dir_free_bytes",
         "postrider_webhook_deliveries_total",

@@ -206,8 +206,10 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             "grace period over: unfinished deliveries stay leased and are retried after restart"
         );
     }
+    // A clean close: sled then holds everything, so the next start needs nothing from the
+    // journal files.
     store
-        .flush()
+        .close()
         .await
         .context("final flush of the queue failed")?;
     tracing::info!(queued = store.pending_count(), "postrider stopped");

@@ -24,8 +24,12 @@ pub(crate) const BODY_RECORD_VERSION: u8 = 1;
 /// are counted once when opened and then marked 2 (a build that only knows 1 refuses them,
 /// since it would not keep the count). 3: writes are journaled (`journal-0`, `journal-1` and
 /// `meta/journal_seq`, see `journal.rs`); the journal may hold acknowledged writes sled does
-/// not, so a build that knows only 2 (and would ignore the journal) refuses it.
-pub(crate) const DATA_FORMAT_VERSION: u32 = 3;
+/// not, so a build that knows only 2 (and would ignore the journal) refuses it. 4: journal
+/// files start with a header (file index, size, first record of the round), which a build that
+/// knows only 3 would read as damage; version 3 files (no header) are still read.
+pub(crate) const DATA_FORMAT_VERSION: u32 = 4;
+/// The first version with journal files.
+pub(crate) const JOURNAL_SINCE: u32 = 3;
 /// The first version with `meta/pending_count`.
 pub(crate) const PENDING_COUNT_SINCE: u32 = 2;
 /// Key of the data-directory format version in the `meta` tree.

@@ -66,9 +66,9 @@ pub use admin::{
     QueueStats,
 };
 pub use error::StoreError;
-pub use journal::{DamageKind, JournalDamage, JournalReport, inspect_journal};
 pub use events::{Event, EventKind, MAX_EVENTS_PAGE, WebhookSubscription};
 pub use idempotency::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
+pub use journal::{DamageKind, JournalDamage, JournalReport, inspect_journal};
 pub use outbox::{MAX_OUTBOX_LEASE, WebhookDelivery};
 pub use suppress::{
     MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, is_hard_bounce, suppression_key,
@@ -97,6 +97,9 @@ pub struct OpenOptions {
     /// Size of each journal file (at least 64 KiB; default 32 MiB): how much is journaled
     /// between two size-triggered checkpoints. Tests use small files to exercise checkpoints.
     pub journal_bytes: Option<u64>,
+    /// How long sled may trail the journal while writes come in (default 30 s): records
+    /// written since the last checkpoint are checkpointed after this long.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 /// A due message claimed by [`Store::lease_due`]: its schedule entry now points at the lease
@@ -242,17 +245,7 @@ impl Store {
         options: &OpenOptions,
     ) -> Result<Store, StoreError> {
         let config = sled::Config::new().path(path);
-        Store::open_config(
-            config,
-            metrics,
-            path,
-            Some(path.join("db")),
-            options
-                .journal_bytes
-                .unwrap_or(journal::JOURNAL_FILE_BYTES)
-                .max(64 * 1024),
-            None,
-        )
+        Store::open_config(config, metrics, path, Some(path.join("db")), options, None)
     }
 
     /// [`Store::open`] with journal files of `bytes` each (at least 64 KiB): how much is
@@ -293,7 +286,10 @@ impl Store {
             metrics,
             &path,
             None,
-            TEMPORARY_JOURNAL_BYTES,
+            &OpenOptions {
+                journal_bytes: Some(TEMPORARY_JOURNAL_BYTES),
+                ..OpenOptions::default()
+            },
             Some(dir),
         )
     }
@@ -305,9 +301,13 @@ impl Store {
         metrics: Metrics,
         journal_dir: &Path,
         log_file: Option<std::path::PathBuf>,
-        journal_bytes: u64,
+        options: &OpenOptions,
         temporary_dir: Option<tempfile::TempDir>,
     ) -> Result<Store> {
+        let journal_bytes = options
+            .journal_bytes
+            .unwrap_or(journal::JOURNAL_FILE_BYTES)
+            .max(64 * 1024);
         // Journal checkpoints are the only flushes (see `commit`).
         let db = config
             .cache_capacity(CACHE_CAPACITY_BYTES)
@@ -340,13 +340,33 @@ impl Store {
             }
             None => None,
         };
-        let next_seq = journal::replay(journal_dir, &db, &trees, log_file.as_ref(), journal_bytes)?;
+        let (next_seq, journal_report) = journal::replay(
+            journal_dir,
+            &db,
+            &trees,
+            log_file.as_ref(),
+            journal::ReplaySettings {
+                capacity: journal_bytes,
+                files_expected: format_version.is_some_and(|v| v >= codec::JOURNAL_SINCE),
+                accept_loss: options.accept_journal_loss,
+            },
+        )?;
+        metrics
+            .store_corrupt_records
+            .inc_by(journal_report.lost_records());
         let pending = open_pending_count(&db, &trees, format_version)?;
         metrics.queue_messages.set(pending);
         tracing::info!(recovered = db.was_recovered(), pending, "store opened");
         let journal = Arc::new(journal::Journal::new(next_seq));
-        let files = journal::JournalFiles::open(journal_dir, journal_bytes, log_file)?;
-        let commit = GroupCommit::start(metrics.clone(), journal.clone(), files)?;
+        let files = journal::JournalFiles::open(journal_dir, journal_bytes, log_file, next_seq)?;
+        let commit = GroupCommit::start(
+            metrics.clone(),
+            journal.clone(),
+            files,
+            options
+                .checkpoint_interval
+                .unwrap_or(commit::CHECKPOINT_INTERVAL),
+        )?;
         Ok(Store {
             inner: Arc::new(Inner {
                 trees,
@@ -359,7 +379,7 @@ impl Store {
                 fail_writes: AtomicBool::new(false),
                 write_failed: AtomicBool::new(false),
                 metrics,
-                journal_report: JournalReport::default(),
+                journal_report,
                 db,
                 _temporary_dir: temporary_dir,
             }),
@@ -405,10 +425,27 @@ impl Store {
         &self.inner.journal_report
     }
 
-    /// Closes the store cleanly (at shutdown): makes every write durable and checkpoints sled,
-    /// so the database alone holds everything and the journal is no longer needed.
+    /// Closes the store cleanly (at shutdown): makes every write durable, checkpoints sled and
+    /// marks the database as holding everything, so that the next open needs nothing from the
+    /// journal files (a damaged or lost journal file then costs nothing). Writes after this
+    /// call are still journaled and durable; they simply take the mark away again.
     pub async fn close(&self) -> Result<(), StoreError> {
-        self.flush().await
+        self.check_writable()?;
+        let r = self.inner.commit.checkpoint(&self.inner.db).await;
+        self.note_failure(&r);
+        r?;
+        {
+            // Under the journal lock no write runs: sled holds exactly `journal_seq` now.
+            let _writes = self.inner.journal.lock();
+            let seq = journal::sled_seq(&self.inner.trees)?;
+            self.inner
+                .trees
+                .meta
+                .insert(journal::JOURNAL_CLEAN_KEY, &seq.to_be_bytes()[..])?;
+        }
+        let r = self.inner.commit.checkpoint(&self.inner.db).await;
+        self.note_failure(&r);
+        r
     }
 
     /// Resolves when new work may be due (an enqueue, a new or earlier schedule entry, a

@@ -47,7 +47,7 @@ fn newer_data_directory_is_refused() {
             StoreError::UnknownFormat {
                 tree: "meta",
                 found: 99,
-                supported: 3
+                supported: 4
             }
         ),
         "{err}"
@@ -68,7 +68,7 @@ async fn fresh_directory_records_the_current_format_version_and_an_empty_queue()
     let dir = tempfile::tempdir().unwrap();
     drop(Store::open(dir.path(), Metrics::new()).unwrap());
     let v = meta_value(dir.path(), "format_version").unwrap();
-    assert_eq!(&v[..], &3u32.to_be_bytes()[..]);
+    assert_eq!(&v[..], &4u32.to_be_bytes()[..]);
     let count = meta_value(dir.path(), "pending_count").unwrap();
     assert_eq!(&count[..], &0i64.to_be_bytes()[..]);
 }
@@ -152,7 +152,7 @@ async fn kept_pending_count_matches_a_recount_after_every_kind_of_change() {
     let v = meta_value(dir.path(), "format_version").unwrap();
     assert_eq!(
         &v[..],
-        &3u32.to_be_bytes()[..],
+        &4u32.to_be_bytes()[..],
         "marked current once counted"
     );
     let count = meta_value(dir.path(), "pending_count").unwrap();
