@@ -12,5 +12,6 @@ mod crash;
 mod delivery;
 mod features;
 mod http_api;
+mod journal_damage;
 mod lifecycle;
 mod storage;
