@@ -67,9 +67,68 @@ pub(crate) struct EstablishedTls {
     pub chain: Vec<Vec<u8>>,
 }
 
-/// The stream of one outbound SMTP connection, as handed to lettre.
+/// What the server may send between two writes of the client: enough for any reply (with
+/// pipelined commands, a few KiB per line the client wrote) and for a TLS handshake's
+/// certificates, far below what a hostile server could make the relay buffer otherwise
+/// (lettre checks its line limit only once a line ends).
+const REPLY_BUDGET_BASE: usize = 64 * 1024;
+/// Budget added per line the client wrote (one reply each when pipelining).
+const REPLY_BUDGET_PER_LINE: usize = 4 * 1024;
+/// The most the budget grows to.
+const REPLY_BUDGET_MAX: usize = 1024 * 1024;
+
+/// How many more bytes the server may send before the client writes again.
 #[derive(Debug)]
-pub(crate) enum SmtpStream {
+struct ReplyBudget {
+    left: usize,
+}
+
+impl ReplyBudget {
+    fn new() -> Self {
+        ReplyBudget {
+            left: REPLY_BUDGET_BASE,
+        }
+    }
+
+    /// The client wrote `written`: the server may answer.
+    fn client_wrote(&mut self, written: &[u8]) {
+        let lines = written.iter().filter(|&&b| b == b'\n').count();
+        self.left = self
+            .left
+            .max(REPLY_BUDGET_BASE)
+            .saturating_add(lines.saturating_mul(REPLY_BUDGET_PER_LINE))
+            .min(REPLY_BUDGET_MAX);
+    }
+
+    /// The server sent `n` bytes; an error once it sent more than it may.
+    fn server_sent(&mut self, n: usize) -> io::Result<()> {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => {
+                self.left = 0;
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the server sent an over-long reply (more than 64 KiB without a command in between)",
+                ))
+            }
+        }
+    }
+}
+
+/// The stream of one outbound SMTP connection, as handed to lettre, with a bound on what the
+/// server may send between two commands.
+#[derive(Debug)]
+pub(crate) struct SmtpStream {
+    inner: StreamKind,
+    budget: ReplyBudget,
+}
+
+/// The transport under an [`SmtpStream`].
+#[derive(Debug)]
+pub(crate) enum StreamKind {
     /// Plain TCP, passed through unchanged. When lettre starts TLS on it (STARTTLS), the server's
     /// ServerHello is read on the way to learn the version lettre does not report.
     Plain {
@@ -90,12 +149,12 @@ impl SmtpStream {
     /// [`SeenVersion`].
     pub(crate) fn plain(tcp: TcpStream) -> (Self, SeenVersion) {
         let seen = SeenVersion::default();
-        let stream = SmtpStream::Plain {
+        let stream = StreamKind::Plain {
             tcp,
             observer: HelloObserver::default(),
             seen: seen.clone(),
         };
-        (stream, seen)
+        (SmtpStream::over(stream), seen)
     }
 
     /// Runs the TLS handshake on `tcp` for `server_name` (a DNS name or an IP literal).
@@ -121,7 +180,17 @@ impl SmtpStream {
                 .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
                 .unwrap_or_default(),
         };
-        Ok((SmtpStream::Implicit(Box::new(stream)), established))
+        Ok((
+            SmtpStream::over(StreamKind::Implicit(Box::new(stream))),
+            established,
+        ))
+    }
+
+    fn over(inner: StreamKind) -> Self {
+        SmtpStream {
+            inner,
+            budget: ReplyBudget::new(),
+        }
     }
 }
 
@@ -146,13 +215,14 @@ impl AsyncRead for SmtpStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SmtpStream::Plain {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = match &mut this.inner {
+            StreamKind::Plain {
                 tcp,
                 observer,
                 seen,
             } => {
-                let before = buf.filled().len();
                 let polled = Pin::new(tcp).poll_read(cx, buf);
                 if let Poll::Ready(Ok(())) = polled
                     && !observer.is_done()
@@ -162,7 +232,13 @@ impl AsyncRead for SmtpStream {
                 }
                 polled
             }
-            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+            StreamKind::Implicit(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                Poll::Ready(this.budget.server_sent(buf.filled().len() - before))
+            }
+            other => other,
         }
     }
 }
@@ -173,12 +249,17 @@ impl AsyncWrite for SmtpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            SmtpStream::Plain { tcp, observer, .. } => Pin::new(tcp)
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            StreamKind::Plain { tcp, observer, .. } => Pin::new(tcp)
                 .poll_write(cx, buf)
                 .map(|written| client_wrote(observer, written, buf)),
-            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+            StreamKind::Implicit(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = polled {
+            this.budget.client_wrote(&buf[..n.min(buf.len())]);
         }
+        polled
     }
 
     fn poll_write_vectored(
@@ -186,8 +267,9 @@ impl AsyncWrite for SmtpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            SmtpStream::Plain { tcp, observer, .. } => {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            StreamKind::Plain { tcp, observer, .. } => {
                 let first = bufs
                     .iter()
                     .find(|b| !b.is_empty())
@@ -196,37 +278,48 @@ impl AsyncWrite for SmtpStream {
                     .poll_write_vectored(cx, bufs)
                     .map(|written| client_wrote(observer, written, first))
             }
-            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+            StreamKind::Implicit(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        if let Poll::Ready(Ok(mut n)) = polled {
+            for b in bufs {
+                let part = &b[..n.min(b.len())];
+                this.budget.client_wrote(part);
+                n -= part.len();
+                if n == 0 {
+                    break;
+                }
+            }
         }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            SmtpStream::Plain { tcp, .. } => tcp.is_write_vectored(),
-            SmtpStream::Implicit(tls) => tls.is_write_vectored(),
+        match &self.inner {
+            StreamKind::Plain { tcp, .. } => tcp.is_write_vectored(),
+            StreamKind::Implicit(tls) => tls.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SmtpStream::Plain { tcp, .. } => Pin::new(tcp).poll_flush(cx),
-            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().inner {
+            StreamKind::Plain { tcp, .. } => Pin::new(tcp).poll_flush(cx),
+            StreamKind::Implicit(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SmtpStream::Plain { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
-            SmtpStream::Implicit(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().inner {
+            StreamKind::Plain { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
+            StreamKind::Implicit(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
 impl AsyncTokioStream for SmtpStream {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match self {
-            SmtpStream::Plain { tcp, .. } => tcp.peer_addr(),
-            SmtpStream::Implicit(tls) => tls.get_ref().0.peer_addr(),
+        match &self.inner {
+            StreamKind::Plain { tcp, .. } => tcp.peer_addr(),
+            StreamKind::Implicit(tls) => tls.get_ref().0.peer_addr(),
         }
     }
 }
@@ -234,6 +327,31 @@ impl AsyncTokioStream for SmtpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_may_send_a_bounded_amount_between_commands() {
+        let mut budget = ReplyBudget::new();
+        assert!(budget.server_sent(REPLY_BUDGET_BASE).is_ok(), "a greeting");
+        assert!(
+            budget.server_sent(1).is_err(),
+            "nothing more before a command"
+        );
+        budget.client_wrote(b"EHLO relay\r\n");
+        assert!(budget.server_sent(REPLY_BUDGET_BASE).is_ok());
+        // Pipelined commands: room for each one's reply.
+        budget.client_wrote("RCPT TO:<a@x.test>\r\n".repeat(100).as_bytes());
+        assert!(
+            budget
+                .server_sent(REPLY_BUDGET_BASE + 99 * REPLY_BUDGET_PER_LINE)
+                .is_ok()
+        );
+        budget.client_wrote("RCPT TO:<a@x.test>\r\n".repeat(100_000).as_bytes());
+        assert!(budget.server_sent(REPLY_BUDGET_MAX).is_ok());
+        assert!(
+            budget.server_sent(1).is_err(),
+            "never more than the maximum"
+        );
+    }
 
     #[tokio::test]
     async fn outbound_connections_do_not_wait_for_delayed_acks() {

@@ -745,3 +745,51 @@ async fn failed_starttls_falls_back_to_plaintext_in_opportunistic_mode() {
     );
     relay.stop().await;
 }
+
+/// A hostile MX that answers with a greeting line that never ends: the relay stops reading after
+/// a bounded amount (it neither buffers the flood nor waits for the timeout), treats the host as
+/// failed for now and delivers through the next MX.
+#[tokio::test]
+async fn an_endless_reply_line_is_cut_off_and_the_next_mx_is_used() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    const FLOOD: usize = 48 * 1024 * 1024;
+    let dns = dns().await;
+    let up = sink_at(3, 0, Behaviour::default()).await;
+    let hostile = tokio::net::TcpListener::bind((ip(6), up.port()))
+        .await
+        .unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        let Ok((mut conn, _)) = hostile.accept().await else {
+            return;
+        };
+        let chunk = vec![b'x'; 64 * 1024];
+        if conn.write_all(b"220 ").await.is_err() {
+            return;
+        }
+        while counter.load(Ordering::Relaxed) < FLOOD {
+            if conn.write_all(&chunk).await.is_err() {
+                return;
+            }
+            counter.fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+    });
+    let relay = Relay::start(&dns, up.port(), |_| {});
+    let id = relay
+        .submit("alice@sender.test", &["bob@fallback.test"], BODY)
+        .await;
+    up.wait_for_messages(1, PATIENCE).await.unwrap();
+    let m = relay.finished(id).await;
+    assert_eq!(m.recipients[0].state, RecipientState::Delivered);
+    assert_eq!(m.recipients[0].mx_host.as_deref(), Some("up.fallback.test"));
+    let flooded = written.load(Ordering::Relaxed);
+    assert!(
+        flooded < FLOOD / 4,
+        "the relay kept reading the endless line: {flooded} bytes taken"
+    );
+    relay.stop().await;
+}
