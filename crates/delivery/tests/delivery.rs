@@ -361,6 +361,17 @@ async fn falls_back_to_the_next_mx_when_the_first_refuses_connections() {
     relay.stop().await;
 }
 
+/// Submits to `fallback.test` and waits until the message was delivered by its second MX, `up`.
+async fn delivered_through_the_second_mx(relay: &Relay, up: &SmtpSink) {
+    let id = relay
+        .submit("alice@sender.test", &["bob@fallback.test"], BODY)
+        .await;
+    up.wait_for_messages(1, PATIENCE).await.unwrap();
+    let m = relay.finished(id).await;
+    assert_eq!(m.recipients[0].state, RecipientState::Delivered);
+    assert_eq!(m.recipients[0].mx_host.as_deref(), Some("up.fallback.test"));
+}
+
 #[tokio::test]
 async fn falls_back_to_the_next_mx_after_a_421_greeting() {
     let dns = dns().await;
@@ -371,13 +382,7 @@ async fn falls_back_to_the_next_mx_after_a_421_greeting() {
     };
     let down = sink_at(6, up.port(), busy).await;
     let relay = Relay::start(&dns, up.port(), |_| {});
-    let id = relay
-        .submit("alice@sender.test", &["bob@fallback.test"], BODY)
-        .await;
-    up.wait_for_messages(1, PATIENCE).await.unwrap();
-    let m = relay.finished(id).await;
-    assert_eq!(m.recipients[0].state, RecipientState::Delivered);
-    assert_eq!(m.recipients[0].mx_host.as_deref(), Some("up.fallback.test"));
+    delivered_through_the_second_mx(&relay, &up).await;
     assert!(
         down.connection_count() >= 1,
         "the preferred MX was tried first"
@@ -779,13 +784,7 @@ async fn an_endless_reply_line_is_cut_off_and_the_next_mx_is_used() {
         }
     });
     let relay = Relay::start(&dns, up.port(), |_| {});
-    let id = relay
-        .submit("alice@sender.test", &["bob@fallback.test"], BODY)
-        .await;
-    up.wait_for_messages(1, PATIENCE).await.unwrap();
-    let m = relay.finished(id).await;
-    assert_eq!(m.recipients[0].state, RecipientState::Delivered);
-    assert_eq!(m.recipients[0].mx_host.as_deref(), Some("up.fallback.test"));
+    delivered_through_the_second_mx(&relay, &up).await;
     let flooded = written.load(Ordering::Relaxed);
     assert!(
         flooded < FLOOD / 4,
