@@ -21,6 +21,9 @@ pub enum BodyError {
     BareNewline,
     /// A text line over [`MAX_TEXT_LINE`] octets.
     LineTooLong,
+    /// A NUL octet in the content (RFC 5321 §4.5.3.1.6 text lines exclude it; next hops
+    /// handle it inconsistently).
+    Nul,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,7 @@ pub struct BodyReceiver {
     too_big: bool,
     bare_newline: bool,
     long_line: bool,
+    nul: bool,
 }
 
 impl BodyReceiver {
@@ -74,6 +78,7 @@ impl BodyReceiver {
             too_big: false,
             bare_newline: false,
             long_line: false,
+            nul: false,
         }
     }
 
@@ -137,9 +142,10 @@ impl BodyReceiver {
                 State::LineStart { after_crlf } => {
                     if self.dot_terminated && byte == b'.' {
                         i += 1;
-                        self.count_line_octets(1);
-                        // A leading dot is removed (unstuffed); after a real CRLF it may also
-                        // start the terminator.
+                        // A leading dot is removed (unstuffed) and, being there for
+                        // transparency only, does not count toward the line's length
+                        // (RFC 5321 §4.5.3.1.6); after a real CRLF it may also start the
+                        // terminator.
                         self.state = if after_crlf { State::Dot } else { State::Text };
                     } else {
                         self.state = State::Text;
@@ -177,6 +183,8 @@ impl BodyReceiver {
             Err(BodyError::BareNewline)
         } else if self.long_line {
             Err(BodyError::LineTooLong)
+        } else if self.nul {
+            Err(BodyError::Nul)
         } else {
             Ok(self.body)
         }
@@ -191,6 +199,9 @@ impl BodyReceiver {
 
     fn text(&mut self, octets: &[u8]) {
         self.count_line_octets(octets.len());
+        if octets.contains(&0) {
+            self.nul = true;
+        }
         self.keep(octets);
     }
 
@@ -355,8 +366,14 @@ mod tests {
         let mut input = vec![b'x'; MAX_TEXT_LINE + 1];
         input.extend_from_slice(b"\r\n.\r\n");
         assert_eq!(BodyReceiverExt::whole(&input), Err(BodyError::LineTooLong));
-        // A stuffed dot counts toward the transmitted line.
+        // The dot stuffed for transparency does not count (RFC 5321 §4.5.3.1.6).
         let mut input = vec![b'.'; MAX_TEXT_LINE + 1];
+        input.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(
+            BodyReceiverExt::whole(&input).map(|b| b.len()),
+            Ok(MAX_TEXT_LINE + 2)
+        );
+        let mut input = vec![b'.'; MAX_TEXT_LINE + 2];
         input.extend_from_slice(b"\r\n.\r\n");
         assert_eq!(BodyReceiverExt::whole(&input), Err(BodyError::LineTooLong));
     }

@@ -36,6 +36,8 @@ pub enum Rejection {
     BareNewline,
     /// A text line over 998 octets (552 5.6.0).
     LongTextLine,
+    /// A NUL octet in message content (550 5.6.0).
+    Nul,
     /// Non-ASCII address without SMTPUTF8 (553 5.6.7).
     Smtputf8Required,
     /// The queue could not store the message (451 4.3.0).
@@ -69,6 +71,7 @@ impl Rejection {
             Rejection::RateLimited => "rate_limited",
             Rejection::BareNewline => "bare_newline",
             Rejection::LongTextLine => "long_text_line",
+            Rejection::Nul => "nul",
             Rejection::Smtputf8Required => "smtputf8_required",
             Rejection::Storage => "storage",
             Rejection::Timeout => "timeout",

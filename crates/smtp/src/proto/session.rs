@@ -885,6 +885,9 @@ impl Protocol {
                         "Message has a line longer than 998 octets",
                         Rejection::LongTextLine,
                     ),
+                    BodyError::Nul => {
+                        Reply::reject(550, "5.6.0", "Message contains NUL octets", Rejection::Nul)
+                    }
                 };
                 return self.reply(reply);
             }

@@ -661,3 +661,62 @@ fn timeout_and_shutdown_replies() {
         "nothing more after close"
     );
 }
+
+/// RFC 5321 §4.5.3.1.6: a text line is at most 998 octets plus CRLF, "not counting the leading
+/// dot duplicated for transparency".
+#[test]
+fn the_transparency_dot_does_not_count_toward_the_line_length() {
+    for (len, dotted, accepted) in [
+        (997, false, true),
+        (998, false, true),
+        (999, false, false),
+        (997, true, true),
+        (998, true, true),
+        (999, true, false),
+    ] {
+        // A content line of `len` octets; when `dotted` it starts with `.`, sent stuffed.
+        let line: Vec<u8> = if dotted {
+            let mut l = b"..".to_vec();
+            l.resize(len + 1, b'y');
+            l
+        } else {
+            vec![b'y'; len]
+        };
+        let mut content = b"Subject: long\r\n\r\n".to_vec();
+        content.extend_from_slice(&line);
+        let d = data_session(BareNewlinePolicy::Reject, &content);
+        let reply = d.lines()[d.lines().len() - 2];
+        if accepted {
+            assert!(reply.starts_with("250"), "{len} dotted={dotted}: {reply}");
+            let body = &d.submissions[0].body;
+            let kept = body.split(|&b| b == b'\n').nth(2).expect("the line");
+            assert_eq!(kept.len(), len + 1, "unstuffed, with its CR");
+            assert_eq!(kept[0] == b'.', dotted);
+        } else {
+            assert_eq!(
+                reply, "552 5.6.0 Message has a line longer than 998 octets",
+                "{len} dotted={dotted}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nul_octets_in_content_are_refused() {
+    for content in [
+        &b"Subject: a\r\n\r\nbe\0fore\r\nafter"[..],
+        b"Subject: a\r\n\r\nx\r\n.\0",
+        b"Subject: a\r\n\r\nx\r\n\0.",
+    ] {
+        let d = data_session(BareNewlinePolicy::Normalize, content);
+        assert_eq!(
+            d.lines()[d.lines().len() - 2],
+            "550 5.6.0 Message contains NUL octets",
+            "{content:?}"
+        );
+        assert!(d.submissions.is_empty());
+    }
+    // In a command line, a NUL is a syntax error.
+    let d = run_all_splits(config(), true, b"EHLO c\r\nMAIL FROM:<s@a.test>\0\r\n");
+    assert!(d.last().starts_with("501"), "{}", d.last());
+}
