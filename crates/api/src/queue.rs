@@ -242,12 +242,14 @@ pub(crate) async fn retry_many(
             ));
         }
     };
-    let moved = state
+    let outcome = state
         .store
         .retry_all(domain.as_ref(), crate::now())
         .await
         .map_err(|e| store_error(e, "retry_all"))?;
-    Ok(Json(json!({ "retried": moved })))
+    Ok(Json(
+        json!({ "retried": outcome.moved, "scheduled_left": outcome.scheduled_left }),
+    ))
 }
 
 /// `POST /v1/queue/{id}/hold`.

@@ -502,6 +502,21 @@ async fn send_at_schedules_the_message() {
         .await;
     assert_eq!(r.json["state"], "scheduled");
     assert_eq!(r.json["next_attempt_at"], at.to_rfc3339());
+    // Retrying the queue never sends a scheduled message early.
+    let r = call(Method::POST, "/v1/queue/retry")
+        .json(&json!({"all": true}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json, json!({"retried": 0, "scheduled_left": 1}));
+    let r = call(Method::POST, &format!("/v1/queue/{id}/retry"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(
+        h.store.message(id).unwrap().unwrap().next_attempt_at,
+        Some(at)
+    );
 
     for (send_at, code) in [
         (

@@ -412,7 +412,7 @@ fn escape_utf8_addr(s: &str) -> String {
 
 /// Makes peer text safe for a header field or report line: line breaks and tabs become spaces,
 /// runs of spaces collapse, other controls and non-ASCII are dropped, and the result is trimmed
-/// and cut to [`MAX_PEER_TEXT`] octets.
+/// and cut to `MAX_PEER_TEXT` octets.
 pub fn one_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_PEER_TEXT));
     let mut pending_space = false;

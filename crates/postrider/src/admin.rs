@@ -365,7 +365,11 @@ fn render(action: &QueueAction, v: &Value) -> String {
             out
         }
         QueueAction::Retry { id: None, .. } => {
-            format!("{} message(s) due now\n", text(&v["retried"]))
+            format!(
+                "{} deferred message(s) made due now, {} scheduled message(s) left for their send time\n",
+                text(&v["retried"]),
+                text(&v["scheduled_left"])
+            )
         }
         QueueAction::Delete { .. } => format!("{} deleted\n", text(&v["id"])),
         QueueAction::Bounce { .. } => format!(

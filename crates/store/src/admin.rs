@@ -348,13 +348,14 @@ impl Store {
             .await
     }
 
-    /// Makes every scheduled (not held, not in flight) message due at `now`, or only those
-    /// with a not-yet-final recipient in `domain`. Returns how many were moved.
+    /// Makes every deferred (not held, not in flight) message due at `now`, or only those
+    /// with a not-yet-final recipient in `domain`. Messages scheduled for a later first
+    /// attempt (`send_at`) keep their time: retrying never sends them early.
     pub async fn retry_all(
         &self,
         domain: Option<&Domain>,
         now: Timestamp,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<RetryAllOutcome, StoreError> {
         self.check_writable()?;
         let later = TimeKey::first_at(Timestamp::from_millis(now.as_millis().saturating_add(1)));
         let keys = self
@@ -365,12 +366,16 @@ impl Store {
             .keys()
             .collect::<Result<Vec<IVec>, sled::Error>>()?;
         let mut moved = 0;
+        let mut scheduled_left = 0;
         for key in keys {
             let Some(k) = TimeKey::from_bytes(&key) else {
                 continue;
             };
             match self.modify(k.id, &|rec, plan| plan_retry(rec, plan, now, domain, false)) {
                 Ok(Some(_)) => moved += 1,
+                Err(StoreError::InvalidState {
+                    state: "scheduled", ..
+                }) => scheduled_left += 1,
                 Ok(None)
                 | Err(
                     StoreError::NotFound(_)
@@ -387,8 +392,16 @@ impl Store {
             self.durable().await?;
             self.inner.work.notify_one();
         }
-        tracing::info!(moved, domain = domain.map(Domain::as_str), "retry all");
-        Ok(moved)
+        tracing::info!(
+            moved,
+            scheduled_left,
+            domain = domain.map(Domain::as_str),
+            "retry all"
+        );
+        Ok(RetryAllOutcome {
+            moved,
+            scheduled_left,
+        })
     }
 
     /// Puts a pending message on hold: it gets no attempts until released. An attempt already
@@ -630,6 +643,15 @@ impl Store {
 
 /// The retry-now change: move the schedule entry to `now` when it is in the future.
 /// `strict` refuses held and finished messages with an error instead of skipping them.
+/// What [`Store::retry_all`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAllOutcome {
+    /// Deferred messages made due now.
+    pub moved: u64,
+    /// Messages scheduled for a later first attempt, left as they are.
+    pub scheduled_left: u64,
+}
+
 fn plan_retry(
     rec: &StoredMessage,
     plan: &mut Plan,
@@ -649,6 +671,14 @@ fn plan_retry(
     }
     if domain.is_some_and(|d| !has_pending_domain(&rec.message, d)) {
         return Ok(None);
+    }
+    if rec.message.state(now) == MessageState::Scheduled {
+        // Its first attempt waits for the time the submitter asked for.
+        return Err(StoreError::InvalidState {
+            id: rec.message.id,
+            state: MessageState::Scheduled.as_str(),
+            operation: "retry before its scheduled time (release sends it now)",
+        });
     }
     let id = rec.message.id;
     if let Some(at) = rec.schedule_at {

@@ -63,7 +63,7 @@ use tokio::sync::Notify;
 
 pub use admin::{
     ListFilter, ListPage, MAX_LIST_LIMIT, MAX_LIST_SCAN, MAX_TOP_DOMAINS, PendingSummary,
-    QueueStats,
+    QueueStats, RetryAllOutcome,
 };
 pub use error::StoreError;
 pub use events::{Event, EventKind, MAX_EVENTS_PAGE, WebhookSubscription};

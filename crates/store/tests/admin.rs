@@ -106,16 +106,27 @@ async fn held_message_whose_lease_expires_is_not_leased() {
 }
 
 #[tokio::test]
-async fn retry_now_and_retry_all() {
+async fn retry_now_and_retry_all_move_deferred_messages_never_scheduled_ones() {
     let store = temp_store();
-    let far = |rcpt: &str| {
-        let mut m = new_message(&[rcpt], T0);
-        m.not_before = Some(ts(T0 + 3_600_000));
-        m
+    let hour = 3_600_000;
+    // Three messages deferred for an hour after their first attempt.
+    let mut deferred_ids = Vec::new();
+    for rcpt in ["a@x.test", "b@y.test", "c@y.test"] {
+        deferred_ids.push(store.enqueue(new_message(&[rcpt], T0)).await.unwrap());
+    }
+    for lease in store.lease_due(ts(T0), LEASE, 10).unwrap() {
+        let _ = store
+            .record_attempt(&lease, deferred(&lease.message, T0, T0 + hour))
+            .await
+            .unwrap();
+    }
+    let [a, b, c] = deferred_ids[..] else {
+        unreachable!()
     };
-    let a = store.enqueue(far("a@x.test")).await.unwrap();
-    let b = store.enqueue(far("b@y.test")).await.unwrap();
-    let c = store.enqueue(far("c@y.test")).await.unwrap();
+    // One scheduled (send_at) an hour ahead, never attempted.
+    let mut later = new_message(&["d@y.test"], T0);
+    later.not_before = Some(ts(T0 + hour));
+    let d = store.enqueue(later).await.unwrap();
     let now = ts(T0 + 1000);
     assert!(store.lease_due(now, LEASE, 10).unwrap().is_empty());
 
@@ -130,20 +141,31 @@ async fn retry_now_and_retry_all() {
     assert!(!store.retry_now(a, now).await.unwrap(), "in flight");
 
     let y = Domain::parse("y.test").unwrap();
-    assert_eq!(
-        store
-            .retry_all(Some(&Domain::parse("z.test").unwrap()), now)
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(store.retry_all(Some(&y), now).await.unwrap(), 2);
+    let z = Domain::parse("z.test").unwrap();
+    assert_eq!(store.retry_all(Some(&z), now).await.unwrap().moved, 0);
+    let outcome = store.retry_all(Some(&y), now).await.unwrap();
+    assert_eq!((outcome.moved, outcome.scheduled_left), (2, 1));
     assert_eq!(ids(&store.lease_due(now, LEASE, 10).unwrap()), vec![b, c]);
+    let outcome = store.retry_all(None, now).await.unwrap();
     assert_eq!(
-        store.retry_all(None, now).await.unwrap(),
-        0,
-        "everything is in flight"
+        (outcome.moved, outcome.scheduled_left),
+        (0, 1),
+        "the rest is in flight or scheduled"
     );
+
+    // A scheduled message keeps its time, also when retried by id.
+    assert!(matches!(
+        store.retry_now(d, now).await,
+        Err(StoreError::InvalidState {
+            state: "scheduled",
+            ..
+        })
+    ));
+    assert_eq!(
+        store.message(d).unwrap().unwrap().next_attempt_at,
+        Some(ts(T0 + hour))
+    );
+    assert!(store.lease_due(now, LEASE, 10).unwrap().is_empty());
 
     assert!(matches!(
         store.retry_now(MessageId::from_u64(999_999), now).await,
