@@ -4,7 +4,8 @@
 - every *.yml / *.yaml file parses (all documents);
 - Kubernetes: every object has apiVersion/kind/metadata.name; the StatefulSet's governing Service
   is headless; Service, PodDisruptionBudget and StatefulSet selectors match the pod labels;
-  Service target ports and probe ports name container ports; probes use /healthz; volumes and
+  Service target ports and probe ports name container ports; the readiness probe uses /readyz,
+  the startup and liveness probes /healthz; volumes and
   claim templates exist for every mount; the data mount is the configured data_dir; the pod runs
   as non-root with a read-only root file system; terminationGracePeriodSeconds exceeds the
   preStop pause plus [shutdown] grace_period; the ServiceMonitor selects exactly one Service
@@ -17,7 +18,8 @@
   reports nothing on the unit;
 - Docker: EXPOSEd ports are the example config's listen ports, files COPYed from the context
   exist, STOPSIGNAL is SIGTERM;
-- HAProxy: no PROXY protocol (send-proxy), SMTP health checks and leastconn balancing;
+- HAProxy: no PROXY protocol (send-proxy), leastconn balancing, and health checks on /readyz for
+  both backends (the SMTP one also expects the SMTP greeting);
 - every example configuration is valid TOML and, when a built `postrider` binary is found
   ($POSTRIDER_BIN, or target*/debug|release/postrider), passes `postrider check-config`.
 
@@ -38,6 +40,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Kubernetes probes: start-up and liveness while the process serves, readiness while the queue
+# takes writes (a node with a full disk leaves the Service but is not restarted).
+PROBE_PATHS = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 RULES = [DEPLOY / "prometheus/alerts.yml", DEPLOY / "prometheus/recording.yml"]
@@ -200,10 +205,10 @@ def check_kubernetes(docs):
                 problem(f"container port http ({port_names.get('http')}) != http.listen port {http_port}")
             if port_names.get("smtp") not in smtp_ports:
                 problem(f"container port smtp ({port_names.get('smtp')}) is not an smtp.listen port {sorted(smtp_ports)}")
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe, path in PROBE_PATHS.items():
             get = c.get(probe, {}).get("httpGet", {})
-            if get.get("path") != "/healthz" or get.get("port") not in port_names:
-                problem(f"container {c['name']}: {probe} must GET /healthz on a named container port")
+            if get.get("path") != path or get.get("port") not in port_names:
+                problem(f"container {c['name']}: {probe} must GET {path} on a named container port")
         pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
         pause = int(pre_stop[1]) if len(pre_stop) == 2 and pre_stop[0] == "sleep" else 0
         if config is not None:
@@ -310,9 +315,21 @@ def check_haproxy():
     directives = [ln for ln in lines if ln]
     if any("send-proxy" in d or "accept-proxy" in d for d in directives):
         problem("haproxy: Postrider does not speak the PROXY protocol: no send-proxy")
-    for want in ("option smtpchk", "balance leastconn", "mode tcp", "http-check expect status 200"):
+    for want in (
+        "balance leastconn",
+        "mode tcp",
+        # SMTP backend: the greeting, then readiness on the API port.
+        "option tcp-check",
+        "tcp-check expect rstring ^220",
+        'tcp-check send "GET /readyz ',
+        # API backend: readiness.
+        "http-check send meth GET uri /readyz ",
+        "http-check expect status 200",
+    ):
         if not any(d.startswith(want) for d in directives):
             problem(f"haproxy: expected `{want}`")
+    if any("/healthz" in d for d in directives if "check" in d):
+        problem("haproxy: health checks must use /readyz (503 while the queue refuses writes), not /healthz")
 
 
 def find_binary():

@@ -1,6 +1,8 @@
-//! A full disk: submissions are refused with 451 (never 250), nothing acknowledged is lost, and
-//! when space returns the relay recovers by itself and delivers every acknowledged message.
-//! (HTTP's 503 on storage failure is tested in the API crate with the store's fault switch.)
+//! A full disk: submissions are refused with 451 (never 250), then the relay reports itself not
+//! ready and refuses new transactions at MAIL FROM with 452; nothing acknowledged is lost, and
+//! when space returns the relay recovers by itself (ready again) and delivers every acknowledged
+//! message. (HTTP's 503 on storage failure is tested in the API crate with the store's fault
+//! switch.)
 //!
 //! Needs root to mount a size-limited tmpfs (CI and the project's machines run as root).
 
@@ -94,7 +96,7 @@ async fn submit_once(relay: &TestRelay, n: usize, filler: &str) -> (u16, String)
 }
 
 #[tokio::test]
-async fn full_disk_refuses_with_451_and_recovers_when_space_returns() {
+async fn full_disk_refuses_with_451_then_452_and_recovers_when_space_returns() {
     let world = World::start().await;
     // Keep everything queued until the end.
     for mx in [&world.mx1, &world.mx2] {
@@ -118,12 +120,37 @@ async fn full_disk_refuses_with_451_and_recovers_when_space_returns() {
         }
     }
     let (code, text) = refused.expect("the 24 MB disk fills up");
-    assert_eq!(code, 451, "{text}");
-    assert!(text.starts_with("4.3.0"), "{text}");
+    // 451 at the end of DATA when the failure hit that transaction; 452 at MAIL FROM when a
+    // write had already failed (e.g. recording a deferral) before the transaction started.
+    assert!(
+        (code == 451 && text.starts_with("4.3.0")) || (code == 452 && text.starts_with("4.3.1")),
+        "{code} {text}"
+    );
     assert!(
         !acked.is_empty(),
         "some messages fit before the disk filled"
     );
+
+    // While the disk is full the relay is not ready, and says why ...
+    let (status, body) = relay.get_json("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert!(
+        body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    // ... and a new transaction is refused at MAIL FROM, before its content is uploaded.
+    let (mut c, greeting) = SmtpClient::connect(relay.smtp).await;
+    assert_eq!(greeting.code, 220, "{}", greeting.text);
+    assert_eq!(c.cmd("EHLO client.postrider.test").await.code, 250);
+    let mail = c.cmd("MAIL FROM:<app@sender.test>").await;
+    assert_eq!(
+        (mail.code, mail.text.starts_with("4.3.1")),
+        (452, true),
+        "{}",
+        mail.text
+    );
+    let _ = c.cmd("QUIT").await;
 
     // Space returns: the relay notices and reopens its queue by itself (re-exec, same PID).
     disk.resize("160m");
@@ -148,6 +175,12 @@ async fn full_disk_refuses_with_451_and_recovers_when_space_returns() {
         recovered.is_ok(),
         "submissions were not accepted again within 60 s; last reply {last:?}; relay log:\n{}",
         relay.log_text()
+    );
+    let (status, body) = relay.get_json("/readyz").await;
+    assert_eq!(
+        (status, body),
+        (200, serde_json::json!({"status": "ready"})),
+        "ready again after the recovery"
     );
 
     // Every acknowledged message is still there and gets delivered.

@@ -7,7 +7,8 @@
 //!   message with an explicit envelope) and `POST /v1/messages/batch`. A `202` is sent only
 //!   after the store made the message durable.
 //! - Status: `GET /v1/messages/{id}`; queue administration under `/v1/queue`;
-//!   `GET /healthz` and `GET /metrics` (Prometheus text).
+//!   `GET /healthz` (liveness), `GET /readyz` (readiness: 503 while the queue refuses writes)
+//!   and `GET /metrics` (Prometheus text).
 //! - `Idempotency-Key` on `POST /v1/messages` (stored atomically with the message);
 //!   `GET /v1/events` (event log with a durable cursor); the suppression list under
 //!   `/v1/suppressions`; `GET /openapi.json`, generated from the route table in `openapi.rs`

@@ -349,11 +349,33 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/healthz",
         scope: None,
         operation_id: "health",
-        summary: "Liveness.",
+        summary: "Liveness: 200 while the process serves. `store` is `ok`, or why the queue refuses writes (then see `/readyz`).",
         params: &[],
         request: None,
-        responses: &[r(200, "`{\"status\": \"ok\"}`", Some("Object"))],
+        responses: &[r(
+            200,
+            "`{\"status\": \"ok\", \"store\": \"ok\"}`",
+            Some("Health"),
+        )],
         handler: || get(routes::healthz),
+    },
+    Route {
+        method: "get",
+        path: "/readyz",
+        scope: None,
+        operation_id: "ready",
+        summary: "Readiness: whether the queue takes writes, so load balancers and Kubernetes send submissions elsewhere while it does not (a full disk, a failed sync).",
+        params: &[],
+        request: None,
+        responses: &[
+            r(200, "`{\"status\": \"ready\"}`", Some("Readiness")),
+            r(
+                503,
+                "`{\"status\": \"unavailable\", \"reason\": \"...\"}`: the queue refuses writes.",
+                Some("Readiness"),
+            ),
+        ],
+        handler: || get(routes::readyz),
     },
     Route {
         method: "get",
@@ -473,6 +495,12 @@ fn schemas() -> Value {
             "next_after": {"type": "string", "nullable": true}}},
         "QueueStats": {"type": "object"},
         "RetryRequest": {"type": "object", "properties": {"domain": s("string"), "all": s("boolean")}},
+        "Health": {"type": "object", "required": ["status", "store"], "properties": {
+            "status": {"type": "string", "enum": ["ok"]},
+            "store": {"type": "string", "description": "`ok`, or why the queue refuses writes."}}},
+        "Readiness": {"type": "object", "required": ["status"], "properties": {
+            "status": {"type": "string", "enum": ["ready", "unavailable"]},
+            "reason": {"type": "string", "description": "Why the queue refuses writes (with `unavailable`)."}}},
     })
 }
 

@@ -419,9 +419,32 @@ pub(crate) async fn get_message(
     Ok(Json(MessageView::new(&m, crate::now())))
 }
 
-/// `GET /healthz`.
-pub(crate) async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `GET /healthz`: liveness, 200 while the process serves. `store` tells operators whether
+/// the queue takes writes (`"ok"`) or why not; readiness is `/readyz`.
+pub(crate) async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let store = state
+        .store
+        .unavailable_reason()
+        .unwrap_or_else(|| "ok".to_owned());
+    Json(serde_json::json!({ "status": "ok", "store": store }))
+}
+
+/// `GET /readyz`: readiness. 200 while the queue takes writes; 503 with the reason while it
+/// refuses them (full disk, failed sync), so load balancers and Kubernetes send submissions
+/// to another node instead of having them refused here.
+pub(crate) async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.store.unavailable_reason() {
+        None => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ready" })),
+        )
+            .into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unavailable", "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /metrics`: Prometheus text exposition.

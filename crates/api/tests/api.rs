@@ -894,6 +894,43 @@ async fn store_failure_is_503_and_nothing_is_acknowledged() {
     submit(&h, &simple("x@dest.test")).await;
 }
 
+#[tokio::test]
+async fn readiness_follows_the_store() {
+    let h = harness(settings());
+    let ready = |r: &Reply| {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json, json!({"status": "ready"}));
+    };
+    ready(&call(Method::GET, "/readyz").send(&h.app).await);
+
+    for (fail, mentions) in [
+        (Store::set_fail_writes as fn(&Store, bool), "disabled"),
+        (Store::set_fail_syncs, "sync"),
+    ] {
+        fail(&h.store, true);
+        let r = call(Method::GET, "/readyz").send(&h.app).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+        assert_eq!(
+            r.headers.get(header::CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
+        assert_eq!(r.json["status"], "unavailable", "{}", r.text);
+        let reason = r.json["reason"].as_str().unwrap_or_default().to_owned();
+        assert!(reason.contains(mentions), "{reason}");
+        // Liveness stays 200 and names the same reason.
+        let r = call(Method::GET, "/healthz").send(&h.app).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json, json!({"status": "ok", "store": reason}));
+        fail(&h.store, false);
+        ready(&call(Method::GET, "/readyz").send(&h.app).await);
+    }
+    assert!(
+        h.metrics
+            .render()
+            .contains("postrider_http_requests_total{route=\"/readyz\",status=\"503\"} 2")
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Authentication
 // ---------------------------------------------------------------------------------------------
@@ -999,12 +1036,11 @@ async fn api_keys_and_scopes() {
         .send(&h.app)
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    // Health and metrics are open.
-    let r = call(Method::GET, "/healthz")
-        .client(remote)
-        .send(&h.app)
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    // Health, readiness and metrics are open.
+    for path in ["/healthz", "/readyz"] {
+        let r = call(Method::GET, path).client(remote).send(&h.app).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+    }
     let r = call(Method::GET, "/metrics")
         .client(remote)
         .send(&h.app)
@@ -1083,7 +1119,7 @@ async fn health_and_metrics() {
     let h = harness(settings());
     let r = call(Method::GET, "/healthz").send(&h.app).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json, json!({"status": "ok"}));
+    assert_eq!(r.json, json!({"status": "ok", "store": "ok"}));
     call(Method::GET, "/v1/messages/0000000000000009")
         .send(&h.app)
         .await;

@@ -182,6 +182,10 @@ impl Metrics {
             "SMTP commands or messages refused, by reason.",
             &["reason"],
         );
+        // Storage refusals are exported from the start, so alerts on them see a zero first.
+        for r in ["storage", "storage_unavailable"] {
+            smtp_rejections.with_label_values(&[r]);
+        }
         let http_requests = counter_vec(
             "postrider_http_requests_total",
             "API requests by route and status class.",
@@ -461,6 +465,8 @@ mod tests {
             "postrider_smtp_transactions_total{result=\"accepted\"} 0",
             "postrider_smtp_transactions_total{result=\"failed\"} 0",
             "postrider_smtp_transactions_total{result=\"rejected\"} 1",
+            "postrider_smtp_rejections_total{reason=\"storage\"} 0",
+            "postrider_smtp_rejections_total{reason=\"storage_unavailable\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -5,8 +5,9 @@
 //!   smuggling-safe end-of-data rule, replies, and the session state machine [`proto::Protocol`].
 //! - [`SmtpServer`]: the thin tokio shell. It accepts connections under global and per-IP limits,
 //!   drives one [`proto::Protocol`] per connection over plain TCP, STARTTLS or implicit TLS,
-//!   verifies AUTH passwords (argon2, on blocking threads), applies rate limits, and queues
-//!   accepted messages in the [`postrider_store::Store`] before answering 250.
+//!   verifies AUTH passwords (argon2, on blocking threads), applies rate limits, answers MAIL
+//!   with `452 4.3.1` while the [`postrider_store::Store`] refuses writes, and queues accepted
+//!   messages in it before answering 250.
 //! - [`SmtpSettings`]: limits, timeouts, trusted networks, TLS, users.
 //! - [`hash_password`]: argon2 PHC strings for the `users` setting.
 //!

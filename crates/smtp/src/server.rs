@@ -24,8 +24,8 @@ use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter};
 use crate::message::{TraceInfo, prepare_message};
 use crate::password::{validate_password_hash, verify_password};
 use crate::proto::{
-    AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig, Rejection, Reply, Submission,
-    SubmitOutcome,
+    Admission, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig, Rejection, Reply,
+    Submission, SubmitOutcome,
 };
 use crate::settings::{SmtpSettings, SmtpUser};
 
@@ -551,7 +551,13 @@ impl Session {
         })
     }
 
-    fn admit(&self, user: Option<&str>) -> bool {
+    /// Whether a new transaction may start: the queue must take writes (checked first, so a
+    /// refusal costs no rate-limit token), then the per-IP and per-user rate limits.
+    fn admit(&self, user: Option<&str>) -> Admission {
+        if let Some(reason) = self.inner.store.unavailable_reason() {
+            tracing::debug!(client_ip = %self.client_ip, %reason, "smtp transaction refused: queue storage unavailable");
+            return Admission::StoreUnavailable(reason);
+        }
         let now = Instant::now();
         if let Some(limiter) = &self.inner.ip_rates
             && !limiter
@@ -559,7 +565,7 @@ impl Session {
                 .unwrap_or_else(PoisonError::into_inner)
                 .try_take(&self.client_ip, now)
         {
-            return false;
+            return Admission::RateLimited;
         }
         if let (Some(limiter), Some(user)) = (&self.inner.user_rates, user)
             && !limiter
@@ -567,9 +573,9 @@ impl Session {
                 .unwrap_or_else(PoisonError::into_inner)
                 .try_take(&user.to_owned(), now)
         {
-            return false;
+            return Admission::RateLimited;
         }
-        true
+        Admission::Admitted
     }
 
     async fn submit(&mut self, submission: Submission) -> SubmitOutcome {

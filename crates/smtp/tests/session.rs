@@ -434,14 +434,18 @@ async fn dsn_parameters_are_stored() {
 }
 
 #[tokio::test]
-async fn store_failure_answers_451() {
+async fn store_failure_during_the_transaction_answers_451() {
     let server = start(settings(), false).await;
     let mut client = greeted(server.addr).await;
     client.cmd("EHLO c").await;
+    assert_eq!(client.cmd("MAIL FROM:<s@a.test>").await, "250 2.1.0 Ok\r\n");
+    assert_eq!(client.cmd("RCPT TO:<r@b.test>").await, "250 2.1.5 Ok\r\n");
+    assert!(client.cmd("DATA").await.starts_with("354 "));
+    // The store fails while the message is being uploaded.
     server.store.set_fail_writes(true);
-    let reply = send_message(&mut client, "s@a.test", "r@b.test", "x\r\n").await;
+    client.send(b"x\r\n.\r\n").await;
     assert_eq!(
-        reply,
+        client.reply().await.unwrap(),
         "451 4.3.0 Temporary storage failure, try again later\r\n"
     );
     server.store.set_fail_writes(false);
@@ -453,6 +457,43 @@ async fn store_failure_answers_451() {
         ),
         "1"
     );
+}
+
+#[tokio::test]
+async fn unavailable_store_refuses_mail_with_452() {
+    let server = start(settings(), false).await;
+    let mut client = greeted(server.addr).await;
+    client.cmd("EHLO c").await;
+    for (fail, reason) in [
+        (
+            Store::set_fail_writes as fn(&Store, bool),
+            "queue storage writes are disabled",
+        ),
+        (
+            Store::set_fail_syncs,
+            "queue storage cannot sync its journal",
+        ),
+    ] {
+        fail(&server.store, true);
+        // Refused before any message content is sent, and no transaction starts.
+        assert_eq!(
+            client.cmd("MAIL FROM:<s@a.test>").await,
+            format!("452 4.3.1 {reason}; try again later\r\n")
+        );
+        assert!(client.cmd("RCPT TO:<r@b.test>").await.starts_with("503 "));
+        fail(&server.store, false);
+    }
+    // Once the store takes writes again, the same session queues mail.
+    queued_id(&send_message(&mut client, "s@a.test", "r@b.test", "x\r\n").await);
+    assert_eq!(server.store.pending_count(), 1);
+    let count = |reason: &str| {
+        metric(
+            &server.metrics,
+            &format!("postrider_smtp_rejections_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(count("storage_unavailable"), "2");
+    assert_eq!(count("storage"), "0");
 }
 
 #[tokio::test]

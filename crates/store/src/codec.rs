@@ -6,6 +6,8 @@
 //! | `messages` | 1 | `0x01 ‖ JSON(StoredMessage)` |
 //! | `bodies` | 1 | `0x01 ‖ raw RFC 5322 bytes` |
 //! | `meta` `format_version` | — | `be_u32` data-directory format version |
+//! | `meta` `lease_horizon` | — | `be_u64` ms, the latest lease expiry granted |
+//! | `schedule` | — | empty, or [`LEASE_MARK`] for a lease |
 
 use postrider_core::{QueuedMessage, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -219,12 +221,39 @@ pub(crate) const PENDING_COUNT_KEY: &[u8] = b"pending_count";
 
 /// Decodes `meta/pending_count`.
 pub(crate) fn decode_pending_count(bytes: &[u8]) -> Result<i64> {
-    let raw: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+    Ok(i64::from_be_bytes(meta_word(PENDING_COUNT_KEY, bytes)?))
+}
+
+/// The value of a `meta` key that holds one 64-bit integer; `Corrupt` for any other length.
+fn meta_word(key: &[u8], bytes: &[u8]) -> Result<[u8; 8]> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt {
         tree: "meta",
-        key: hex(PENDING_COUNT_KEY),
+        key: hex(key),
         reason: format!("expected 8 bytes, found {}", bytes.len()),
-    })?;
-    Ok(i64::from_be_bytes(raw))
+    })
+}
+
+/// `meta` key of the latest lease expiry ever granted (`be_u64` ms), so that start-up knows how
+/// far ahead of now leases of an earlier run can be and scans only that window of `schedule`.
+/// Absent in directories written before leases were marked (their leases simply expire).
+pub(crate) const LEASE_HORIZON_KEY: &[u8] = b"lease_horizon";
+
+/// Value of a `schedule` entry that is a lease (an attempt in flight); ordinary entries have an
+/// empty value. Start-up tells leases of an earlier run from due times by it without decoding
+/// the message record.
+pub(crate) const LEASE_MARK: &[u8] = b"L";
+
+/// Encodes `meta/lease_horizon`.
+pub(crate) fn encode_lease_horizon(at: Timestamp) -> [u8; 8] {
+    at.as_millis().to_be_bytes()
+}
+
+/// Decodes `meta/lease_horizon`.
+pub(crate) fn decode_lease_horizon(bytes: &[u8]) -> Result<Timestamp> {
+    Ok(Timestamp::from_millis(u64::from_be_bytes(meta_word(
+        LEASE_HORIZON_KEY,
+        bytes,
+    )?)))
 }
 
 /// Decodes the data-directory format version and checks this build can read it.
@@ -527,6 +556,16 @@ mod tests {
             check_format_version(&read("meta-format-version.bin")).unwrap(),
             1
         );
+    }
+
+    #[test]
+    fn lease_horizon_round_trip() {
+        let at = Timestamp::from_millis(1_795_411_800_000);
+        assert_eq!(decode_lease_horizon(&encode_lease_horizon(at)).unwrap(), at);
+        assert!(matches!(
+            decode_lease_horizon(b"short"),
+            Err(StoreError::Corrupt { tree: "meta", .. })
+        ));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! (full layout: `migrations-free-data/README.md`):
 //! - `messages`: message id → versioned record (the [`QueuedMessage`] plus where its schedule entry is),
 //! - `bodies`: message id → the raw RFC 5322 message (written once, removed when finished),
-//! - `schedule`: `be_u64(due_ms) ‖ be_u64(id)` → `()`, so due work is a range scan,
+//! - `schedule`: `be_u64(due_ms) ‖ be_u64(id)` → empty (a due time) or `L` (a lease), so due
+//!   work is a range scan,
 //! - `finished`: `be_u64(finished_ms) ‖ be_u64(id)` → `()`, for the retention purge,
 //! - `held`: message id → `()`, messages an operator put on hold,
 //! - `meta`: the data-directory format version and the last event sequence number,
@@ -103,7 +104,8 @@ pub struct OpenOptions {
 }
 
 /// A due message claimed by [`Store::lease_due`]: its schedule entry now points at the lease
-/// expiry, so if the process dies the message becomes due again without any recovery pass.
+/// expiry, so if the process dies the message becomes due again: at once when the store is
+/// next opened (leases of an earlier run are released), at the latest when the lease expires.
 #[derive(Debug, Clone)]
 pub struct Lease {
     /// The message as stored when it was leased.
@@ -367,7 +369,7 @@ impl Store {
                 .checkpoint_interval
                 .unwrap_or(commit::CHECKPOINT_INTERVAL),
         )?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 trees,
                 journal,
@@ -383,7 +385,9 @@ impl Store {
                 db,
                 _temporary_dir: temporary_dir,
             }),
-        })
+        };
+        queue::release_stale_leases(&store, clock_now())?;
+        Ok(store)
     }
 
     /// Test and operations hook: while `true`, every write path (enqueue, lease, record,

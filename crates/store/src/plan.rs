@@ -6,13 +6,17 @@
 //! The few writes that depend on what is in the database at that moment also happen under the
 //! lock: the pending-message count (`meta/pending_count`), event sequence numbers (a counter in
 //! `meta`; writes run one at a time, so sequence order is write order), webhook outbox entries
-//! keyed by those numbers, suppressions added only when absent, and the idempotency-key check.
+//! keyed by those numbers, suppressions added only when absent, the idempotency-key check, and
+//! the lease horizon (`meta/lease_horizon`, only ever raised).
 
 use postrider_core::Timestamp;
 use sled::IVec;
 
 use crate::Store;
-use crate::codec::{PENDING_COUNT_KEY, decode_pending_count};
+use crate::codec::{
+    LEASE_HORIZON_KEY, PENDING_COUNT_KEY, decode_lease_horizon, decode_pending_count,
+    encode_lease_horizon,
+};
 use crate::error::Result;
 use crate::events::{EVENT_SEQ_KEY, PendingEvent, WebhookSubscription};
 use crate::idempotency::decode_record;
@@ -74,6 +78,8 @@ pub(crate) struct Plan {
     pub(crate) pending_delta: i64,
     /// Whether the scheduler should be woken once applied (new or earlier schedule entries).
     pub(crate) wakes: bool,
+    /// The latest lease expiry this plan grants: `meta/lease_horizon` is raised to it.
+    pub(crate) lease_horizon: Option<Timestamp>,
 }
 
 /// The idempotency part of a plan.
@@ -177,6 +183,18 @@ pub(crate) fn apply(
                 .map_or(0, |v| decode_pending_count(&v).unwrap_or(0));
             let count = count.saturating_add(plan.pending_delta).max(0);
             tx.insert(TreeId::Meta, PENDING_COUNT_KEY, &count.to_be_bytes()[..])?;
+        }
+        if let Some(until) = plan.lease_horizon {
+            let horizon = tx
+                .get(TreeId::Meta, LEASE_HORIZON_KEY)?
+                .and_then(|v| decode_lease_horizon(&v).ok());
+            if horizon.is_none_or(|h| h < until) {
+                tx.insert(
+                    TreeId::Meta,
+                    LEASE_HORIZON_KEY,
+                    &encode_lease_horizon(until)[..],
+                )?;
+            }
         }
         if !plan.events.is_empty() {
             let mut seq = tx

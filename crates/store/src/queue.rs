@@ -1,11 +1,12 @@
 //! The delivery path: enqueue, lease due work, record attempt outcomes.
 
+use std::ops::Bound;
 use std::time::Duration;
 
 use postrider_core::{MessageId, NewMessage, QueuedMessage, RecipientState, Timestamp};
 use sled::IVec;
 
-use crate::codec::{self, StoredMessage};
+use crate::codec::{self, LEASE_HORIZON_KEY, LEASE_MARK, StoredMessage};
 use crate::error::{Result, StoreError};
 use crate::events::{PendingEvent, attempt_events, enqueue_events};
 use crate::keys::{TimeKey, id_key};
@@ -14,6 +15,8 @@ use crate::{AttemptUpdate, Lease, RecordOutcome, Store, Trees, clock_now, lease_
 
 /// Most messages claimed by one [`Store::lease_due`] call.
 pub(crate) const MAX_LEASE_BATCH: usize = 1024;
+/// Most leases released by one journaled change at start-up.
+pub(crate) const MAX_RELEASE_BATCH: usize = 1024;
 /// How often a change is re-planned when the record changed underneath it.
 pub(crate) const MAX_RETRIES: usize = 8;
 
@@ -330,7 +333,8 @@ fn plan_lease(
             rec.schedule_at = Some(until);
             rec.lease_until = Some(until);
             plan.schedule
-                .insert(&TimeKey::new(until, key.id).to_bytes()[..], &[][..]);
+                .insert(&TimeKey::new(until, key.id).to_bytes()[..], LEASE_MARK);
+            plan.lease_horizon = plan.lease_horizon.max(Some(until));
             plan.messages
                 .insert(&id_bytes[..], codec::encode_message(&rec)?);
             return Ok(Some(Lease {
@@ -394,4 +398,153 @@ pub(crate) fn plan_outcome(
     plan.messages
         .insert(&id_bytes[..], codec::encode_message(&rec)?);
     Ok(())
+}
+
+/// Releases, at open, the leases an earlier run of the process left behind: that run is gone,
+/// so no attempt still holds them, and without this each such message would wait for its lease
+/// to expire (`delivery.lease`, 10 minutes by default). Every lease entry between `now` and
+/// `meta/lease_horizon` (the latest expiry ever granted) moves to `(now, id)`, with the
+/// record's lease cleared and its attempt counts and recipient states kept; a message held
+/// during its attempt loses its entry instead, as when its lease expires. Only that window of
+/// `schedule` is scanned and only entries marked as leases are decoded; the changes are
+/// journaled in batches like any other write. Returns how many leases were released.
+pub(crate) fn release_stale_leases(store: &Store, now: Timestamp) -> Result<u64> {
+    let trees = &store.inner.trees;
+    let horizon = match trees.meta.get(LEASE_HORIZON_KEY)? {
+        Some(bytes) => match codec::decode_lease_horizon(&bytes) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease horizon unreadable: leases of an earlier run expire as usual");
+                return Ok(0);
+            }
+        },
+        None => return Ok(0),
+    };
+    if horizon <= now {
+        return Ok(0);
+    }
+    let from = TimeKey::first_at(Timestamp::from_millis(now.as_millis().saturating_add(1)));
+    let to = TimeKey::last_at(horizon);
+    let mut lower = Bound::Included(from.to_vec());
+    let mut released = 0u64;
+    let mut conflicts = 0;
+    loop {
+        let batch = plan_release_batch(store, (lower.clone(), Bound::Included(to.to_vec())), now)?;
+        if batch.count == 0 {
+            break;
+        }
+        let mut plan = batch.plan;
+        if store.apply_plan(&mut plan)? == Verdict::Applied {
+            released += batch.count;
+            store.wake_for(&plan);
+        } else {
+            // Nothing else writes during open; a changed record means something is off, so
+            // give up after a few tries and let the remaining leases expire as usual.
+            conflicts += 1;
+            if conflicts >= MAX_RETRIES {
+                tracing::warn!(
+                    released,
+                    "leases changed while being released; the rest expire as usual"
+                );
+                break;
+            }
+            continue;
+        }
+        match batch.last_seen {
+            Some(key) if batch.full => lower = Bound::Excluded(key.to_vec()),
+            _ => break,
+        }
+    }
+    if released > 0 {
+        store.inner.commit.soon(&store.inner.db);
+        tracing::info!(
+            released,
+            "leases of an earlier run released: their messages are due now"
+        );
+    }
+    Ok(released)
+}
+
+/// One batch of [`release_stale_leases`].
+struct ReleaseBatch {
+    plan: Plan,
+    /// Leases released by `plan`.
+    count: u64,
+    /// Whether the batch stopped at [`MAX_RELEASE_BATCH`] (more may follow `last_seen`).
+    full: bool,
+    /// The last `schedule` key looked at.
+    last_seen: Option<IVec>,
+}
+
+/// Plans the release of up to [`MAX_RELEASE_BATCH`] lease entries in `range` of `schedule`.
+fn plan_release_batch(
+    store: &Store,
+    range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+    now: Timestamp,
+) -> Result<ReleaseBatch> {
+    let trees = &store.inner.trees;
+    let mut batch = ReleaseBatch {
+        plan: Plan::default(),
+        count: 0,
+        full: false,
+        last_seen: None,
+    };
+    for entry in trees.schedule.range(range) {
+        let (raw, value) = entry?;
+        batch.last_seen = Some(raw.clone());
+        if value != LEASE_MARK {
+            continue;
+        }
+        let Some(key) = TimeKey::from_bytes(&raw) else {
+            continue;
+        };
+        let id_bytes = id_key(key.id);
+        let snapshot = trees.messages.get(id_bytes)?;
+        if plan_release(&mut batch.plan, &raw, key, snapshot.as_deref(), now)? {
+            batch
+                .plan
+                .expect_each
+                .push((id_bytes, snapshot, key.to_bytes()));
+            batch.count += 1;
+            if batch.count as usize >= MAX_RELEASE_BATCH {
+                batch.full = true;
+                break;
+            }
+        }
+    }
+    Ok(batch)
+}
+
+/// Adds the release of lease entry `raw` (message `key.id`, whose record is `snapshot`) to
+/// `plan`. Returns `false`, planning nothing, when the record is missing, unreadable or not
+/// leased at that entry: the scheduler cleans such entries up when they fall due.
+fn plan_release(
+    plan: &mut Plan,
+    raw: &IVec,
+    key: TimeKey,
+    snapshot: Option<&[u8]>,
+    now: Timestamp,
+) -> Result<bool> {
+    let id_bytes = id_key(key.id);
+    let Some(Ok(mut rec)) = snapshot.map(|b| codec::decode_message(&id_bytes, b)) else {
+        return Ok(false);
+    };
+    if !rec.is_leased() || rec.schedule_at != Some(key.at) {
+        return Ok(false);
+    }
+    plan.schedule.remove(raw.clone());
+    rec.lease_until = None;
+    if rec.message.held {
+        rec.schedule_at = None;
+    } else {
+        rec.schedule_at = Some(now);
+        rec.message.next_attempt_at =
+            Some(rec.message.next_attempt_at.map_or(now, |at| at.min(now)));
+        plan.schedule
+            .insert(&TimeKey::new(now, key.id).to_bytes()[..], &[][..]);
+        plan.wakes = true;
+    }
+    plan.messages
+        .insert(&id_bytes[..], codec::encode_message(&rec)?);
+    Ok(true)
 }

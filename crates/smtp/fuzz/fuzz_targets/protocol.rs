@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use postrider_core::MessageId;
 use postrider_smtp::BareNewlinePolicy;
 use postrider_smtp::proto::{
-    AuthorizedUser, Event, MAX_AUTH_LINE, Protocol, ProtocolConfig, SubmitOutcome,
+    Admission, AuthorizedUser, Event, MAX_AUTH_LINE, Protocol, ProtocolConfig, SubmitOutcome,
 };
 
 const MAX_SIZE: usize = 4096;
@@ -68,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
                     allowed_senders: vec!["@a.test".into()],
                 }));
             }
-            Event::AdmitMessage { .. } => protocol.resolve_admission(flags & 8 == 0),
+            Event::AdmitMessage { .. } => protocol.resolve_admission(match flags & 24 {
+                0 => Admission::Admitted,
+                8 => Admission::RateLimited,
+                _ => Admission::StoreUnavailable("queue storage full".into()),
+            }),
             Event::Submit(submission) => {
                 assert!(submission.body.len() <= MAX_SIZE);
                 assert!(

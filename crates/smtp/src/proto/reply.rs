@@ -42,6 +42,8 @@ pub enum Rejection {
     Smtputf8Required,
     /// The queue could not store the message (451 4.3.0).
     Storage,
+    /// The queue refused writes when the transaction would have started (452 4.3.1 to MAIL).
+    StorageUnavailable,
     /// The client was idle too long (421 4.4.2).
     Timeout,
     /// Too many errors in one session (421 4.7.0).
@@ -74,6 +76,7 @@ impl Rejection {
             Rejection::Nul => "nul",
             Rejection::Smtputf8Required => "smtputf8_required",
             Rejection::Storage => "storage",
+            Rejection::StorageUnavailable => "storage_unavailable",
             Rejection::Timeout => "timeout",
             Rejection::TooManyErrors => "too_many_errors",
             Rejection::TooManyConnections => "too_many_connections",

@@ -2,9 +2,10 @@
 //!
 //! The shell feeds received octets with [`Protocol::feed`] and asks [`Protocol::next_event`] what
 //! to do next: send a reply, read more input, start TLS, check credentials, admit a message
-//! against rate limits, or queue a message. Requests that need the outside world
-//! ([`Event::Authenticate`], [`Event::AdmitMessage`], [`Event::Submit`], [`Event::StartTls`])
-//! are answered with the matching `resolve_*` / [`Protocol::tls_established`] call.
+//! (the queue takes writes, the rate limits allow it), or queue a message. Requests that need
+//! the outside world ([`Event::Authenticate`], [`Event::AdmitMessage`], [`Event::Submit`],
+//! [`Event::StartTls`]) are answered with the matching `resolve_*` /
+//! [`Protocol::tls_established`] call.
 //!
 //! Replies are queued as events in order; the shell buffers them and flushes when it needs
 //! input, which gives RFC 2920 pipelining: every buffered command is processed before replies
@@ -107,6 +108,18 @@ pub struct Submission {
     pub user: Option<String>,
 }
 
+/// The shell's answer to [`Event::AdmitMessage`]: whether a new mail transaction may start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// It may (`250` to MAIL).
+    Admitted,
+    /// A message rate limit was hit (`450 4.7.1`).
+    RateLimited,
+    /// The queue refuses writes now, for the given reason (e.g. a full disk): `452 4.3.1`
+    /// before the client uploads a message that could only be refused at the end of DATA.
+    StoreUnavailable(String),
+}
+
 /// The result of queueing a [`Submission`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubmitOutcome {
@@ -128,7 +141,8 @@ pub enum Event {
     StartTls,
     /// Verify these credentials and call [`Protocol::resolve_auth`].
     Authenticate(Credentials),
-    /// Check the message rate limits and call [`Protocol::resolve_admission`].
+    /// Check that the queue takes writes and the message rate limits allow another message,
+    /// then call [`Protocol::resolve_admission`].
     AdmitMessage {
         /// The authenticated user, if any.
         user: Option<String>,
@@ -323,8 +337,8 @@ impl Protocol {
         }
     }
 
-    /// The answer to [`Event::AdmitMessage`]: whether the rate limits allow another message.
-    pub fn resolve_admission(&mut self, admitted: bool) {
+    /// The answer to [`Event::AdmitMessage`]: whether the transaction may start.
+    pub fn resolve_admission(&mut self, admission: Admission) {
         let Phase::Awaiting(Pending::Admission(_)) = &self.phase else {
             return;
         };
@@ -333,16 +347,24 @@ impl Protocol {
         else {
             return;
         };
-        if admitted {
-            self.transaction = Some(transaction);
-            self.reply(Reply::new(250, "2.1.0", "Ok"));
-        } else {
-            self.reply(Reply::reject(
+        match admission {
+            Admission::Admitted => {
+                self.transaction = Some(transaction);
+                self.reply(Reply::new(250, "2.1.0", "Ok"));
+            }
+            Admission::RateLimited => self.reply(Reply::reject(
                 450,
                 "4.7.1",
                 "Rate limit exceeded, try again later",
                 Rejection::RateLimited,
-            ));
+            )),
+            // RFC 3463 4.3.1: mail system full.
+            Admission::StoreUnavailable(reason) => self.reply(Reply::reject(
+                452,
+                "4.3.1",
+                format!("{}; try again later", short_reason(&reason)),
+                Rejection::StorageUnavailable,
+            )),
         }
     }
 
@@ -1069,4 +1091,16 @@ impl Protocol {
 fn decode_text(line: &[u8]) -> Option<String> {
     let decoded = BASE64.decode(line).ok()?;
     String::from_utf8(decoded).ok()
+}
+
+/// Longest store reason quoted in a reply, in characters.
+const MAX_REASON_CHARS: usize = 100;
+
+/// The first clause of a store's unavailability reason, bounded, for a one-line reply.
+fn short_reason(reason: &str) -> String {
+    let clause = reason.split(';').next().unwrap_or_default().trim();
+    if clause.is_empty() {
+        return "Queue storage unavailable".to_owned();
+    }
+    clause.chars().take(MAX_REASON_CHARS).collect()
 }

@@ -25,7 +25,7 @@ struct Driver {
     submissions: Vec<Submission>,
     closed: bool,
     tls_starts: usize,
-    admit: bool,
+    admission: Admission,
     store_fails: bool,
     next_id: u64,
 }
@@ -38,7 +38,7 @@ impl Driver {
             submissions: Vec::new(),
             closed: false,
             tls_starts: 0,
-            admit: true,
+            admission: Admission::Admitted,
             store_fails: false,
             next_id: 1,
         };
@@ -64,7 +64,9 @@ impl Driver {
                     });
                     self.protocol.resolve_auth(user);
                 }
-                Event::AdmitMessage { .. } => self.protocol.resolve_admission(self.admit),
+                Event::AdmitMessage { .. } => {
+                    self.protocol.resolve_admission(self.admission.clone())
+                }
                 Event::Submit(submission) => {
                     self.submissions.push(submission);
                     let outcome = if self.store_fails {
@@ -433,7 +435,7 @@ fn store_failure_is_451_and_never_250() {
 #[test]
 fn rate_limited_mail_is_450() {
     let mut d = Driver::new(config(), true);
-    d.admit = false;
+    d.admission = Admission::RateLimited;
     d.send(b"EHLO c\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<r@b.test>\r\n");
     assert_eq!(
         d.lines()[d.lines().len() - 2..],
@@ -441,6 +443,45 @@ fn rate_limited_mail_is_450() {
             "450 4.7.1 Rate limit exceeded, try again later",
             "503 5.5.1 Need MAIL command"
         ]
+    );
+}
+
+#[test]
+fn unavailable_store_refuses_mail_with_452() {
+    let mut d = Driver::new(config(), true);
+    d.admission = Admission::StoreUnavailable(
+        "queue storage failed to write (disk full or I/O error); waiting for space\r\nX".into(),
+    );
+    d.send(b"EHLO c\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<r@b.test>\r\nDATA\r\n");
+    assert_eq!(
+        d.lines()[d.lines().len() - 3..],
+        [
+            "452 4.3.1 queue storage failed to write (disk full or I/O error); try again later",
+            "503 5.5.1 Need MAIL command",
+            "503 5.5.1 Need MAIL command"
+        ]
+    );
+    assert!(d.submissions.is_empty());
+    // The reason is cut to one bounded clause; an empty one gets a generic text.
+    d.admission = Admission::StoreUnavailable("x".repeat(500));
+    d.send(b"MAIL FROM:<s@a.test>\r\n");
+    assert_eq!(
+        d.last(),
+        format!("452 4.3.1 {}; try again later", "x".repeat(100))
+    );
+    d.admission = Admission::StoreUnavailable(String::new());
+    d.send(b"MAIL FROM:<s@a.test>\r\n");
+    assert_eq!(
+        d.last(),
+        "452 4.3.1 Queue storage unavailable; try again later"
+    );
+    // Once the store takes writes again, the session goes on normally.
+    d.admission = Admission::Admitted;
+    d.send(b"MAIL FROM:<s@a.test>\r\nRCPT TO:<r@b.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert!(
+        d.last().starts_with("250 2.0.0 Ok: queued as"),
+        "{}",
+        d.last()
     );
 }
 
