@@ -117,6 +117,19 @@ impl Store {
     }
 }
 
+/// Unfinished messages (held ones included) among the records that decode: what
+/// `meta/pending_count` must say.
+pub(crate) fn count_unfinished(trees: &Trees) -> Result<i64> {
+    let mut count = 0;
+    for item in trees.messages.iter() {
+        let (key, value) = item?;
+        if codec::decode_message(&key, &value).is_ok_and(|r| !r.message.is_finished()) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
 /// One pass of [`Store::check`] over one tree.
 type Pass = fn(&Trees, &mut ConsistencyReport) -> Result<()>;
 

@@ -50,6 +50,7 @@ mod keys;
 mod outbox;
 mod plan;
 mod queue;
+mod repair;
 mod suppress;
 #[cfg(test)]
 mod test_support;
@@ -74,6 +75,9 @@ pub use events::{Event, EventKind, MAX_EVENTS_PAGE, WebhookSubscription};
 pub use idempotency::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
 pub use journal::{DamageKind, JournalDamage, JournalReport, inspect_journal};
 pub use outbox::{MAX_OUTBOX_LEASE, WebhookDelivery};
+pub use repair::{
+    CheckVerdict, DataDirCheck, RebuildReport, RepairError, SalvagedTree, check_data_dir, rebuild,
+};
 pub use suppress::{
     MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, is_hard_bounce, suppression_key,
 };
