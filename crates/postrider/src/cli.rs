@@ -9,12 +9,12 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 /// Exit status for a bad configuration (sysexits EX_CONFIG-style usage error).
-const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 
 /// Exit status for a queue that cannot be opened as it is (sysexits EX_DATAERR): a damaged
 /// database or missing journal records. Restarting does not help; `postrider store check`
 /// says what is wrong.
-const EXIT_DATA: u8 = 65;
+pub(crate) const EXIT_DATA: u8 = 65;
 
 /// Postrider: an outbound SMTP relay with a durable queue.
 #[derive(Debug, Parser)]
@@ -77,6 +77,11 @@ enum Command {
     Apikey {
         #[command(subcommand)]
         action: ApikeyAction,
+    },
+    /// Check or rebuild the queue's data directory offline (for a damaged database).
+    Store {
+        #[command(subcommand)]
+        action: crate::storage::StoreAction,
     },
 }
 
@@ -296,6 +301,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Store { action } => crate::storage::run(action),
         Command::Apikey {
             action: ApikeyAction::New { name, scopes },
         } => {
