@@ -139,6 +139,16 @@ impl TestRelay {
         }
     }
 
+    /// The configuration file the relay runs with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// The relay's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// Everything the relay logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").join("\n")
@@ -229,6 +239,47 @@ impl Drop for TestRelay {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// How a run of the `postrider` binary ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// The exit status; `None` when it had to be killed after [`PATIENCE`].
+    pub code: Option<i32>,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+/// Runs the `postrider` binary with `args` to its end (killed after [`PATIENCE`]).
+pub async fn run_postrider<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> Finished {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postrider"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn postrider");
+    match tokio::time::timeout(PATIENCE, child.wait_with_output()).await {
+        Ok(output) => {
+            let output = output.expect("wait for postrider");
+            Finished {
+                code: output.status.code(),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        }
+        Err(_) => Finished {
+            code: None,
+            stdout: String::new(),
+            stderr: format!("still running after {PATIENCE:?}"),
+        },
     }
 }
 

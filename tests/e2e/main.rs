@@ -9,6 +9,7 @@ mod world;
 mod admin;
 mod bounces;
 mod crash;
+mod damage;
 mod delivery;
 mod features;
 mod http_api;

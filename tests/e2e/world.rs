@@ -101,6 +101,46 @@ impl World {
         )
     }
 
+    /// Subjects of the messages the MX hosts of `example.test` received.
+    pub fn delivered_subjects(&self) -> Vec<String> {
+        [&self.mx1, &self.mx2]
+            .iter()
+            .flat_map(|mx| mx.messages())
+            .filter_map(|m| {
+                String::from_utf8_lossy(&m.data)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+            })
+            .collect()
+    }
+
+    /// Lets the MX hosts of `example.test` accept mail again (after a `421` greeting held it
+    /// back), makes everything in `relay`'s queue due now, and waits until messages with every
+    /// one of `subjects` arrived; after `patience` fails naming the missing ones.
+    pub async fn accept_queued(&self, relay: &TestRelay, subjects: &[String], patience: Duration) {
+        for mx in [&self.mx1, &self.mx2] {
+            mx.update_behaviour(|b| b.greeting = None);
+        }
+        let (status, body) = relay
+            .post_json("/v1/queue/retry", &serde_json::json!({"all": true}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let got = self.delivered_subjects();
+            let missing: Vec<&String> = subjects.iter().filter(|s| !got.contains(s)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "messages not delivered: {missing:?}; delivered {got:?}; relay log:\n{}",
+                relay.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Starts a relay using this world with a fast retry schedule (1s, forever-ish lifetime).
     pub async fn relay(&self) -> TestRelay {
         TestRelay::start(&self.config(&["1s"], "1h")).await

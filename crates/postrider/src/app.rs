@@ -14,7 +14,7 @@ use postrider_delivery::{
 };
 use postrider_metrics::Metrics;
 use postrider_smtp::{BareNewlinePolicy, SmtpServer, SmtpSettings, SmtpUser};
-use postrider_store::Store;
+use postrider_store::{OpenOptions, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,13 +34,18 @@ const RECOVERY_FREE_BYTES: u64 = 16 * 1024 * 1024;
 /// for reasons other than space cannot cause a restart loop.
 const MIN_UPTIME_BEFORE_RECOVERY: Duration = Duration::from_secs(30);
 
-/// Runs the relay until a shutdown signal, then drains and returns.
-pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the relay until a shutdown signal, then drains and returns. `accept_journal_loss`:
+/// start even when journal records are missing ([`OpenOptions::accept_journal_loss`]).
+pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let raw = &config.raw;
     std::fs::create_dir_all(&raw.data_dir)
         .with_context(|| format!("cannot create data_dir {}", raw.data_dir.display()))?;
-    let store = Store::open(&raw.data_dir, metrics.clone())
+    let options = OpenOptions {
+        accept_journal_loss,
+        ..OpenOptions::default()
+    };
+    let store = Store::open_with(&raw.data_dir, metrics.clone(), &options)
         .with_context(|| format!("cannot open the queue in {}", raw.data_dir.display()))?;
 
     let smtp_settings = smtp_settings(&config)?;

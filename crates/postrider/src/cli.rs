@@ -9,7 +9,12 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 /// Exit status for a bad configuration (sysexits EX_CONFIG-style usage error).
-const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
+
+/// Exit status for a queue that cannot be opened as it is (sysexits EX_DATAERR): a damaged
+/// database or missing journal records. Restarting does not help; `postrider store check`
+/// says what is wrong.
+pub(crate) const EXIT_DATA: u8 = 65;
 
 /// Postrider: an outbound SMTP relay with a durable queue.
 #[derive(Debug, Parser)]
@@ -26,6 +31,10 @@ enum Command {
         /// TOML configuration file; without it the embedded defaults apply.
         #[arg(long, short, env = "POSTRIDER_CONFIG")]
         config: Option<PathBuf>,
+        /// Start even when journal records are missing (a deleted journal file, a sequence
+        /// gap): the loss is logged and recorded in quarantine/. See `postrider store check`.
+        #[arg(long)]
+        accept_journal_loss: bool,
     },
     /// Check a configuration file and print the effective settings summary.
     CheckConfig {
@@ -68,6 +77,11 @@ enum Command {
     Apikey {
         #[command(subcommand)]
         action: ApikeyAction,
+    },
+    /// Check or rebuild the queue's data directory offline (for a damaged database).
+    Store {
+        #[command(subcommand)]
+        action: crate::storage::StoreAction,
     },
 }
 
@@ -120,6 +134,20 @@ pub(crate) fn reexec() -> anyhow::Error {
     anyhow::Error::new(err).context("cannot restart postrider")
 }
 
+/// Whether `error` is a queue that cannot be opened as it is (a damaged database, missing
+/// journal records): restarting does not help, an operator must act.
+fn is_unusable_queue(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<postrider_store::StoreError>(),
+            Some(
+                postrider_store::StoreError::DatabaseDamaged { .. }
+                    | postrider_store::StoreError::JournalIncomplete { .. }
+            )
+        )
+    })
+}
+
 /// Writes a new file readable by its owner only; refuses to overwrite.
 fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -138,7 +166,10 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
 /// Runs the parsed command.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            accept_journal_loss,
+        } => {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -147,12 +178,19 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             crate::logging::init(config.raw.log.format, &config.raw.log.level);
+            crate::logging::install_panic_hook();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(crate::app::serve(config))?;
-            Ok(ExitCode::SUCCESS)
+            match runtime.block_on(crate::app::serve(config, accept_journal_loss)) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if is_unusable_queue(&e) => {
+                    eprintln!("postrider: {e:#}");
+                    Ok(ExitCode::from(EXIT_DATA))
+                }
+                Err(e) => Err(e),
+            }
         }
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
@@ -263,6 +301,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Store { action } => crate::storage::run(action),
         Command::Apikey {
             action: ApikeyAction::New { name, scopes },
         } => {

@@ -22,3 +22,81 @@ pub(crate) fn init(format: LogFormat, level: &str) {
             .try_init(),
     };
 }
+
+/// Sends panics to the log (ERROR, with the thread and where it happened) instead of bare text
+/// on stderr, so that they reach the journal in JSON mode too; with `RUST_BACKTRACE` set the
+/// backtrace goes with them. A panic the store contains (sled panicking on a damaged database,
+/// turned into an error the caller reports) is logged at DEBUG only.
+pub(crate) fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info.payload_as_str().unwrap_or("a panic without a message");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let current = std::thread::current();
+        let thread = current.name().unwrap_or("unnamed");
+        if postrider_store::panic_is_contained() {
+            tracing::debug!(panic = message, %location, thread, "panic inside sled, reported as an error");
+            return;
+        }
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(panic = message, %location, thread, %backtrace, "panic");
+        } else {
+            tracing::error!(panic = message, %location, thread, "panic");
+        }
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn panics_are_logged_as_json_errors_with_their_location() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || sink.clone())
+            .finish();
+        let previous = std::panic::take_hook();
+        install_panic_hook();
+        let outcome = std::thread::spawn(move || {
+            tracing::subscriber::with_default(subscriber, || panic!("the queue fell over"))
+        })
+        .join();
+        std::panic::set_hook(previous);
+        assert!(outcome.is_err());
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect(&text);
+        assert_eq!(line["level"], "ERROR", "{text}");
+        assert_eq!(line["panic"], "the queue fell over", "{text}");
+        assert!(
+            line["location"]
+                .as_str()
+                .is_some_and(|l| l.contains("logging.rs")),
+            "{text}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod gauges;
 mod logging;
+mod storage;
 
 use std::process::ExitCode;
 

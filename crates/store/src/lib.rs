@@ -39,8 +39,10 @@
 //!   `postrider-webhooks`).
 
 mod admin;
+mod check;
 mod codec;
 mod commit;
+mod damage;
 mod error;
 mod events;
 mod idempotency;
@@ -49,6 +51,7 @@ mod keys;
 mod outbox;
 mod plan;
 mod queue;
+mod repair;
 mod suppress;
 #[cfg(test)]
 mod test_support;
@@ -66,11 +69,16 @@ pub use admin::{
     ListFilter, ListPage, MAX_LIST_LIMIT, MAX_LIST_SCAN, MAX_TOP_DOMAINS, PendingSummary,
     QueueStats, RetryAllOutcome,
 };
+pub use check::{ConsistencyReport, MAX_PROBLEMS, Problem};
+pub use damage::panic_is_contained;
 pub use error::StoreError;
 pub use events::{Event, EventKind, MAX_EVENTS_PAGE, WebhookSubscription};
 pub use idempotency::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
 pub use journal::{DamageKind, JournalDamage, JournalReport, inspect_journal};
 pub use outbox::{MAX_OUTBOX_LEASE, WebhookDelivery};
+pub use repair::{
+    CheckVerdict, DataDirCheck, RebuildReport, RepairError, SalvagedTree, check_data_dir, rebuild,
+};
 pub use suppress::{
     MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, is_hard_bounce, suppression_key,
 };
@@ -93,7 +101,9 @@ pub struct OpenOptions {
     /// Start even when journal records are missing that no damage explains (a deleted journal
     /// file, a sequence gap). The loss is logged at ERROR, counted in
     /// `postrider_store_corrupt_records_total` and described in a file in `quarantine/`.
-    /// Without it such a directory fails to open with [`StoreError::JournalIncomplete`].
+    /// Without it such a directory fails to open with [`StoreError::JournalIncomplete`], and a
+    /// database that holds less than the journal shows it had made durable (sled recovering
+    /// silently from a damaged log) with [`StoreError::DatabaseDamaged`].
     pub accept_journal_loss: bool,
     /// Size of each journal file (at least 64 KiB; default 32 MiB): how much is journaled
     /// between two size-triggered checkpoints. Tests use small files to exercise checkpoints.
@@ -222,6 +232,26 @@ fn open_pending_count(db: &sled::Db, trees: &Trees, format_version: Option<u32>)
     Ok(pending)
 }
 
+/// The store's settings of sled. Journal checkpoints are the only flushes (see `commit`).
+pub(crate) fn sled_settings(config: sled::Config) -> sled::Config {
+    config
+        .cache_capacity(CACHE_CAPACITY_BYTES)
+        .segment_size(SEGMENT_SIZE_BYTES)
+        .flush_every_ms(None)
+}
+
+/// Opens sled with the store's settings and reads the data-directory format version: the
+/// first reads, where a damaged database shows.
+pub(crate) fn open_database(config: sled::Config) -> Result<(sled::Db, sled::Tree, Option<u32>)> {
+    let db = sled_settings(config).open()?;
+    let meta = db.open_tree("meta")?;
+    let format_version = match meta.get(FORMAT_VERSION_KEY)? {
+        Some(v) => Some(codec::check_format_version(&v)?),
+        None => None,
+    };
+    Ok((db, meta, format_version))
+}
+
 /// sled log segment size. sled writes any page larger than a quarter of a segment to a separate
 /// blob file that its flush never syncs; with 8 MiB segments that threshold is about 2 MiB, far
 /// above a message record or a full leaf of 64 KiB body chunks. Fixed: sled refuses to reopen a
@@ -246,8 +276,19 @@ impl Store {
         metrics: Metrics,
         options: &OpenOptions,
     ) -> Result<Store, StoreError> {
-        let config = sled::Config::new().path(path);
-        Store::open_config(config, metrics, path, Some(path.join("db")), options, None)
+        // sled panics on some damaged files and reports others as corruption: both become
+        // `DatabaseDamaged`, an error to act on rather than a crash on every start.
+        let database = path.join("db");
+        damage::guarded(&database, || {
+            Store::open_config(
+                sled::Config::new().path(path),
+                metrics,
+                path,
+                Some(database.clone()),
+                options,
+                None,
+            )
+        })
     }
 
     /// [`Store::open`] with journal files of `bytes` each (at least 64 KiB): how much is
@@ -310,17 +351,12 @@ impl Store {
             .journal_bytes
             .unwrap_or(journal::JOURNAL_FILE_BYTES)
             .max(64 * 1024);
-        // Journal checkpoints are the only flushes (see `commit`).
-        let db = config
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .segment_size(SEGMENT_SIZE_BYTES)
-            .flush_every_ms(None)
-            .open()?;
-        let meta = db.open_tree("meta")?;
-        let format_version = match meta.get(FORMAT_VERSION_KEY)? {
-            Some(v) => Some(codec::check_format_version(&v)?),
-            None => None,
-        };
+        let (db, meta, format_version) = open_database(config)?;
+        if let Some(path) = &log_file
+            && !options.accept_journal_loss
+        {
+            damage::check_lost_writes(journal_dir, path, format_version, &meta)?;
+        }
         let trees = Trees {
             messages: db.open_tree("messages")?,
             bodies: db.open_tree("bodies")?,

@@ -291,6 +291,16 @@ pub(crate) fn scan_file(bytes: &[u8]) -> FileScan {
     scan
 }
 
+/// The intact records of the current round in a journal file's bytes, in order (damaged
+/// bytes skipped, stale records left out).
+pub(crate) fn current_records(bytes: &[u8]) -> Vec<Record> {
+    scan_file(bytes)
+        .records
+        .into_iter()
+        .map(|r| r.record)
+        .collect()
+}
+
 /// One journal file as found on disk.
 #[derive(Debug)]
 pub(crate) struct FoundFile {
