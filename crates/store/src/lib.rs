@@ -378,7 +378,11 @@ impl Store {
             }
             None => None,
         };
-        let (next_seq, journal_report) = journal::replay(
+        let journal::Replayed {
+            next_seq,
+            report: journal_report,
+            resume,
+        } = journal::replay(
             journal_dir,
             &db,
             &trees,
@@ -396,7 +400,8 @@ impl Store {
         metrics.queue_messages.set(pending);
         tracing::info!(recovered = db.was_recovered(), pending, "store opened");
         let journal = Arc::new(journal::Journal::new(next_seq));
-        let files = journal::JournalFiles::open(journal_dir, journal_bytes, log_file, next_seq)?;
+        let files =
+            journal::JournalFiles::open(journal_dir, journal_bytes, log_file, next_seq, resume)?;
         let commit = GroupCommit::start(
             metrics.clone(),
             journal.clone(),

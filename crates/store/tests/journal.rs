@@ -449,3 +449,25 @@ async fn sled_catches_up_with_the_journal_after_the_checkpoint_interval() {
     }
     std::mem::forget(store);
 }
+
+/// The journal goes on across restarts instead of starting over, so it keeps earlier runs'
+/// records as a second copy (what `store rebuild` replays when the database is lost).
+#[tokio::test]
+async fn the_journal_goes_on_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let store = Store::open(dir.path(), Metrics::new()).unwrap();
+        for n in 0..10 {
+            store
+                .enqueue(message_of(1024, round * 100 + n))
+                .await
+                .unwrap();
+        }
+        if round == 1 {
+            store.close().await.unwrap();
+        }
+        drop(store);
+    }
+    let bytes = std::fs::read(dir.path().join("journal-0")).unwrap();
+    assert_eq!(record_offsets(&bytes).len(), 30, "all three runs' records");
+}

@@ -46,6 +46,20 @@ pub(crate) fn open_file(path: &Path, capacity: u64) -> Result<File> {
     Ok(file)
 }
 
+/// Starts a new, empty round in the journal file at `path` (file `index`): its header then
+/// names `first_seq`, so everything it held reads as stale. Used once its records are all in
+/// sled and it held damage, so the damage is not found again at the next start.
+pub(crate) fn retire_file(path: &Path, index: u32, capacity: u64, first_seq: u64) -> Result<()> {
+    let file = open_file(path, capacity)?;
+    let header = FileHeader {
+        index,
+        capacity,
+        first_seq,
+    };
+    file.write_all_at(&header.encode(), 0).map_err(io_error)?;
+    file.sync_data().map_err(io_error)
+}
+
 /// Makes a new directory entry durable.
 pub(crate) fn sync_parent(path: &Path) {
     if let Some(parent) = path.parent()
@@ -116,28 +130,36 @@ pub(crate) struct JournalFiles {
 }
 
 impl JournalFiles {
-    /// Opens the files `replay` read, and starts a new round in the first one: both get a
-    /// header whose first sequence number is `next_seq`, so everything they hold now reads as
-    /// stale (it is all in sled after the replay's checkpoint).
+    /// Opens the files `replay` read. Records go on at `resume` (file index, offset: the end
+    /// of the newest round) when given; otherwise a new round starts in the first file, whose
+    /// header then names `next_seq` as its first record, so what it held reads as stale (it is
+    /// all in sled after the replay).
     pub(crate) fn open(
         dir: &Path,
         capacity: u64,
         log_file: Option<File>,
         next_seq: u64,
+        resume: Option<(usize, u64)>,
     ) -> Result<Self> {
         let files = [
             open_file(&dir.join(JOURNAL_FILE_NAMES[0]), capacity)?,
             open_file(&dir.join(JOURNAL_FILE_NAMES[1]), capacity)?,
         ];
-        for (index, file) in files.iter().enumerate() {
-            let header = FileHeader {
-                index: index as u32,
-                capacity,
-                first_seq: next_seq,
-            };
-            file.write_all_at(&header.encode(), 0).map_err(io_error)?;
-            file.sync_data().map_err(io_error)?;
-        }
+        let (active, offset) = match resume {
+            Some((index, offset)) if index < 2 && offset >= FILE_HEADER_LEN => (index, offset),
+            _ => {
+                let header = FileHeader {
+                    index: 0,
+                    capacity,
+                    first_seq: next_seq,
+                };
+                files[0]
+                    .write_all_at(&header.encode(), 0)
+                    .map_err(io_error)?;
+                files[0].sync_data().map_err(io_error)?;
+                (0, FILE_HEADER_LEN)
+            }
+        };
         // A file written all through once has no holes left; any other is prepared again
         // from its start (only ever ahead of the write position, so no record is touched).
         let prepared = files.each_ref().map(|f| {
@@ -147,8 +169,8 @@ impl JournalFiles {
         Ok(JournalFiles {
             files,
             capacity,
-            active: 0,
-            offset: FILE_HEADER_LEN,
+            active,
+            offset,
             prepared,
             header_due: false,
             log_file,
@@ -315,7 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
         let capacity = 8 * 1024 * 1024;
-        let mut files = JournalFiles::open(dir.path(), capacity, None, 1).unwrap();
+        let mut files = JournalFiles::open(dir.path(), capacity, None, 1, None).unwrap();
         let path = dir.path().join(JOURNAL_FILE_NAMES[0]);
         let allocated = || std::fs::metadata(&path).unwrap().blocks() * 512;
         assert!(allocated() < PREPARE_AHEAD_BYTES, "a new file is sparse");
@@ -367,7 +389,7 @@ mod tests {
         // it writes only the header.
         drop(files);
         let allocated_before = allocated();
-        let files = JournalFiles::open(dir.path(), capacity, None, seq + 1).unwrap();
+        let files = JournalFiles::open(dir.path(), capacity, None, seq + 1, None).unwrap();
         assert_eq!(files.prepared[0], 0, "the first file still has holes");
         assert_eq!(
             allocated(),
@@ -383,7 +405,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
         let capacity = 64 * 1024;
-        let mut files = JournalFiles::open(dir.path(), capacity, None, 1).unwrap();
+        let mut files = JournalFiles::open(dir.path(), capacity, None, 1, None).unwrap();
         let op = Op {
             tree: TreeId::Bodies,
             key: IVec::from(&b"k"[..]),

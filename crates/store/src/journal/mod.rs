@@ -40,7 +40,7 @@ use crate::error::{Result, StoreError};
 pub(crate) use files::{JOURNAL_FILE_BYTES, JOURNAL_FILE_NAMES, JournalFiles};
 pub(crate) use record::{Op, encode_record};
 pub use replay::{DamageKind, JournalDamage, JournalReport, inspect_journal};
-pub(crate) use replay::{ReplaySettings, current_records, replay};
+pub(crate) use replay::{ReplaySettings, Replayed, current_records, replay};
 
 /// Key in `meta` of the sequence number of the last journaled transaction sled holds.
 pub(crate) const JOURNAL_SEQ_KEY: &[u8] = b"journal_seq";

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::files::{JOURNAL_FILE_NAMES, checkpoint, io_error, open_file, sync_parent};
+use super::files::{JOURNAL_FILE_NAMES, checkpoint, io_error, open_file, retire_file, sync_parent};
 use super::record::{
     FILE_HEADER_LEN, FILE_MAGIC, FileHeader, HEADER_LEN, RECORD_MAGIC, Record, decode_one,
     looks_like_record,
@@ -588,7 +588,7 @@ pub(crate) fn replay(
     trees: &Trees,
     log_file: Option<&std::fs::File>,
     settings: ReplaySettings,
-) -> Result<(u64, JournalReport)> {
+) -> Result<Replayed> {
     let started = Instant::now();
     let database_seq = sled_seq(trees)?;
     let clean_marker = trees.meta.get(JOURNAL_CLEAN_KEY)?;
@@ -680,7 +680,56 @@ pub(crate) fn replay(
         .filter_map(|d| d.lost.map(|l| l.1))
         .max()
         .unwrap_or(0);
-    Ok((report.last_seq.max(last).max(lost_max) + 1, report))
+    let next_seq = report.last_seq.max(last).max(lost_max) + 1;
+    let resume = resume_point(&file_refs, report.last_seq, settings.capacity)
+        .filter(|_| report.damage.is_empty() && report.harmless.is_empty());
+    // A file that held damage starts over: its records are all in sled now (checkpointed
+    // above), and its damage was reported once.
+    for (index, file) in file_refs.iter().enumerate() {
+        if report
+            .damage
+            .iter()
+            .chain(&report.harmless)
+            .any(|d| d.file == file.path)
+        {
+            retire_file(&file.path, index as u32, settings.capacity, next_seq)?;
+        }
+    }
+    Ok(Replayed {
+        next_seq,
+        report,
+        resume,
+    })
+}
+
+/// What [`replay`] found and where writing goes on.
+#[derive(Debug)]
+pub(crate) struct Replayed {
+    /// The number the next record gets.
+    pub(crate) next_seq: u64,
+    /// What was found.
+    pub(crate) report: JournalReport,
+    /// The file (index) and offset where the newest round ends, to go on writing there; `None`
+    /// starts a new round in the first file.
+    pub(crate) resume: Option<(usize, u64)>,
+}
+
+/// Where the newest round can simply go on: the file holding the last record, when it has an
+/// intact header and its full size, nothing damaged, and room left. Going on (rather than
+/// starting a new round at every start) keeps the records of earlier runs in the journal as a
+/// second copy, which `postrider store rebuild` replays when the database is lost.
+fn resume_point(files: &[&FoundFile], last_seq: u64, capacity: u64) -> Option<(usize, u64)> {
+    files.iter().enumerate().find_map(|(index, file)| {
+        let scan = file.scan.as_ref()?;
+        let header = scan.header?;
+        let last = scan.records.last()?.record.seq;
+        let intact = scan.bad.is_empty()
+            && !scan.header_damaged
+            && header.capacity == capacity
+            && scan.len >= capacity
+            && usize::try_from(header.index).ok() == Some(index);
+        (intact && last == last_seq && scan.round_end < capacity).then_some((index, scan.round_end))
+    })
 }
 
 #[cfg(test)]
