@@ -352,6 +352,7 @@ fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
             burst: r.max(1),
         }),
         idempotency_ttl: raw.http.idempotency_ttl.0,
+        metrics_auth: raw.http.metrics_auth,
         ..ApiSettings::default()
     };
     settings.validate().context("invalid [http] settings")?;

@@ -336,6 +336,9 @@ pub(crate) struct RawHttp {
     /// How long an `Idempotency-Key` is remembered.
     #[serde(default = "default_idempotency_ttl")]
     pub(crate) idempotency_ttl: HumanDuration,
+    /// Whether `/metrics` and `/openapi.json` need a key with the `read` scope.
+    #[serde(default)]
+    pub(crate) metrics_auth: bool,
 }
 
 fn default_idempotency_ttl() -> HumanDuration {
@@ -350,6 +353,7 @@ impl Default for RawHttp {
             max_body_size: default_http_max_body(),
             rate_limit_per_key: None,
             idempotency_ttl: default_idempotency_ttl(),
+            metrics_auth: false,
         }
     }
 }
@@ -1213,6 +1217,14 @@ warn_after = "0s"
         assert_eq!(c.hostname, "relay.example.com");
         assert_eq!(c.raw.webhooks.len(), 1);
         assert_eq!(c.raw.dkim.keys.len(), 1);
+        assert!(!c.raw.http.metrics_auth);
+    }
+
+    #[test]
+    fn metrics_auth_is_off_unless_set() {
+        assert!(!Config::from_toml("").unwrap().raw.http.metrics_auth);
+        let on = Config::from_toml("[http]\nmetrics_auth = true").unwrap();
+        assert!(on.raw.http.metrics_auth);
     }
 
     #[test]
