@@ -13,13 +13,13 @@ use postrider_delivery::{
     RelayTls, Relayhost, Route, SmtpTimeouts, TlsMode,
 };
 use postrider_metrics::Metrics;
-use postrider_smtp::{BareNewlinePolicy, SmtpServer, SmtpSettings, SmtpUser};
+use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpServer, SmtpSettings, SmtpUser};
 use postrider_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BareNewlines, Config, DeliveryTls, RelayTlsMode};
+use crate::config::{BareNewlines, Config, DeliveryTls, RawFromPolicy, RelayTlsMode};
 
 /// How often finished messages past their retention are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
@@ -312,6 +312,10 @@ fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
                 name: u.name.clone(),
                 password_hash: u.password_hash.clone(),
                 allowed_senders: u.allowed_senders.clone(),
+                from_policy: match u.from_policy {
+                    RawFromPolicy::Reject => FromPolicy::Reject,
+                    RawFromPolicy::Rewrite => FromPolicy::Rewrite,
+                },
             })
             .collect(),
         messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,

@@ -312,9 +312,24 @@ pub(crate) struct RawSmtpUser {
     pub(crate) name: String,
     /// Argon2 PHC hash, as printed by `postrider passwd`.
     pub(crate) password_hash: String,
-    /// Senders this user may use (`user@example.com` or `@example.com`); empty: any.
+    /// Senders this user may use (`user@example.com` or `@example.com`); empty: any. Holds
+    /// for the envelope sender and for the `From:` and `Sender:` fields.
     #[serde(default)]
     pub(crate) allowed_senders: Vec<String>,
+    /// What a `From:`/`Sender:` outside `allowed_senders` gets: `reject` or `rewrite`.
+    #[serde(default)]
+    pub(crate) from_policy: RawFromPolicy,
+}
+
+/// `smtp.users.from_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawFromPolicy {
+    /// `550 5.7.1` at the end of DATA (default).
+    #[default]
+    Reject,
+    /// Keep `From:`, set `Sender: <envelope sender>`; DKIM signs for the `Sender:` domain.
+    Rewrite,
 }
 
 /// `[http]`.
@@ -1218,6 +1233,8 @@ warn_after = "0s"
         assert_eq!(c.raw.webhooks.len(), 1);
         assert_eq!(c.raw.dkim.keys.len(), 1);
         assert!(!c.raw.http.metrics_auth);
+        assert_eq!(c.raw.smtp.users.len(), 1);
+        assert_eq!(c.raw.smtp.users[0].from_policy, RawFromPolicy::Reject);
     }
 
     #[test]
