@@ -15,7 +15,10 @@
 //!   (checked in as `crates/api/openapi.json`).
 //! - Security: bearer API keys configured as SHA-256 hashes ([`ApiKey`], [`generate_api_key`]),
 //!   with [`Scope`]s `send`, `read` and `admin`; without keys only loopback clients are served.
-//!   Optional per-key [`RateLimit`].
+//!   Optional per-key [`RateLimit`]. `/metrics` and `/openapi.json` are open unless
+//!   [`ApiSettings::metrics_auth`]. Web pages cannot drive the API through a browser: bodies
+//!   must be declared JSON, JSON objects must not repeat a key, and without keys only loopback
+//!   host names and same-site origins are served (`browser.rs`).
 //! - Every error is `{"error": {"code", "message", "field"?}}` ([`ErrorBody`]).
 //!
 //! The binary serves the router with connect info so the loopback check and the `Received`
@@ -23,6 +26,7 @@
 //! `axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())`.
 
 mod auth;
+mod browser;
 mod compose;
 mod error;
 mod events;
@@ -75,6 +79,9 @@ pub struct ApiSettings {
     /// The binary should also call `Store::purge_idempotency(now - idempotency_ttl)`
     /// periodically.
     pub idempotency_ttl: Duration,
+    /// Whether `/metrics` and `/openapi.json` need a key with the `read` scope (default `false`:
+    /// they are open, so a scraper needs no key). `/healthz` and `/readyz` are always open.
+    pub metrics_auth: bool,
 }
 
 impl Default for ApiSettings {
@@ -89,6 +96,7 @@ impl Default for ApiSettings {
             api_keys: Vec::new(),
             rate_limit: None,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            metrics_auth: false,
         }
     }
 }
@@ -250,10 +258,11 @@ pub fn router(state: ApiState) -> Router {
     };
 
     // Every documented route comes from the one table the OpenAPI document is built from.
-    let send = openapi_routes(Some(Scope::Send)).route_layer(guard(Scope::Send));
-    let read = openapi_routes(Some(Scope::Read)).route_layer(guard(Scope::Read));
-    let admin = openapi_routes(Some(Scope::Admin)).route_layer(guard(Scope::Admin));
-    let open = openapi_routes(None);
+    let metrics_auth = state.settings.metrics_auth;
+    let send = openapi_routes(Some(Scope::Send), metrics_auth).route_layer(guard(Scope::Send));
+    let read = openapi_routes(Some(Scope::Read), metrics_auth).route_layer(guard(Scope::Read));
+    let admin = openapi_routes(Some(Scope::Admin), metrics_auth).route_layer(guard(Scope::Admin));
+    let open = openapi_routes(None, metrics_auth);
     let trust_read = trust_routes::routes(Scope::Read).route_layer(guard(Scope::Read));
     let trust_send = trust_routes::routes(Scope::Send).route_layer(guard(Scope::Send));
 
@@ -267,15 +276,20 @@ pub fn router(state: ApiState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(from_fn_with_state(
+            state.clone(),
+            browser::guard_browser_requests,
+        ))
         .layer(from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
-/// The routes of [`openapi::ROUTES`] that need `scope` (`None`: open routes).
-fn openapi_routes(scope: Option<Scope>) -> Router<ApiState> {
+/// The routes of [`openapi::ROUTES`] that need `scope` (`None`: open routes), given whether
+/// `metrics_auth` moves the monitoring routes under `read`.
+fn openapi_routes(scope: Option<Scope>, metrics_auth: bool) -> Router<ApiState> {
     openapi::ROUTES
         .iter()
-        .filter(|r| r.scope == scope)
+        .filter(|r| r.effective_scope(metrics_auth) == scope)
         .fold(Router::new(), |router, r| {
             router.route(r.path, (r.handler)())
         })

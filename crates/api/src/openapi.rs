@@ -47,6 +47,21 @@ pub(crate) struct Route {
     pub(crate) handler: fn() -> MethodRouter<ApiState>,
 }
 
+/// Open routes that need a `read` key when `http.metrics_auth` is on.
+pub(crate) const METRICS_AUTH_PATHS: &[&str] = &["/metrics", "/openapi.json"];
+
+impl Route {
+    /// The scope the route needs: its own, or `read` for [`METRICS_AUTH_PATHS`] with
+    /// `metrics_auth`.
+    pub(crate) fn effective_scope(&self, metrics_auth: bool) -> Option<Scope> {
+        if metrics_auth && self.scope.is_none() && METRICS_AUTH_PATHS.contains(&self.path) {
+            Some(Scope::Read)
+        } else {
+            self.scope
+        }
+    }
+}
+
 const ID: Param = Param {
     name: "id",
     location: "path",
@@ -382,7 +397,7 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/metrics",
         scope: None,
         operation_id: "metrics",
-        summary: "Prometheus text exposition.",
+        summary: "Prometheus text exposition. Open, unless `http.metrics_auth` is on: then a key with the `read` scope is needed.",
         params: &[],
         request: None,
         responses: &[r(200, "Metrics (text/plain).", None)],
@@ -393,7 +408,7 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/openapi.json",
         scope: None,
         operation_id: "openapi",
-        summary: "This document.",
+        summary: "This document. Open, unless `http.metrics_auth` is on: then a key with the `read` scope is needed.",
         params: &[],
         request: None,
         responses: &[r(200, "The OpenAPI 3.0 document.", Some("Object"))],
@@ -524,6 +539,9 @@ pub(crate) fn document() -> Value {
             }
             responses.insert(resp.status.to_string(), v);
         }
+        if route.request.is_some() {
+            responses.insert("415".into(), json!({"description": "The body is not sent as `application/json`.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
+        }
         if route.scope.is_some() {
             responses.insert("401".into(), json!({"description": "Missing or invalid API key.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
             responses.insert("403".into(), json!({"description": "The key lacks the scope, or (without keys) the client is not on loopback.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
@@ -541,6 +559,9 @@ pub(crate) fn document() -> Value {
             Some(scope) => {
                 op["security"] = json!([{ "apiKey": [] }]);
                 op["x-required-scope"] = json!(scope.as_str());
+            }
+            None if METRICS_AUTH_PATHS.contains(&route.path) => {
+                op["security"] = json!([{}, { "apiKey": [] }]);
             }
             None => op["security"] = json!([]),
         }
@@ -561,7 +582,7 @@ pub(crate) fn document() -> Value {
         "info": {
             "title": "Postrider REST API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Submit mail, follow its delivery, manage the queue and the suppression list. Every error is `{\"error\": {\"code\", \"message\", \"field\"?}}`.",
+            "description": "Submit mail, follow its delivery, manage the queue and the suppression list. Every error is `{\"error\": {\"code\", \"message\", \"field\"?}}`. Request bodies must be sent with `Content-Type: application/json` (else 415) and must not repeat a key within an object (else 400). Without configured keys, requests must name `localhost` or a loopback address as their host (else 421) and carry no `Origin` of another site (else 403).",
         },
         "paths": paths,
         "components": {

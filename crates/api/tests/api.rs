@@ -63,6 +63,7 @@ struct Call<'a> {
     key: Option<&'a str>,
     client: Option<&'a str>,
     content_type: Option<&'a str>,
+    headers: Vec<(&'a str, &'a str)>,
 }
 
 fn call(method: Method, uri: &str) -> Call<'_> {
@@ -73,6 +74,7 @@ fn call(method: Method, uri: &str) -> Call<'_> {
         key: None,
         client: Some(LOOPBACK),
         content_type: None,
+        headers: Vec::new(),
     }
 }
 
@@ -91,6 +93,10 @@ impl<'a> Call<'a> {
         self.key = Some(key);
         self
     }
+    fn header(mut self, name: &'a str, value: &'a str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
     fn client(mut self, client: Option<&'a str>) -> Self {
         self.client = client;
         self
@@ -102,6 +108,9 @@ impl<'a> Call<'a> {
         }
         if let Some(k) = self.key {
             req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        for (name, value) in self.headers {
+            req = req.header(name, value);
         }
         let mut req = req.body(self.body.unwrap_or_else(Body::empty)).unwrap();
         if let Some(c) = self.client {
@@ -780,15 +789,159 @@ async fn body_and_message_size_limits() {
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
     );
-    // No content type at all is read as JSON.
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests a web page can make the browser send
+// ---------------------------------------------------------------------------------------------
+
+const FORM_LIKE_JSON: &[u8] =
+    br#"{"from":"a@example.com","to":"b@dest.test","subject":"s","text":"t"}"#;
+
+/// A cross-site `fetch(..., {mode: "no-cors", body})` or form post needs no preflight as long
+/// as the body is not declared JSON: such bodies are refused, whatever they contain.
+#[tokio::test]
+async fn bodies_must_be_declared_json() {
+    let h = harness(settings());
+    for content_type in [None, Some("text/plain"), Some("multipart/form-data")] {
+        let r = call(Method::POST, "/v1/messages")
+            .raw_body(FORM_LIKE_JSON, content_type)
+            .send(&h.app)
+            .await;
+        assert_error(
+            &r,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        );
+    }
+    // A declared length counts as a body even where the route reads none.
+    let r = call(Method::POST, "/v1/queue/0000000000000001/hold")
+        .raw_body(b"x=1", Some("text/plain"))
+        .header("content-length", "3")
+        .send(&h.app)
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let r = call(Method::POST, "/v1/messages")
+        .raw_body(FORM_LIKE_JSON, Some("application/json; charset=utf-8"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id: MessageId = r.json["id"].as_str().unwrap().parse().unwrap();
+    assert!(h.store.message(id).unwrap().is_some());
+}
+
+/// serde_json keeps the last of two equal keys; a body that means different things to
+/// different readers is refused instead, at any depth.
+#[tokio::test]
+async fn duplicate_object_keys_are_refused() {
+    let h = harness(settings());
+    let bodies: [&[u8]; 3] = [
+        br#"{"from":"a@example.com","to":"b@dest.test","to":"c@dest.test","subject":"s","text":"t"}"#,
+        br#"{"from":"a@example.com","to":[{"email":"b@dest.test","email":"c@dest.test"}],"subject":"s","text":"t"}"#,
+        br#"{"envelope":{"from":"a@example.com","to":["b@dest.test"],"from":"c@example.com"},"raw":"From: a@example.com\r\n\r\nx\r\n"}"#,
+    ];
+    for body in bodies {
+        let r = call(Method::POST, "/v1/messages")
+            .raw_body(body, Some("application/json"))
+            .send(&h.app)
+            .await;
+        let e = assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
+        assert!(
+            e["message"].as_str().unwrap().contains("duplicate"),
+            "{}",
+            r.text
+        );
+    }
+    // Equal keys in different objects are fine.
     let r = call(Method::POST, "/v1/messages")
         .raw_body(
-            br#"{"from":"a@example.com","to":"b@dest.test","text":"t"}"#,
-            None,
+            br#"{"from":{"email":"a@example.com"},"to":[{"email":"b@dest.test"}],"subject":"s","text":"t"}"#,
+            Some("application/json"),
         )
         .send(&h.app)
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+}
+
+/// A DNS-rebinding page makes its own name resolve to 127.0.0.1 and reads the answers: without
+/// keys, only loopback host names are served.
+#[tokio::test]
+async fn keyless_mode_serves_only_loopback_host_names() {
+    let h = harness(settings());
+    for host in [
+        "evil.example",
+        "evil.example:8025",
+        "localhost.evil.example",
+    ] {
+        for (method, uri) in [
+            (Method::GET, "/v1/queue"),
+            (Method::GET, "/metrics"),
+            (Method::POST, "/v1/queue/retry"),
+        ] {
+            let r = call(method, uri).header("host", host).send(&h.app).await;
+            assert_error(&r, StatusCode::MISDIRECTED_REQUEST, "misdirected_request");
+        }
+    }
+    for host in [
+        "localhost",
+        "localhost:8025",
+        "127.0.0.1:8025",
+        "[::1]:8025",
+        "127.0.0.1",
+    ] {
+        let r = call(Method::GET, "/v1/queue")
+            .header("host", host)
+            .send(&h.app)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{host}: {}", r.text);
+    }
+}
+
+/// Browsers mark cross-site requests with `Origin`; without keys they are refused, also those
+/// without a body (a no-cors `POST /v1/queue/{id}/bounce`).
+#[tokio::test]
+async fn keyless_mode_refuses_other_origins() {
+    let h = harness(settings());
+    let id = submit(&h, &simple("x@dest.test")).await;
+    let uri = format!("/v1/queue/{id}/hold");
+    for origin in ["https://evil.example", "null"] {
+        let r = call(Method::POST, &uri)
+            .header("host", "127.0.0.1:8025")
+            .header("origin", origin)
+            .send(&h.app)
+            .await;
+        assert_error(&r, StatusCode::FORBIDDEN, "cross_origin");
+    }
+    assert!(!h.store.message(id).unwrap().unwrap().held);
+    let r = call(Method::POST, &uri)
+        .header("origin", "http://127.0.0.1:8025")
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+/// With keys the key is the credential: any host name and origin is served to a valid key.
+#[tokio::test]
+async fn with_keys_any_host_name_is_served() {
+    let (h, _send, read, _admin) = keyed(None);
+    let r = call(Method::GET, "/v1/events")
+        .key(&read)
+        .header("host", "relay.example.com")
+        .header("origin", "https://console.example.com")
+        .client(Some("192.0.2.7:5000"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = call(Method::GET, "/v1/events")
+        .header("host", "relay.example.com")
+        .client(Some("192.0.2.7:5000"))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
 #[tokio::test]
@@ -936,6 +1089,14 @@ async fn readiness_follows_the_store() {
 // ---------------------------------------------------------------------------------------------
 
 fn keyed(rate_limit: Option<RateLimit>) -> (Harness, String, String, String) {
+    keyed_with(ApiSettings {
+        rate_limit,
+        ..settings()
+    })
+}
+
+/// A harness with three keys (send, read, admin) added to `base`; returns the keys in clear.
+fn keyed_with(base: ApiSettings) -> (Harness, String, String, String) {
     let (send_key, send_hash) = generate_api_key();
     let (read_key, read_hash) = generate_api_key();
     let (admin_key, admin_hash) = generate_api_key();
@@ -957,8 +1118,7 @@ fn keyed(rate_limit: Option<RateLimit>) -> (Harness, String, String, String) {
                 scopes: vec![Scope::Admin],
             },
         ],
-        rate_limit,
-        ..settings()
+        ..base
     });
     (h, send_key, read_key, admin_key)
 }
@@ -1113,6 +1273,42 @@ async fn rate_limit_answers_429_with_retry_after() {
 // ---------------------------------------------------------------------------------------------
 // Health, metrics, queue admin
 // ---------------------------------------------------------------------------------------------
+
+/// `/metrics` and `/openapi.json` are open by default even with keys; `metrics_auth` makes them
+/// need a `read` key, while the health checks stay open for probes.
+#[tokio::test]
+async fn metrics_auth_is_a_choice() {
+    let remote = Some("192.0.2.7:5000");
+    let (open, ..) = keyed(None);
+    for uri in ["/metrics", "/openapi.json", "/healthz", "/readyz"] {
+        let r = call(Method::GET, uri).client(remote).send(&open.app).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.text);
+    }
+    let (h, send, read, _admin) = keyed_with(ApiSettings {
+        metrics_auth: true,
+        ..settings()
+    });
+    for uri in ["/metrics", "/openapi.json"] {
+        let r = call(Method::GET, uri).client(remote).send(&h.app).await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+        let r = call(Method::GET, uri)
+            .key(&send)
+            .client(remote)
+            .send(&h.app)
+            .await;
+        assert_error(&r, StatusCode::FORBIDDEN, "insufficient_scope");
+        let r = call(Method::GET, uri)
+            .key(&read)
+            .client(remote)
+            .send(&h.app)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.text);
+    }
+    for uri in ["/healthz", "/readyz"] {
+        let r = call(Method::GET, uri).client(remote).send(&h.app).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.text);
+    }
+}
 
 #[tokio::test]
 async fn health_and_metrics() {

@@ -13,13 +13,13 @@ use postrider_delivery::{
     RelayTls, Relayhost, Route, SmtpTimeouts, TlsMode,
 };
 use postrider_metrics::Metrics;
-use postrider_smtp::{BareNewlinePolicy, SmtpServer, SmtpSettings, SmtpUser};
+use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpServer, SmtpSettings, SmtpUser};
 use postrider_store::{OpenOptions, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BareNewlines, Config, DeliveryTls, RelayTlsMode};
+use crate::config::{BareNewlines, Config, DeliveryTls, RawFromPolicy, RelayTlsMode};
 
 /// How often finished messages past their retention are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
@@ -317,6 +317,10 @@ fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
                 name: u.name.clone(),
                 password_hash: u.password_hash.clone(),
                 allowed_senders: u.allowed_senders.clone(),
+                from_policy: match u.from_policy {
+                    RawFromPolicy::Reject => FromPolicy::Reject,
+                    RawFromPolicy::Rewrite => FromPolicy::Rewrite,
+                },
             })
             .collect(),
         messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,
@@ -357,6 +361,7 @@ fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
             burst: r.max(1),
         }),
         idempotency_ttl: raw.http.idempotency_ttl.0,
+        metrics_auth: raw.http.metrics_auth,
         ..ApiSettings::default()
     };
     settings.validate().context("invalid [http] settings")?;

@@ -312,9 +312,24 @@ pub(crate) struct RawSmtpUser {
     pub(crate) name: String,
     /// Argon2 PHC hash, as printed by `postrider passwd`.
     pub(crate) password_hash: String,
-    /// Senders this user may use (`user@example.com` or `@example.com`); empty: any.
+    /// Senders this user may use (`user@example.com` or `@example.com`); empty: any. Holds
+    /// for the envelope sender and for the `From:` and `Sender:` fields.
     #[serde(default)]
     pub(crate) allowed_senders: Vec<String>,
+    /// What a `From:`/`Sender:` outside `allowed_senders` gets: `reject` or `rewrite`.
+    #[serde(default)]
+    pub(crate) from_policy: RawFromPolicy,
+}
+
+/// `smtp.users.from_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawFromPolicy {
+    /// `550 5.7.1` at the end of DATA (default).
+    #[default]
+    Reject,
+    /// Keep `From:`, set `Sender: <envelope sender>`; DKIM signs for the `Sender:` domain.
+    Rewrite,
 }
 
 /// `[http]`.
@@ -336,6 +351,9 @@ pub(crate) struct RawHttp {
     /// How long an `Idempotency-Key` is remembered.
     #[serde(default = "default_idempotency_ttl")]
     pub(crate) idempotency_ttl: HumanDuration,
+    /// Whether `/metrics` and `/openapi.json` need a key with the `read` scope.
+    #[serde(default)]
+    pub(crate) metrics_auth: bool,
 }
 
 fn default_idempotency_ttl() -> HumanDuration {
@@ -350,6 +368,7 @@ impl Default for RawHttp {
             max_body_size: default_http_max_body(),
             rate_limit_per_key: None,
             idempotency_ttl: default_idempotency_ttl(),
+            metrics_auth: false,
         }
     }
 }
@@ -1213,6 +1232,16 @@ warn_after = "0s"
         assert_eq!(c.hostname, "relay.example.com");
         assert_eq!(c.raw.webhooks.len(), 1);
         assert_eq!(c.raw.dkim.keys.len(), 1);
+        assert!(!c.raw.http.metrics_auth);
+        assert_eq!(c.raw.smtp.users.len(), 1);
+        assert_eq!(c.raw.smtp.users[0].from_policy, RawFromPolicy::Reject);
+    }
+
+    #[test]
+    fn metrics_auth_is_off_unless_set() {
+        assert!(!Config::from_toml("").unwrap().raw.http.metrics_auth);
+        let on = Config::from_toml("[http]\nmetrics_auth = true").unwrap();
+        assert!(on.raw.http.metrics_auth);
     }
 
     #[test]

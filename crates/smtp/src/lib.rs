@@ -10,12 +10,15 @@
 //!   messages in it before answering 250.
 //! - [`SmtpSettings`]: limits, timeouts, trusted networks, TLS, users.
 //! - [`hash_password`]: argon2 PHC strings for the `users` setting.
+//! - [`FromPolicy`]: an authenticated user's `From:`/`Sender:` must name senders the user may
+//!   use, like the envelope sender; otherwise the message is refused or gets a `Sender:`.
 //!
 //! Postrider is never an open relay: only clients from `trusted_networks` or authenticated
 //! users may submit mail, and AUTH is only offered over TLS or from a trusted network.
 
 pub mod proto;
 
+mod author;
 mod error;
 mod limits;
 mod message;
@@ -23,6 +26,7 @@ mod password;
 mod server;
 mod settings;
 
+pub use author::{AuthorField, FromPolicy, disallowed_author_field, with_sender};
 pub use error::SmtpError;
 pub use message::{HeaderPresence, TraceInfo, header_presence, prepare_message};
 pub use password::{PasswordError, hash_password, validate_password_hash};

@@ -548,6 +548,7 @@ impl Session {
         user.map(|u| AuthorizedUser {
             name: u.name,
             allowed_senders: u.allowed_senders,
+            from_policy: u.from_policy,
         })
     }
 

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::author::FromPolicy;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -29,7 +31,10 @@ pub struct SmtpUser {
     /// Argon2 PHC string (`$argon2id$v=19$...`), as made by [`crate::hash_password`].
     pub password_hash: String,
     /// Envelope senders this user may use: full addresses or `@domain`. Empty means any.
+    /// The `From:` and `Sender:` fields of the user's messages are held to the same list.
     pub allowed_senders: Vec<String>,
+    /// What to do with a message whose `From:`/`Sender:` is not in `allowed_senders`.
+    pub from_policy: FromPolicy,
 }
 
 impl std::fmt::Debug for SmtpUser {
@@ -37,6 +42,7 @@ impl std::fmt::Debug for SmtpUser {
         f.debug_struct("SmtpUser")
             .field("name", &self.name)
             .field("allowed_senders", &self.allowed_senders)
+            .field("from_policy", &self.from_policy)
             .finish_non_exhaustive()
     }
 }

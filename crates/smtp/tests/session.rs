@@ -7,7 +7,7 @@ use std::time::Duration;
 use postrider_core::MessageId;
 use postrider_metrics::Metrics;
 use postrider_smtp::{
-    BareNewlinePolicy, SmtpError, SmtpServer, SmtpSettings, SmtpUser, hash_password,
+    BareNewlinePolicy, FromPolicy, SmtpError, SmtpServer, SmtpSettings, SmtpUser, hash_password,
     tls_config_from_pem,
 };
 use postrider_store::Store;
@@ -660,6 +660,7 @@ fn user(name: &str, password: &str, allowed: &[&str]) -> SmtpUser {
         name: name.into(),
         password_hash: hash_password(password).unwrap(),
         allowed_senders: allowed.iter().map(|s| s.to_string()).collect(),
+        from_policy: FromPolicy::Reject,
     }
 }
 
@@ -776,6 +777,69 @@ async fn auth_plain_from_trusted_network_without_tls() {
     let id = queued_id(&send_message(&mut client, "any@where.test", "r@b.test", "x\r\n").await);
     let body = String::from_utf8(server.store.body(id).unwrap().unwrap()).unwrap();
     assert!(body.contains("with ESMTPA;"), "{body}");
+}
+
+/// An authenticated user's From:/Sender: is held to the user's allowed senders: refused and
+/// counted under `reject`, stored with the envelope sender as `Sender:` under `rewrite`.
+#[tokio::test]
+async fn forged_from_is_refused_or_rewritten_per_user() {
+    let mut rewriting = user("bulk", "pw2", &["@allowed.test"]);
+    rewriting.from_policy = FromPolicy::Rewrite;
+    let server = start(
+        SmtpSettings {
+            users: vec![user("app", "pw", &["@allowed.test"]), rewriting],
+            ..settings()
+        },
+        false,
+    )
+    .await;
+    let forged = "From: CEO <ceo@bank.test>\r\nSubject: wire\r\n\r\nx\r\n";
+
+    let mut client = greeted(server.addr).await;
+    client.cmd("EHLO c").await;
+    // AUTH PLAIN \0app\0pw
+    assert!(
+        client
+            .cmd("AUTH PLAIN AGFwcABwdw==")
+            .await
+            .starts_with("235")
+    );
+    let reply = send_message(&mut client, "app@allowed.test", "r@b.test", forged).await;
+    assert_eq!(
+        reply,
+        "550 5.7.1 From: header address not allowed for this user\r\n"
+    );
+    assert_eq!(server.store.pending_count(), 0);
+    assert_eq!(
+        metric(
+            &server.metrics,
+            "postrider_smtp_rejections_total{reason=\"author_not_allowed\"}"
+        ),
+        "1"
+    );
+    let allowed = "From: App <app@allowed.test>\r\n\r\nx\r\n";
+    let id = queued_id(&send_message(&mut client, "app@allowed.test", "r@b.test", allowed).await);
+    let body = String::from_utf8(server.store.body(id).unwrap().unwrap()).unwrap();
+    assert!(
+        body.ends_with(allowed) && !body.contains("Sender:"),
+        "{body}"
+    );
+
+    let mut client = greeted(server.addr).await;
+    client.cmd("EHLO c").await;
+    // AUTH PLAIN \0bulk\0pw2
+    assert!(
+        client
+            .cmd("AUTH PLAIN AGJ1bGsAcHcy")
+            .await
+            .starts_with("235")
+    );
+    let id = queued_id(&send_message(&mut client, "bulk@allowed.test", "r@b.test", forged).await);
+    let body = String::from_utf8(server.store.body(id).unwrap().unwrap()).unwrap();
+    assert!(
+        body.contains("\r\nSender: <bulk@allowed.test>\r\nFrom: CEO <ceo@bank.test>\r\n"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! Keys are loaded once at start ([`DkimSigner::load`]); a bad key file is a start-up error
 //! naming the file. At send time [`DkimSigner`] (a [`MessageSigner`]) picks the keys of the
-//! `From:` header's domain and returns the `DKIM-Signature:` field(s) to prepend.
+//! [`signing_domain`] (the `From:` domain, or the `Sender:` domain when that differs) and
+//! returns the `DKIM-Signature:` field(s) to prepend.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -299,10 +300,10 @@ impl MessageSigner for DkimSigner {
         if self.keys.is_empty() {
             return None;
         }
-        let domain = author_domain(message)?;
+        let domain = signing_domain(message)?;
         let keys = self.keys_for(&domain);
         if keys.is_empty() {
-            tracing::debug!(%domain, "no DKIM key for the author domain; sending unsigned");
+            tracing::debug!(%domain, "no DKIM key for the signing domain; sending unsigned");
             return None;
         }
         let mut out = Vec::new();
@@ -322,6 +323,29 @@ impl MessageSigner for DkimSigner {
         }
         if out.is_empty() { None } else { Some(out) }
     }
+}
+
+/// The domain a message is signed for: the `From:` domain ([`author_domain`]), unless a
+/// `Sender:` field names an address of another domain: then the `Sender:` domain, because the
+/// sender, not the author, handed the message to Postrider. That is what keeps a forged
+/// `From:` unsigned: an SMTP user under `from_policy = "rewrite"` gets its envelope sender as
+/// `Sender:`, so its message is signed for its own domain (when a key exists), never for the
+/// `From:` domain it may not use. `None` without a `From:` address.
+pub fn signing_domain(message: &[u8]) -> Option<String> {
+    let author = author_domain(message)?;
+    match sender_domain(message) {
+        Some(sender) if sender != author => Some(sender),
+        _ => Some(author),
+    }
+}
+
+/// The domain of the first `Sender:` address, lowercased; `None` if there is none.
+fn sender_domain(message: &[u8]) -> Option<String> {
+    let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
+    let address = parsed.sender()?.first()?.address()?;
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = Domain::parse(domain).ok()?;
+    Some(domain.as_str().to_owned())
 }
 
 /// The domain of the first `From:` address, lowercased; `None` if there is none.

@@ -32,7 +32,7 @@ use hickory_resolver::TokioResolver;
 pub use check::{Check, CheckStatus, DomainReport, check_domain};
 pub use dkim::{
     DEFAULT_SIGNED_HEADERS, DkimAlgorithm, DkimConfigError, DkimKeyConfig, DkimPublicKey,
-    DkimSettings, DkimSigner, GeneratedKey, author_domain, generate_dkim_key,
+    DkimSettings, DkimSigner, GeneratedKey, author_domain, generate_dkim_key, signing_domain,
 };
 pub use verify::{Deliverability, Verifier, VerifierSettings, VerifyError, VerifyResult};
 

@@ -167,6 +167,34 @@ async fn no_signature_without_a_key_for_the_from_domain() {
     assert_eq!(f.signer.sign(b"not a message at all"), None);
 }
 
+/// A message whose `Sender:` names another domain than its `From:` (what Postrider writes for
+/// an SMTP user whose forged `From:` it rewrites) is never signed for the `From:` domain.
+#[tokio::test]
+async fn forged_from_with_a_foreign_sender_is_not_signed_for_the_from_domain() {
+    let f = fixture().await;
+    let rewritten = format!("Sender: <app@allowed.test>\r\n{MESSAGE}");
+    assert_eq!(f.signer.sign(rewritten.as_bytes()), None);
+    // The Sender: domain is signed when it has a key, and the signature verifies.
+    let other_author = format!(
+        "Sender: <news@example.test>\r\n{}",
+        MESSAGE.replace("alice@example.test", "ceo@bank.test")
+    );
+    let headers = f.signer.sign(other_author.as_bytes()).expect("signed");
+    let text = String::from_utf8(headers.clone()).unwrap();
+    assert!(text.contains("d=example.test"), "{text}");
+    let mut signed = headers;
+    signed.extend_from_slice(other_author.as_bytes());
+    assert!(
+        verify(&f.dns, &signed)
+            .await
+            .iter()
+            .all(|(_, r)| *r == DkimResult::Pass)
+    );
+    // A Sender: of the From: domain changes nothing.
+    let same = format!("Sender: <ops@example.test>\r\n{MESSAGE}");
+    assert!(f.signer.sign(same.as_bytes()).is_some());
+}
+
 #[tokio::test]
 async fn wildcard_entry_signs_subdomains_with_the_parent_domain() {
     let domain = Domain::parse("example.test").unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use postrider_core::MessageId;
-use postrider_smtp::BareNewlinePolicy;
+use postrider_smtp::{BareNewlinePolicy, FromPolicy};
 use postrider_smtp::proto::{
     Admission, AuthorizedUser, Event, MAX_AUTH_LINE, Protocol, ProtocolConfig, SubmitOutcome,
 };
@@ -66,6 +66,11 @@ fuzz_target!(|data: &[u8]| {
                 protocol.resolve_auth(ok.then(|| AuthorizedUser {
                     name: "u".into(),
                     allowed_senders: vec!["@a.test".into()],
+                    from_policy: if flags & 32 == 0 {
+                        FromPolicy::Reject
+                    } else {
+                        FromPolicy::Rewrite
+                    },
                 }));
             }
             Event::AdmitMessage { .. } => protocol.resolve_admission(match flags & 24 {

@@ -30,6 +30,9 @@ pub enum Rejection {
     RelayDenied,
     /// The authenticated user may not use this sender (553 5.7.1).
     SenderNotAllowed,
+    /// The authenticated user's `From:` or `Sender:` names a sender the user may not use
+    /// (550 5.7.1 at the end of DATA).
+    AuthorNotAllowed,
     /// A message rate limit was hit (450 4.7.1).
     RateLimited,
     /// Bare CR or LF in message content (550 5.6.11).
@@ -70,6 +73,7 @@ impl Rejection {
             Rejection::EncryptionRequired => "encryption_required",
             Rejection::RelayDenied => "relay_denied",
             Rejection::SenderNotAllowed => "sender_not_allowed",
+            Rejection::AuthorNotAllowed => "author_not_allowed",
             Rejection::RateLimited => "rate_limited",
             Rejection::BareNewline => "bare_newline",
             Rejection::LongTextLine => "long_text_line",

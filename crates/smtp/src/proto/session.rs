@@ -21,6 +21,7 @@ use postrider_core::{Address, Envelope, MessageId, RecipientRequest, ReversePath
 use super::body::{BodyError, BodyReceiver};
 use super::command::{AuthMechanism, Command, CommandError, MailParams, parse_command};
 use super::reply::{Rejection, Reply};
+use crate::author::{FromPolicy, disallowed_author_field, with_sender};
 use crate::settings::BareNewlinePolicy;
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
@@ -69,6 +70,8 @@ pub struct AuthorizedUser {
     pub name: String,
     /// Senders this user may use (addresses or `@domain`); empty means any.
     pub allowed_senders: Vec<String>,
+    /// What to do when `From:`/`Sender:` names a sender not in `allowed_senders`.
+    pub from_policy: FromPolicy,
 }
 
 impl AuthorizedUser {
@@ -77,9 +80,16 @@ impl AuthorizedUser {
         if self.allowed_senders.is_empty() {
             return true;
         }
-        let Some(address) = sender.address() else {
-            return false;
-        };
+        sender
+            .address()
+            .is_some_and(|address| self.may_use_address(address))
+    }
+
+    /// Whether this user may name `address` as a sender (envelope, `From:` or `Sender:`).
+    pub fn may_use_address(&self, address: &Address) -> bool {
+        if self.allowed_senders.is_empty() {
+            return true;
+        }
         let full = address.to_string();
         self.allowed_senders
             .iter()
@@ -922,6 +932,10 @@ impl Protocol {
         };
         envelope.ret = transaction.params.ret;
         envelope.envid = transaction.params.envid;
+        let body = match self.apply_from_policy(body, &envelope) {
+            Ok(body) => body,
+            Err(refusal) => return self.reply(refusal),
+        };
         let submission = Submission {
             envelope,
             body,
@@ -935,6 +949,29 @@ impl Protocol {
         };
         self.phase = Phase::Awaiting(Pending::Submit);
         self.events.push_back(Event::Submit(submission));
+    }
+
+    /// Holds an authenticated user's `From:` and `Sender:` to the user's allowed senders: the
+    /// content to queue (with `Sender:` rewritten under [`FromPolicy::Rewrite`]) or the refusal.
+    fn apply_from_policy(&self, body: Vec<u8>, envelope: &Envelope) -> Result<Vec<u8>, Reply> {
+        let Some(user) = self.user.as_ref().filter(|u| !u.allowed_senders.is_empty()) else {
+            return Ok(body);
+        };
+        let Some(field) = disallowed_author_field(&body, |a| user.may_use_address(a)) else {
+            return Ok(body);
+        };
+        match (user.from_policy, envelope.sender().address()) {
+            (FromPolicy::Rewrite, Some(sender)) => Ok(with_sender(&body, sender)),
+            _ => Err(Reply::reject(
+                550,
+                "5.7.1",
+                format!(
+                    "{}: header address not allowed for this user",
+                    field.as_str()
+                ),
+                Rejection::AuthorNotAllowed,
+            )),
+        }
     }
 
     fn starttls(&mut self) {

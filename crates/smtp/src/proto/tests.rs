@@ -5,6 +5,7 @@ use std::sync::Arc;
 use postrider_core::{DsnRet, MessageId, NotifyFlags};
 
 use super::*;
+use crate::author::FromPolicy;
 use crate::settings::BareNewlinePolicy;
 
 fn config() -> ProtocolConfig {
@@ -28,6 +29,8 @@ struct Driver {
     admission: Admission,
     store_fails: bool,
     next_id: u64,
+    /// The policy of the user `alice` (allowed: `alice@a.test`, `@b.test`).
+    from_policy: FromPolicy,
 }
 
 impl Driver {
@@ -41,6 +44,7 @@ impl Driver {
             admission: Admission::Admitted,
             store_fails: false,
             next_id: 1,
+            from_policy: FromPolicy::Reject,
         };
         driver.run();
         driver
@@ -61,6 +65,7 @@ impl Driver {
                     let user = ok.then(|| AuthorizedUser {
                         name: c.username,
                         allowed_senders: vec!["alice@a.test".into(), "@b.test".into()],
+                        from_policy: self.from_policy,
                     });
                     self.protocol.resolve_auth(user);
                 }
@@ -642,6 +647,85 @@ fn untrusted_clients_must_authenticate_over_tls() {
     );
     assert_eq!(d.submissions[0].protocol, "ESMTPSA");
     assert_eq!(d.submissions[0].user.as_deref(), Some("alice"));
+}
+
+/// The last reply queued a message, and submission `index` holds `body`.
+fn assert_queued(d: &Driver, index: usize, body: &[u8]) {
+    assert!(
+        d.last().starts_with("250 2.0.0 Ok: queued as"),
+        "{}",
+        d.transcript
+    );
+    assert_eq!(d.submissions[index].body, body);
+}
+
+/// Alice, authenticated, sends one message with `header` as its header section.
+fn alice_sends(d: &mut Driver, header: &str) {
+    d.send(b"MAIL FROM:<alice@a.test>\r\nRCPT TO:<r@c.test>\r\nDATA\r\n");
+    d.send(format!("{header}\r\nbody\r\n.\r\n").as_bytes());
+}
+
+fn authenticated_alice(from_policy: FromPolicy) -> Driver {
+    let mut d = Driver::new(config(), true);
+    d.from_policy = from_policy;
+    d.send(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(d.last(), "235 2.7.0 Authentication successful");
+    d
+}
+
+#[test]
+fn forged_author_fields_are_refused_under_the_reject_policy() {
+    let mut d = authenticated_alice(FromPolicy::Reject);
+    alice_sends(&mut d, "From: CEO <ceo@bank.test>\r\nSubject: pay\r\n");
+    assert_eq!(
+        d.last(),
+        "550 5.7.1 From: header address not allowed for this user"
+    );
+    alice_sends(&mut d, "From: alice@a.test\r\nSender: ceo@bank.test\r\n");
+    assert_eq!(
+        d.last(),
+        "550 5.7.1 Sender: header address not allowed for this user"
+    );
+    alice_sends(&mut d, "From: Mallory <mallory@a.test>\r\n");
+    assert_eq!(
+        d.last(),
+        "550 5.7.1 From: header address not allowed for this user"
+    );
+    assert!(d.submissions.is_empty());
+    // Allowed addresses (an exact one, any of an allowed domain) still pass, unchanged.
+    alice_sends(
+        &mut d,
+        "From: Alice <Alice@A.test>\r\nSender: news@b.test\r\n",
+    );
+    assert_queued(
+        &d,
+        0,
+        b"From: Alice <Alice@A.test>\r\nSender: news@b.test\r\n\r\nbody\r\n",
+    );
+}
+
+#[test]
+fn forged_from_gets_the_envelope_sender_under_the_rewrite_policy() {
+    let mut d = authenticated_alice(FromPolicy::Rewrite);
+    alice_sends(
+        &mut d,
+        "From: CEO <ceo@bank.test>\r\nSender: ceo@bank.test\r\n",
+    );
+    assert_queued(
+        &d,
+        0,
+        b"Sender: <alice@a.test>\r\nFrom: CEO <ceo@bank.test>\r\n\r\nbody\r\n",
+    );
+    alice_sends(&mut d, "From: news@b.test\r\n");
+    assert_eq!(d.submissions[1].body, b"From: news@b.test\r\n\r\nbody\r\n");
+}
+
+#[test]
+fn trusted_clients_without_auth_keep_their_from() {
+    let mut d = Driver::new(config(), true);
+    d.send(b"EHLO c\r\n");
+    alice_sends(&mut d, "From: CEO <ceo@bank.test>\r\n");
+    assert_queued(&d, 0, b"From: CEO <ceo@bank.test>\r\n\r\nbody\r\n");
 }
 
 #[test]
