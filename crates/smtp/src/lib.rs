@@ -16,6 +16,7 @@
 
 pub mod proto;
 
+mod auth_throttle;
 mod error;
 mod limits;
 mod message;

@@ -6,7 +6,16 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+
+/// A permit of `slots` if one frees within `wait`; `None` otherwise, so that a crowd of
+/// waiters (e.g. for password checks) cannot queue up without bound.
+pub(crate) async fn acquire_within(
+    slots: &Semaphore,
+    wait: Duration,
+) -> Option<SemaphorePermit<'_>> {
+    tokio::time::timeout(wait, slots.acquire()).await.ok()?.ok()
+}
 
 /// Global and per-IP session limits. Acquisition never waits: an over-limit client is told so
 /// right away instead of piling up in the accept queue.
@@ -185,6 +194,25 @@ mod tests {
         assert!(
             limiter.try_acquire(mapped).is_some(),
             "v4-mapped counts as the same IP"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_slot_is_bounded() {
+        let slots = Semaphore::new(1);
+        let held = acquire_within(&slots, Duration::from_millis(10)).await;
+        assert!(held.is_some());
+        assert!(
+            acquire_within(&slots, Duration::from_millis(10))
+                .await
+                .is_none(),
+            "no slot freed in time"
+        );
+        drop(held);
+        assert!(
+            acquire_within(&slots, Duration::from_millis(10))
+                .await
+                .is_some()
         );
     }
 

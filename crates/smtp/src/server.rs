@@ -19,13 +19,14 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth_throttle::{AuthThrottle, LockScope, MAX_TRACKED, ThrottlePolicy};
 use crate::error::SmtpError;
-use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter};
+use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter, acquire_within};
 use crate::message::{TraceInfo, prepare_message};
 use crate::password::{validate_password_hash, verify_password};
 use crate::proto::{
-    Admission, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig, Rejection, Reply,
-    Submission, SubmitOutcome,
+    Admission, AuthOutcome, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig,
+    Rejection, Reply, Submission, SubmitOutcome,
 };
 use crate::settings::{SmtpSettings, SmtpUser};
 
@@ -35,6 +36,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 /// Concurrent argon2 verifications (each needs about 19 MiB and a core for tens of ms).
 const AUTH_CONCURRENCY: usize = 4;
+/// Longest wait for a verification slot; then AUTH is answered `454 4.7.0`.
+const AUTH_SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Time allowed for the final reply and TLS close on the way out.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -61,6 +64,8 @@ struct Inner {
     user_rates: Option<Mutex<RateLimiter<String>>>,
     sessions: TaskTracker,
     auth_slots: Semaphore,
+    auth_throttle: Mutex<AuthThrottle>,
+    auth_lockout: Duration,
 }
 
 impl SmtpServer {
@@ -87,6 +92,14 @@ impl SmtpServer {
         }
         if settings.command_timeout.is_zero() || settings.data_timeout.is_zero() {
             return invalid("timeouts must be positive");
+        }
+        if settings.auth_max_failures == 0
+            || settings.auth_failure_window.is_zero()
+            || settings.auth_lockout.is_zero()
+        {
+            return invalid(
+                "auth_max_failures, auth_failure_window and auth_lockout must be positive",
+            );
         }
         if settings.messages_per_minute_per_ip == Some(0)
             || settings.messages_per_minute_per_user == Some(0)
@@ -134,6 +147,14 @@ impl SmtpServer {
                 .map(|n| Mutex::new(RateLimiter::new(n))),
             sessions: TaskTracker::new(),
             auth_slots: Semaphore::new(AUTH_CONCURRENCY),
+            auth_throttle: Mutex::new(AuthThrottle::new(ThrottlePolicy {
+                max_failures: settings.auth_max_failures,
+                window: settings.auth_failure_window,
+                lockout: settings.auth_lockout,
+                first_delay: settings.auth_failure_delay,
+                max_tracked: MAX_TRACKED,
+            })),
+            auth_lockout: settings.auth_lockout,
         };
         Ok(SmtpServer {
             inner: Arc::new(inner),
@@ -328,6 +349,7 @@ enum Ending {
 struct Session {
     inner: Arc<Inner>,
     client_ip: IpAddr,
+    trusted: bool,
     protocol: Protocol,
     output: Vec<u8>,
     messages: u64,
@@ -365,6 +387,7 @@ async fn run_session(
     let mut session = Session {
         inner,
         client_ip,
+        trusted,
         protocol,
         output: Vec::new(),
         messages: 0,
@@ -460,8 +483,8 @@ impl Session {
                     self.command_deadline = Instant::now() + self.inner.command_timeout;
                 }
                 Event::Authenticate(credentials) => {
-                    let user = self.verify(credentials).await;
-                    self.protocol.resolve_auth(user);
+                    let outcome = self.verify(credentials).await;
+                    self.protocol.resolve_auth(outcome);
                 }
                 Event::AdmitMessage { user } => {
                     let admitted = self.admit(user.as_deref());
@@ -530,25 +553,109 @@ impl Session {
         }
     }
 
-    async fn verify(&self, credentials: Credentials) -> Option<AuthorizedUser> {
-        let user = self.inner.users.get(&credentials.username).cloned();
-        let hash = match &user {
-            Some(user) => user.password_hash.clone(),
-            None => self.inner.decoy_hash.clone()?,
-        };
-        let _slot = self.inner.auth_slots.acquire().await.ok()?;
-        let password = credentials.password;
-        let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-            .await
-            .unwrap_or(false);
-        let user = user.filter(|_| matches);
-        if user.is_none() {
-            tracing::info!(client_ip = %self.client_ip, username = %credentials.username, "smtp authentication failed");
+    /// Checks AUTH credentials under the failure throttle: locked-out clients and users are
+    /// refused without running argon2, failures are answered after a growing delay, and
+    /// waiting for a verification slot is bounded.
+    async fn verify(&self, credentials: Credentials) -> AuthOutcome {
+        let username = credentials.username.as_str();
+        if let Some(scope) = self.lockout(username) {
+            return self.refuse_locked_out(username, scope);
         }
-        user.map(|u| AuthorizedUser {
-            name: u.name,
-            allowed_senders: u.allowed_senders,
-        })
+        let user = self.inner.users.get(username);
+        // Unknown users are checked against a real hash too, so they take as long as known ones.
+        let hash = user
+            .map(|u| u.password_hash.clone())
+            .or_else(|| self.inner.decoy_hash.clone());
+        let matches = match hash {
+            Some(hash) => {
+                let Some(_slot) = acquire_within(&self.inner.auth_slots, AUTH_SLOT_WAIT).await
+                else {
+                    self.count_auth_failure("busy");
+                    tracing::warn!(client_ip = %self.client_ip, "smtp authentication refused: no password check slot free");
+                    return AuthOutcome::Busy;
+                };
+                // Concurrent guesses may have started a lockout while this one waited.
+                if let Some(scope) = self.lockout(username) {
+                    return self.refuse_locked_out(username, scope);
+                }
+                let password = credentials.password.clone();
+                tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+                    .await
+                    .unwrap_or(false)
+            }
+            None => false,
+        };
+        match user.filter(|_| matches) {
+            Some(user) => {
+                self.auth_throttle()
+                    .record_success(self.throttled_address());
+                AuthOutcome::Authorized(AuthorizedUser {
+                    name: user.name.clone(),
+                    allowed_senders: user.allowed_senders.clone(),
+                })
+            }
+            None => {
+                self.record_auth_failure(username).await;
+                AuthOutcome::Invalid
+            }
+        }
+    }
+
+    /// The address failed AUTH attempts are counted under: none for trusted networks (behind a
+    /// load balancer every client shares its address), which are throttled per user only.
+    fn throttled_address(&self) -> Option<IpAddr> {
+        (!self.trusted).then_some(self.client_ip)
+    }
+
+    fn auth_throttle(&self) -> std::sync::MutexGuard<'_, AuthThrottle> {
+        self.inner
+            .auth_throttle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lockout(&self, username: &str) -> Option<LockScope> {
+        self.auth_throttle()
+            .lockout(self.throttled_address(), username, Instant::now())
+    }
+
+    fn refuse_locked_out(&self, username: &str, scope: LockScope) -> AuthOutcome {
+        self.count_auth_failure("locked_out");
+        tracing::debug!(client_ip = %self.client_ip, username = ?loggable(username), scope = scope.as_str(), "smtp authentication refused: locked out");
+        AuthOutcome::LockedOut
+    }
+
+    fn count_auth_failure(&self, reason: &str) {
+        self.inner
+            .metrics
+            .smtp_auth_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Counts wrong credentials, logs the lockouts they start, and waits the delay before the
+    /// failure may be answered.
+    async fn record_auth_failure(&self, username: &str) {
+        self.count_auth_failure("invalid_credentials");
+        let verdict =
+            self.auth_throttle()
+                .record_failure(self.throttled_address(), username, Instant::now());
+        tracing::info!(client_ip = %self.client_ip, username = ?loggable(username), "smtp authentication failed");
+        for scope in verdict.lockouts {
+            self.inner
+                .metrics
+                .smtp_auth_lockouts
+                .with_label_values(&[scope.as_str()])
+                .inc();
+            tracing::warn!(
+                client_ip = %self.client_ip,
+                username = ?loggable(username),
+                scope = scope.as_str(),
+                lockout_secs = self.inner.auth_lockout.as_secs(),
+                "smtp authentication locked out after repeated failures"
+            );
+        }
+        tokio::time::sleep(verdict.delay).await;
     }
 
     /// Whether a new transaction may start: the queue must take writes (checked first, so a
@@ -626,6 +733,14 @@ impl Session {
             }
         }
     }
+}
+
+/// Longest user name written to the log, in characters.
+const MAX_LOGGED_NAME: usize = 64;
+
+/// A client-supplied user name bounded for the log (logged with `?`, which escapes it).
+fn loggable(username: &str) -> String {
+    username.chars().take(MAX_LOGGED_NAME).collect()
 }
 
 fn now_timestamp() -> Timestamp {

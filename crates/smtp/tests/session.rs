@@ -663,6 +663,20 @@ fn user(name: &str, password: &str, allowed: &[&str]) -> SmtpUser {
     }
 }
 
+/// The client side of a TLS handshake (implicit TLS before the greeting, or after STARTTLS).
+async fn tls_handshake(
+    server: &TestServer,
+    tcp: TcpStream,
+) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tls = TlsConnector::from(server.client_tls.clone())
+        .connect(ServerName::try_from("mx.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    Client {
+        io: BufReader::new(tls),
+    }
+}
+
 async fn starttls(
     server: &TestServer,
     mut client: Client<TcpStream>,
@@ -671,14 +685,7 @@ async fn starttls(
         client.cmd("STARTTLS").await,
         "220 2.0.0 Ready to start TLS\r\n"
     );
-    let tcp = client.io.into_inner();
-    let tls = TlsConnector::from(server.client_tls.clone())
-        .connect(ServerName::try_from("mx.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    Client {
-        io: BufReader::new(tls),
-    }
+    tls_handshake(server, client.io.into_inner()).await
 }
 
 #[tokio::test]
@@ -807,13 +814,7 @@ async fn starttls_drops_pipelined_plaintext() {
 async fn implicit_tls_listener_greets_after_handshake() {
     let server = start(settings(), true).await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let tls = TlsConnector::from(server.client_tls.clone())
-        .connect(ServerName::try_from("mx.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    let mut client = Client {
-        io: BufReader::new(tls),
-    };
+    let mut client = tls_handshake(&server, tcp).await;
     assert_eq!(
         client.reply().await.unwrap(),
         "220 mx.test ESMTP Postrider\r\n"
@@ -941,4 +942,112 @@ async fn shutdown_closes_idle_sessions_and_lets_messages_finish() {
         .unwrap()
         .unwrap();
     assert!(server.store.body(id).unwrap().is_some());
+}
+
+/// Connects from `source` to an implicit-TLS listener, reads the greeting and says EHLO.
+async fn tls_client_from(
+    server: &TestServer,
+    source: &str,
+) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = connect_from(source, server.addr).await.io.into_inner();
+    let mut client = tls_handshake(server, tcp).await;
+    assert!(client.reply().await.unwrap().starts_with("220 "));
+    assert!(client.cmd("EHLO c").await.contains("AUTH PLAIN"));
+    client
+}
+
+/// `AUTH PLAIN` with an initial response for `user` and `password`.
+fn auth_plain(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let response = format!("\0{user}\0{password}");
+    format!(
+        "AUTH PLAIN {}",
+        base64::engine::general_purpose::STANDARD.encode(response)
+    )
+}
+
+/// Untrusted clients (AUTH over implicit TLS) with a lockout after 3 failures and short delays.
+fn throttled_settings() -> SmtpSettings {
+    SmtpSettings {
+        trusted_networks: Vec::new(),
+        users: vec![user("app", "s3cret", &[]), user("ops", "0ps", &[])],
+        auth_max_failures: 3,
+        auth_failure_delay: Duration::from_millis(1),
+        ..settings()
+    }
+}
+
+const INVALID: &str = "535 5.7.8 Authentication credentials invalid\r\n";
+const LOCKED_OUT: &str = "454 4.7.0 Temporary authentication failure\r\n";
+const AUTHORIZED: &str = "235 2.7.0 Authentication successful\r\n";
+
+#[tokio::test]
+async fn an_address_guessing_passwords_is_locked_out() {
+    let server = start(throttled_settings(), true).await;
+    let mut guesser = tls_client_from(&server, "127.0.0.1").await;
+    // Three wrong guesses, each for another user, so no single user reaches the limit.
+    for (name, password) in [("nobody", "x"), ("ops", "guess"), ("app", "guess")] {
+        assert_eq!(guesser.cmd(&auth_plain(name, password)).await, INVALID);
+    }
+    // Now even the right password is refused, temporarily, from this address, on any session.
+    assert_eq!(guesser.cmd(&auth_plain("app", "s3cret")).await, LOCKED_OUT);
+    let mut again = tls_client_from(&server, "127.0.0.1").await;
+    assert_eq!(again.cmd(&auth_plain("ops", "0ps")).await, LOCKED_OUT);
+    assert_eq!(
+        again.cmd("NOOP").await,
+        "250 2.0.0 Ok\r\n",
+        "the session goes on"
+    );
+    // Another address still logs in as the same users.
+    let mut other = tls_client_from(&server, "127.0.0.2").await;
+    assert_eq!(other.cmd(&auth_plain("app", "s3cret")).await, AUTHORIZED);
+    let count = |series: &str| metric(&server.metrics, series);
+    assert_eq!(
+        count("postrider_smtp_auth_failures_total{reason=\"invalid_credentials\"}"),
+        "3"
+    );
+    assert_eq!(
+        count("postrider_smtp_auth_failures_total{reason=\"locked_out\"}"),
+        "2"
+    );
+    assert_eq!(
+        count("postrider_smtp_auth_lockouts_total{scope=\"address\"}"),
+        "1"
+    );
+    assert_eq!(
+        count("postrider_smtp_auth_lockouts_total{scope=\"user\"}"),
+        "0"
+    );
+    assert_eq!(
+        count("postrider_smtp_rejections_total{reason=\"auth_locked_out\"}"),
+        "2"
+    );
+}
+
+#[tokio::test]
+async fn a_user_guessed_from_several_addresses_is_locked_out() {
+    let server = start(throttled_settings(), true).await;
+    for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let mut guesser = tls_client_from(&server, source).await;
+        assert_eq!(guesser.cmd(&auth_plain("app", "guess")).await, INVALID);
+    }
+    // The user is locked out everywhere, even with the right password from a fresh address.
+    let mut fresh = tls_client_from(&server, "127.0.0.5").await;
+    assert_eq!(fresh.cmd(&auth_plain("app", "s3cret")).await, LOCKED_OUT);
+    // Other users are not.
+    assert_eq!(fresh.cmd(&auth_plain("ops", "0ps")).await, AUTHORIZED);
+    // Unknown user names are counted like known ones, so a lockout reveals nothing.
+    for source in ["127.0.0.6", "127.0.0.7", "127.0.0.8"] {
+        let mut guesser = tls_client_from(&server, source).await;
+        assert_eq!(guesser.cmd(&auth_plain("ghost", "guess")).await, INVALID);
+    }
+    let mut probe = tls_client_from(&server, "127.0.0.9").await;
+    assert_eq!(probe.cmd(&auth_plain("ghost", "guess")).await, LOCKED_OUT);
+    assert_eq!(
+        metric(
+            &server.metrics,
+            "postrider_smtp_auth_lockouts_total{scope=\"user\"}"
+        ),
+        "2"
+    );
 }
