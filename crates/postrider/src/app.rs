@@ -320,8 +320,8 @@ fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
         auth_failure_window: raw.limits.auth_failure_window.0,
         auth_lockout: raw.limits.auth_lockout.0,
         auth_failure_delay: raw.limits.auth_failure_delay.0,
-        overload_percent: SmtpSettings::default().overload_percent,
-        overload_timeout: SmtpSettings::default().overload_timeout,
+        overload_percent: raw.limits.overload_percent,
+        overload_timeout: raw.limits.overload_timeout.0,
     })
 }
 

@@ -271,6 +271,14 @@ pub(crate) struct RawSmtpLimits {
     /// Delay before the first failed AUTH is answered; doubles per failure, up to 8s.
     #[serde(default = "default_auth_failure_delay")]
     pub(crate) auth_failure_delay: HumanDuration,
+    /// Open sessions, in percent of `max_connections`, from which idle sessions get
+    /// `overload_timeout`.
+    #[serde(default = "default_overload_percent")]
+    pub(crate) overload_percent: u8,
+    /// Greeting, TLS handshake and command timeout of sessions without a mail transaction in
+    /// overload.
+    #[serde(default = "default_overload_timeout")]
+    pub(crate) overload_timeout: HumanDuration,
 }
 
 impl Default for RawSmtpLimits {
@@ -288,6 +296,8 @@ impl Default for RawSmtpLimits {
             auth_failure_window: default_auth_period(),
             auth_lockout: default_auth_period(),
             auth_failure_delay: default_auth_failure_delay(),
+            overload_percent: default_overload_percent(),
+            overload_timeout: default_overload_timeout(),
         }
     }
 }
@@ -318,6 +328,12 @@ fn default_auth_period() -> HumanDuration {
 }
 fn default_auth_failure_delay() -> HumanDuration {
     HumanDuration(Duration::from_millis(250))
+}
+fn default_overload_percent() -> u8 {
+    80
+}
+fn default_overload_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 /// `[smtp.tls]`.
@@ -917,6 +933,18 @@ impl Config {
                 "must be at least 1s",
             ));
         }
+        if !(1..=100).contains(&limits.overload_percent) {
+            return Err(invalid(
+                "smtp.limits.overload_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        if limits.overload_timeout.0 < Duration::from_secs(1) {
+            return Err(invalid(
+                "smtp.limits.overload_timeout",
+                "must be at least 1s",
+            ));
+        }
         if limits.auth_max_failures == 0 {
             return Err(invalid(
                 "smtp.limits.auth_max_failures",
@@ -1195,6 +1223,13 @@ max_age = "5d"
             err("[smtp.limits]\nauth_max_failures = 0").contains("smtp.limits.auth_max_failures")
         );
         assert!(err("[smtp.limits]\nauth_lockout = \"0s\"").contains("smtp.limits.auth_lockout"));
+        assert!(
+            err("[smtp.limits]\noverload_percent = 0").contains("smtp.limits.overload_percent")
+        );
+        assert!(
+            err("[smtp.limits]\noverload_timeout = \"0s\"")
+                .contains("smtp.limits.overload_timeout")
+        );
         let e = err("[smtp]\nlisten = [\"127.0.0.1\"]");
         assert!(e.contains("listen"), "{e}");
     }

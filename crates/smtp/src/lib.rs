@@ -20,6 +20,7 @@ mod auth_throttle;
 mod error;
 mod limits;
 mod message;
+mod overload;
 mod password;
 mod server;
 mod settings;

@@ -21,8 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth_throttle::{AuthThrottle, LockScope, MAX_TRACKED, ThrottlePolicy};
 use crate::error::SmtpError;
-use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter, acquire_within};
+use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter, Refusal, acquire_within};
 use crate::message::{TraceInfo, prepare_message};
+use crate::overload::{SessionEntry, SessionTable, command_deadline, high_water_mark};
 use crate::password::{validate_password_hash, verify_password};
 use crate::proto::{
     Admission, AuthOutcome, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig,
@@ -40,6 +41,9 @@ const AUTH_CONCURRENCY: usize = 4;
 const AUTH_SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Time allowed for the final reply and TLS close on the way out.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait of a new client for the slot of an idle session asked to close (which has
+/// [`CLOSE_GRACE`] to say goodbye); then it is refused with `421 4.7.0`.
+const SLOT_HANDOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// The SMTP submission server: settings, shared limits and the sessions of every listener.
 /// Cheap to clone; clones share limits and sessions.
@@ -52,6 +56,7 @@ struct Inner {
     protocol: Arc<ProtocolConfig>,
     command_timeout: Duration,
     data_timeout: Duration,
+    overload_timeout: Duration,
     trusted_networks: Vec<ipnet::IpNet>,
     store: Store,
     metrics: Metrics,
@@ -60,6 +65,7 @@ struct Inner {
     /// A real hash to verify unknown user names against, so they take as long as known ones.
     decoy_hash: Option<String>,
     connections: Arc<ConnectionLimiter>,
+    open_sessions: Arc<SessionTable>,
     ip_rates: Option<Mutex<RateLimiter<IpAddr>>>,
     user_rates: Option<Mutex<RateLimiter<String>>>,
     sessions: TaskTracker,
@@ -90,8 +96,14 @@ impl SmtpServer {
         if settings.max_recipients == 0 || settings.max_message_size == 0 {
             return invalid("max_recipients and max_message_size must be at least 1");
         }
-        if settings.command_timeout.is_zero() || settings.data_timeout.is_zero() {
+        if settings.command_timeout.is_zero()
+            || settings.data_timeout.is_zero()
+            || settings.overload_timeout.is_zero()
+        {
             return invalid("timeouts must be positive");
+        }
+        if !(1..=100).contains(&settings.overload_percent) {
+            return invalid("overload_percent must be between 1 and 100");
         }
         if settings.auth_max_failures == 0
             || settings.auth_failure_window.is_zero()
@@ -129,7 +141,12 @@ impl SmtpServer {
             protocol,
             command_timeout: settings.command_timeout,
             data_timeout: settings.data_timeout,
+            overload_timeout: settings.overload_timeout,
             trusted_networks: settings.trusted_networks.clone(),
+            open_sessions: SessionTable::new(
+                high_water_mark(settings.max_connections, settings.overload_percent),
+                metrics.clone(),
+            ),
             store,
             metrics,
             tls: settings.tls.clone().map(TlsAcceptor::from),
@@ -229,18 +246,36 @@ impl SmtpServer {
         implicit_tls: bool,
         shutdown: &CancellationToken,
     ) {
-        let Some(permit) = self.inner.connections.try_acquire(peer.ip()) else {
-            tracing::debug!(client_ip = %peer.ip(), "smtp connection refused: too many connections");
-            self.refuse(
-                &tcp,
-                implicit_tls,
-                421,
-                "4.7.0",
-                "Too many connections, try again later",
-                Rejection::TooManyConnections,
-            );
-            return;
+        let waiting = match self.inner.connections.try_acquire(peer.ip()) {
+            Ok(permit) => return self.start_session(tcp, peer, implicit_tls, shutdown, permit),
+            Err(Refusal::PerIp) => None,
+            // Full: an idle session makes room, if there is one.
+            Err(Refusal::Full(ip)) => self.inner.open_sessions.evict_idlest().then_some(ip),
         };
+        let Some(ip) = waiting else {
+            tracing::debug!(client_ip = %peer.ip(), "smtp connection refused: too many connections");
+            return self.refuse_too_many(&tcp, implicit_tls);
+        };
+        tracing::debug!(client_ip = %peer.ip(), "smtp server full: closing the session idle the longest for a new client");
+        let server = self.clone();
+        let shutdown = shutdown.clone();
+        self.inner.sessions.spawn(async move {
+            let limiter = Arc::clone(&server.inner.connections);
+            match limiter.acquire_within(ip, SLOT_HANDOVER_WAIT).await {
+                Some(permit) => server.start_session(tcp, peer, implicit_tls, &shutdown, permit),
+                None => server.refuse_too_many(&tcp, implicit_tls),
+            }
+        });
+    }
+
+    fn start_session(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        implicit_tls: bool,
+        shutdown: &CancellationToken,
+        permit: ConnectionPermit,
+    ) {
         let _ = tcp.set_nodelay(true);
         self.inner.metrics.smtp_sessions.inc();
         let inner = Arc::clone(&self.inner);
@@ -248,6 +283,17 @@ impl SmtpServer {
         self.inner.sessions.spawn(async move {
             run_session(inner, tcp, peer, implicit_tls, shutdown, permit).await;
         });
+    }
+
+    fn refuse_too_many(&self, tcp: &TcpStream, implicit_tls: bool) {
+        self.refuse(
+            tcp,
+            implicit_tls,
+            421,
+            "4.7.0",
+            "Too many connections, try again later",
+            Rejection::TooManyConnections,
+        );
     }
 
     /// Refuses a connection without a session: one non-blocking write, then close.
@@ -353,9 +399,14 @@ struct Session {
     protocol: Protocol,
     output: Vec<u8>,
     messages: u64,
-    /// When the client must have completed its next command: reset by every reply, so a
-    /// client trickling a command line octet by octet (slowloris) still times out.
-    command_deadline: Instant,
+    /// When the last reply was produced: the client's next command must be complete within
+    /// the command timeout from then, so a client trickling a command line octet by octet
+    /// (slowloris) still times out.
+    last_reply: Instant,
+    /// This session in the server's table of open sessions.
+    entry: SessionEntry,
+    /// Whether the server is in overload (idle sessions get the overload timeout).
+    overload: tokio::sync::watch::Receiver<bool>,
 }
 
 async fn run_session(
@@ -372,9 +423,17 @@ async fn run_session(
         .trusted_networks
         .iter()
         .any(|net| net.contains(&client_ip));
+    let entry = inner.open_sessions.register();
+    let overload = inner.open_sessions.overload();
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
-        match handshake(&inner, stream).await {
+        let timeout = handshake_timeout(&inner, *overload.borrow());
+        let eviction = entry.eviction();
+        let tls = tokio::select! {
+            tls = handshake(&inner, stream, timeout) => tls,
+            () = eviction.cancelled() => None,
+        };
+        match tls {
             Some(tls) => stream = tls,
             None => {
                 tracing::info!(%client_ip, outcome = "tls_failed", "smtp session ended");
@@ -383,7 +442,6 @@ async fn run_session(
         }
     }
     let protocol = Protocol::new(Arc::clone(&inner.protocol), trusted, implicit_tls);
-    let command_deadline = Instant::now() + inner.command_timeout;
     let mut session = Session {
         inner,
         client_ip,
@@ -391,7 +449,9 @@ async fn run_session(
         protocol,
         output: Vec::new(),
         messages: 0,
-        command_deadline,
+        last_reply: Instant::now(),
+        entry,
+        overload,
     };
     let ending = session.run(stream, &shutdown).await;
     tracing::info!(
@@ -407,12 +467,23 @@ async fn run_session(
     );
 }
 
-/// Runs the TLS handshake on a plain stream, bounded by the command timeout.
-async fn handshake(inner: &Inner, stream: Stream) -> Option<Stream> {
+/// How long a TLS handshake may take: the command timeout, or the overload timeout in
+/// overload.
+fn handshake_timeout(inner: &Inner, overloaded: bool) -> Duration {
+    let deadline = command_deadline(
+        Instant::now(),
+        inner.command_timeout,
+        overloaded.then_some(inner.overload_timeout),
+    );
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Runs the TLS handshake on a plain stream, bounded by `timeout`.
+async fn handshake(inner: &Inner, stream: Stream, timeout: Duration) -> Option<Stream> {
     let (Some(acceptor), Stream::Plain(tcp)) = (&inner.tls, stream) else {
         return None;
     };
-    match tokio::time::timeout(inner.command_timeout, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls))),
         Ok(Err(error)) => {
             tracing::debug!(%error, "smtp TLS handshake failed");
@@ -428,6 +499,8 @@ enum ReadOutcome {
     Error,
     TimedOut,
     ShuttingDown,
+    /// The server needs this idle session's slot for a new client.
+    Evicted,
 }
 
 impl Session {
@@ -436,7 +509,7 @@ impl Session {
         loop {
             match self.protocol.next_event() {
                 Event::Reply(reply) => {
-                    self.command_deadline = Instant::now() + self.inner.command_timeout;
+                    self.last_reply = Instant::now();
                     if let Some(why) = reply.rejection {
                         let metrics = &self.inner.metrics;
                         metrics
@@ -469,18 +542,20 @@ impl Session {
                         ReadOutcome::Error => return Ending::ReadError,
                         ReadOutcome::TimedOut => self.protocol.timeout(),
                         ReadOutcome::ShuttingDown => self.protocol.shutdown(),
+                        ReadOutcome::Evicted => self.protocol.close_for_overload(),
                     }
                 }
                 Event::StartTls => {
                     if !self.flush(&mut stream).await {
                         return Ending::WriteError;
                     }
-                    match handshake(&self.inner, stream).await {
+                    let timeout = handshake_timeout(&self.inner, *self.overload.borrow());
+                    match handshake(&self.inner, stream, timeout).await {
                         Some(tls) => stream = tls,
                         None => return Ending::TlsFailed,
                     }
                     self.protocol.tls_established();
-                    self.command_deadline = Instant::now() + self.inner.command_timeout;
+                    self.last_reply = Instant::now();
                 }
                 Event::Authenticate(credentials) => {
                     let outcome = self.verify(credentials).await;
@@ -534,22 +609,48 @@ impl Session {
         if !mid_message && shutdown.is_cancelled() {
             return ReadOutcome::ShuttingDown;
         }
+        // Idle sessions (no mail transaction) may be closed for a new client and get the
+        // overload timeout in overload.
+        let idle = !self.protocol.in_transaction();
+        if idle {
+            self.entry.mark_idle(self.last_reply);
+        } else {
+            self.entry.mark_busy();
+        }
+        let eviction = self.entry.eviction();
+        if idle && eviction.is_cancelled() {
+            return ReadOutcome::Evicted;
+        }
         // Message content has a per-read timeout (large messages on slow links take long in
         // total); commands have a deadline per command.
-        let deadline = if mid_message {
-            Instant::now() + self.inner.data_timeout
-        } else {
-            self.command_deadline
-        };
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled(), if !mid_message => ReadOutcome::ShuttingDown,
-            read = tokio::time::timeout_at(deadline.into(), stream.read(buffer)) => match read {
-                Err(_) => ReadOutcome::TimedOut,
-                Ok(Ok(0)) => ReadOutcome::Eof,
-                Ok(Ok(n)) => ReadOutcome::Data(n),
-                Ok(Err(_)) => ReadOutcome::Error,
-            },
+        let data_deadline = Instant::now() + self.inner.data_timeout;
+        let mut watching_overload = true;
+        loop {
+            let overloaded = idle && *self.overload.borrow_and_update();
+            let deadline = if mid_message {
+                data_deadline
+            } else {
+                command_deadline(
+                    self.last_reply,
+                    self.inner.command_timeout,
+                    overloaded.then_some(self.inner.overload_timeout),
+                )
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !mid_message => return ReadOutcome::ShuttingDown,
+                () = eviction.cancelled(), if idle => return ReadOutcome::Evicted,
+                // Overload began or ended: wait again with the deadline that applies now.
+                changed = self.overload.changed(), if idle && watching_overload => {
+                    watching_overload = changed.is_ok();
+                }
+                read = tokio::time::timeout_at(deadline.into(), stream.read(buffer)) => return match read {
+                    Err(_) => ReadOutcome::TimedOut,
+                    Ok(Ok(0)) => ReadOutcome::Eof,
+                    Ok(Ok(n)) => ReadOutcome::Data(n),
+                    Ok(Err(_)) => ReadOutcome::Error,
+                },
+            }
         }
     }
 

@@ -533,6 +533,13 @@ async fn idle_and_trickling_clients_time_out() {
     trickle.abort();
 }
 
+/// Starts a mail transaction (EHLO, MAIL) on a greeted client.
+async fn in_transaction(mut client: Client<TcpStream>) -> Client<TcpStream> {
+    client.cmd("EHLO c").await;
+    assert_eq!(client.cmd("MAIL FROM:<s@a.test>").await, "250 2.1.0 Ok\r\n");
+    client
+}
+
 #[tokio::test]
 async fn connection_limits_refuse_with_421() {
     let server = start(
@@ -544,8 +551,9 @@ async fn connection_limits_refuse_with_421() {
         false,
     )
     .await;
-    let first = greeted(server.addr).await;
-    let _second = greeted(server.addr).await;
+    // Sessions in a transaction: a full server has no idle session to close for a newcomer.
+    let first = in_transaction(greeted(server.addr).await).await;
+    let _second = in_transaction(greeted(server.addr).await).await;
     let mut third = connect(server.addr).await;
     assert_eq!(
         third.reply().await.unwrap(),
@@ -556,7 +564,7 @@ async fn connection_limits_refuse_with_421() {
     let _other = {
         let mut c = connect_from("127.0.0.2", server.addr).await;
         assert!(c.reply().await.unwrap().starts_with("220 "));
-        c
+        in_transaction(c).await
     };
     let mut over_global = connect_from("127.0.0.3", server.addr).await;
     assert!(over_global.reply().await.unwrap().starts_with("421 4.7.0"));
@@ -1050,4 +1058,106 @@ async fn a_user_guessed_from_several_addresses_is_locked_out() {
         ),
         "2"
     );
+}
+
+const OVERLOAD_CLOSE: &str = "421 4.7.0 mx.test Too many connections, closing idle session\r\n";
+const TIMED_OUT: &str = "421 4.4.2 mx.test Error: timeout exceeded\r\n";
+
+#[tokio::test]
+async fn a_full_server_closes_its_idlest_session_for_a_new_client() {
+    let server = start(
+        SmtpSettings {
+            max_connections: 10,
+            ..settings()
+        },
+        false,
+    )
+    .await;
+    // The oldest session is in a transaction: it is left alone.
+    let mut busy = in_transaction(greeted(server.addr).await).await;
+    let mut idle = Vec::new();
+    for _ in 0..9 {
+        idle.push(greeted(server.addr).await);
+    }
+    // Every slot is taken; a new client still gets in, and can send mail.
+    let mut newcomer = greeted(server.addr).await;
+    newcomer.cmd("EHLO new").await;
+    queued_id(&send_message(&mut newcomer, "s@a.test", "r@b.test", "x\r\n").await);
+    // The session idle the longest made room.
+    assert_eq!(idle[0].reply().await.unwrap(), OVERLOAD_CLOSE);
+    assert!(idle[0].closed().await);
+    assert_eq!(idle[1].cmd("NOOP").await, "250 2.0.0 Ok\r\n");
+    assert_eq!(
+        busy.cmd("RCPT TO:<r@b.test>").await,
+        "250 2.1.5 Ok\r\n",
+        "the transaction goes on"
+    );
+    assert_eq!(
+        metric(
+            &server.metrics,
+            "postrider_smtp_rejections_total{reason=\"overload\"}"
+        ),
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn a_full_server_of_transactions_still_refuses_newcomers() {
+    let server = start(
+        SmtpSettings {
+            max_connections: 2,
+            ..settings()
+        },
+        false,
+    )
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(in_transaction(greeted(server.addr).await).await);
+    }
+    let mut refused = connect(server.addr).await;
+    assert_eq!(
+        refused.reply().await.unwrap(),
+        "421 4.7.0 mx.test Too many connections, try again later\r\n"
+    );
+    assert_eq!(sessions[0].cmd("NOOP").await, "250 2.0.0 Ok\r\n");
+}
+
+#[tokio::test]
+async fn in_overload_idle_sessions_get_the_short_timeout() {
+    let server = start(
+        SmtpSettings {
+            max_connections: 10,
+            overload_percent: 80,
+            overload_timeout: Duration::from_millis(300),
+            ..settings()
+        },
+        false,
+    )
+    .await;
+    // An idle session that started before the overload.
+    let mut idle = greeted(server.addr).await;
+    // Seven sessions in a transaction bring the open sessions to the high-water mark (80 % of
+    // 10) and keep them there.
+    let mut busy = Vec::new();
+    for _ in 0..7 {
+        busy.push(in_transaction(greeted(server.addr).await).await);
+    }
+    assert_eq!(metric(&server.metrics, "postrider_smtp_overload"), "1");
+    // The idle session is closed after the overload timeout, long before the command timeout
+    // (5 minutes; waiting for that would exceed PATIENCE).
+    assert_eq!(idle.reply().await.unwrap(), TIMED_OUT);
+    assert!(idle.closed().await);
+    // Sessions in a transaction keep the normal timeout; the overload is over.
+    for client in &mut busy {
+        assert_eq!(client.cmd("RCPT TO:<r@b.test>").await, "250 2.1.5 Ok\r\n");
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&server.metrics, "postrider_smtp_overload") != "0" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "overload never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
