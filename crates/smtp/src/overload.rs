@@ -21,15 +21,22 @@ pub(crate) fn high_water_mark(max_connections: usize, percent: u8) -> usize {
         .max(1)
 }
 
-/// When a client that got its last reply at `last_reply` must have sent its next command:
-/// after `command_timeout`, or after `overload_timeout` when that applies and is shorter.
+/// How long a client may take for its next command (or TLS handshake): `command_timeout`, or
+/// `overload_timeout` when that applies and is shorter.
+pub(crate) fn idle_timeout(
+    command_timeout: Duration,
+    overload_timeout: Option<Duration>,
+) -> Duration {
+    overload_timeout.map_or(command_timeout, |t| t.min(command_timeout))
+}
+
+/// When a client that got its last reply at `last_reply` must have sent its next command.
 pub(crate) fn command_deadline(
     last_reply: Instant,
     command_timeout: Duration,
     overload_timeout: Option<Duration>,
 ) -> Instant {
-    let timeout = overload_timeout.map_or(command_timeout, |t| t.min(command_timeout));
-    last_reply + timeout
+    last_reply + idle_timeout(command_timeout, overload_timeout)
 }
 
 /// The session to close for a newcomer: among `(id, idle since)` of idle sessions, the one

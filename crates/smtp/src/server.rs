@@ -23,7 +23,9 @@ use crate::auth_throttle::{AuthThrottle, LockScope, MAX_TRACKED, ThrottlePolicy}
 use crate::error::SmtpError;
 use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter, Refusal, acquire_within};
 use crate::message::{TraceInfo, prepare_message};
-use crate::overload::{SessionEntry, SessionTable, command_deadline, high_water_mark};
+use crate::overload::{
+    SessionEntry, SessionTable, command_deadline, high_water_mark, idle_timeout,
+};
 use crate::password::{validate_password_hash, verify_password};
 use crate::proto::{
     Admission, AuthOutcome, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig,
@@ -470,12 +472,10 @@ async fn run_session(
 /// How long a TLS handshake may take: the command timeout, or the overload timeout in
 /// overload.
 fn handshake_timeout(inner: &Inner, overloaded: bool) -> Duration {
-    let deadline = command_deadline(
-        Instant::now(),
+    idle_timeout(
         inner.command_timeout,
         overloaded.then_some(inner.overload_timeout),
-    );
-    deadline.saturating_duration_since(Instant::now())
+    )
 }
 
 /// Runs the TLS handshake on a plain stream, bounded by `timeout`.
