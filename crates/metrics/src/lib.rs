@@ -62,6 +62,19 @@ pub struct Metrics {
     pub smtp_transactions: IntCounterVec,
     // ---- end of operations metrics ----
 
+    // ---- SMTP abuse metrics ----
+    /// `postrider_smtp_auth_failures_total{reason}`: AUTH attempts refused, by reason
+    /// (`invalid_credentials` = checked and wrong, `locked_out` = refused unchecked during a
+    /// lockout, `busy` = no password check could start in time), so guessing shows up.
+    pub smtp_auth_failures: IntCounterVec,
+    /// `postrider_smtp_auth_lockouts_total{scope}`: lockouts started after repeated AUTH
+    /// failures, per client `address` or per `user`.
+    pub smtp_auth_lockouts: IntCounterVec,
+    /// `postrider_smtp_overload`: 1 while SMTP sessions are above the overload mark (idle
+    /// sessions get short timeouts and may be closed for new clients), else 0.
+    pub smtp_overload: IntGauge,
+    // ---- end of SMTP abuse metrics ----
+
     // ---- delivery engine metrics ----
     /// `postrider_delivery_results_total{result,status_class}`: per-recipient attempt results
     /// (`delivered`, `deferred`, `bounced`, `postponed`) by the class of the enhanced status
@@ -265,6 +278,35 @@ impl Metrics {
         }
         // ---- end of operations metrics ----
 
+        // ---- SMTP abuse metrics ----
+        let smtp_auth_failures = counter_vec(
+            "postrider_smtp_auth_failures_total",
+            "SMTP AUTH attempts refused, by reason: invalid_credentials, locked_out, busy.",
+            &["reason"],
+        );
+        for r in ["invalid_credentials", "locked_out", "busy"] {
+            smtp_auth_failures.with_label_values(&[r]);
+        }
+        let smtp_auth_lockouts = counter_vec(
+            "postrider_smtp_auth_lockouts_total",
+            "SMTP AUTH lockouts started after repeated failures, by scope: address, user.",
+            &["scope"],
+        );
+        for s in ["address", "user"] {
+            smtp_auth_lockouts.with_label_values(&[s]);
+        }
+        let smtp_overload = IntGauge::new(
+            "postrider_smtp_overload",
+            "1 while SMTP sessions are above the overload mark, else 0.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(smtp_overload.clone()))
+            .expect("metric registered once");
+        // Sessions closed to make room for new clients count as rejections.
+        smtp_rejections.with_label_values(&["overload"]);
+        // ---- end of SMTP abuse metrics ----
+
         // ---- delivery engine metrics ----
         let delivery_results = counter_vec(
             "postrider_delivery_results_total",
@@ -381,6 +423,10 @@ impl Metrics {
             store_size_bytes,
             build_info,
             smtp_transactions,
+            // SMTP abuse metrics
+            smtp_auth_failures,
+            smtp_auth_lockouts,
+            smtp_overload,
             // delivery engine metrics
             delivery_results,
             delivery_status_codes,
@@ -467,6 +513,25 @@ mod tests {
             "postrider_smtp_transactions_total{result=\"rejected\"} 1",
             "postrider_smtp_rejections_total{reason=\"storage\"} 0",
             "postrider_smtp_rejections_total{reason=\"storage_unavailable\"} 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn renders_smtp_abuse_names() {
+        let m = Metrics::new();
+        m.smtp_auth_lockouts.with_label_values(&["user"]).inc();
+        m.smtp_overload.set(1);
+        let text = m.render();
+        for name in [
+            "postrider_smtp_auth_failures_total{reason=\"invalid_credentials\"} 0",
+            "postrider_smtp_auth_failures_total{reason=\"locked_out\"} 0",
+            "postrider_smtp_auth_failures_total{reason=\"busy\"} 0",
+            "postrider_smtp_auth_lockouts_total{scope=\"address\"} 0",
+            "postrider_smtp_auth_lockouts_total{scope=\"user\"} 1",
+            "postrider_smtp_overload 1",
+            "postrider_smtp_rejections_total{reason=\"overload\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -325,6 +325,12 @@ fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
             .collect(),
         messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,
         messages_per_minute_per_user: raw.limits.messages_per_minute_per_user,
+        auth_max_failures: raw.limits.auth_max_failures,
+        auth_failure_window: raw.limits.auth_failure_window.0,
+        auth_lockout: raw.limits.auth_lockout.0,
+        auth_failure_delay: raw.limits.auth_failure_delay.0,
+        overload_percent: raw.limits.overload_percent,
+        overload_timeout: raw.limits.overload_timeout.0,
     })
 }
 

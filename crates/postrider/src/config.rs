@@ -258,6 +258,27 @@ pub(crate) struct RawSmtpLimits {
     /// Messages per minute per authenticated user (unset: unlimited).
     #[serde(default)]
     pub(crate) messages_per_minute_per_user: Option<u32>,
+    /// Failed AUTH attempts (per client address outside trusted_networks, and per user name)
+    /// within `auth_failure_window` that start a lockout.
+    #[serde(default = "default_auth_max_failures")]
+    pub(crate) auth_max_failures: u32,
+    /// How long failed AUTH attempts are counted.
+    #[serde(default = "default_auth_period")]
+    pub(crate) auth_failure_window: HumanDuration,
+    /// How long a lockout answers every AUTH with 454 4.7.0, unchecked.
+    #[serde(default = "default_auth_period")]
+    pub(crate) auth_lockout: HumanDuration,
+    /// Delay before the first failed AUTH is answered; doubles per failure, up to 8s.
+    #[serde(default = "default_auth_failure_delay")]
+    pub(crate) auth_failure_delay: HumanDuration,
+    /// Open sessions, in percent of `max_connections`, from which idle sessions get
+    /// `overload_timeout`.
+    #[serde(default = "default_overload_percent")]
+    pub(crate) overload_percent: u8,
+    /// Greeting, TLS handshake and command timeout of sessions without a mail transaction in
+    /// overload.
+    #[serde(default = "default_overload_timeout")]
+    pub(crate) overload_timeout: HumanDuration,
 }
 
 impl Default for RawSmtpLimits {
@@ -271,6 +292,12 @@ impl Default for RawSmtpLimits {
             max_errors: default_max_errors(),
             messages_per_minute_per_ip: None,
             messages_per_minute_per_user: None,
+            auth_max_failures: default_auth_max_failures(),
+            auth_failure_window: default_auth_period(),
+            auth_lockout: default_auth_period(),
+            auth_failure_delay: default_auth_failure_delay(),
+            overload_percent: default_overload_percent(),
+            overload_timeout: default_overload_timeout(),
         }
     }
 }
@@ -292,6 +319,21 @@ fn default_command_timeout() -> HumanDuration {
 }
 fn default_max_errors() -> usize {
     10
+}
+fn default_auth_max_failures() -> u32 {
+    5
+}
+fn default_auth_period() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+fn default_auth_failure_delay() -> HumanDuration {
+    HumanDuration(Duration::from_millis(250))
+}
+fn default_overload_percent() -> u8 {
+    80
+}
+fn default_overload_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 /// `[smtp.tls]`.
@@ -910,6 +952,33 @@ impl Config {
                 "must be at least 1s",
             ));
         }
+        if !(1..=100).contains(&limits.overload_percent) {
+            return Err(invalid(
+                "smtp.limits.overload_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        if limits.overload_timeout.0 < Duration::from_secs(1) {
+            return Err(invalid(
+                "smtp.limits.overload_timeout",
+                "must be at least 1s",
+            ));
+        }
+        if limits.auth_max_failures == 0 {
+            return Err(invalid(
+                "smtp.limits.auth_max_failures",
+                "must be at least 1",
+            ));
+        }
+        if limits.auth_failure_window.0.is_zero() {
+            return Err(invalid(
+                "smtp.limits.auth_failure_window",
+                "must be positive",
+            ));
+        }
+        if limits.auth_lockout.0.is_zero() {
+            return Err(invalid("smtp.limits.auth_lockout", "must be positive"));
+        }
         for (i, u) in raw.smtp.users.iter().enumerate() {
             if u.name.is_empty() || u.name.chars().any(|c| c.is_control() || c == ' ') {
                 return Err(invalid(
@@ -1169,6 +1238,17 @@ max_age = "5d"
         assert!(err("[http]\nlisten = \"0.0.0.0:8025\"").contains("http.listen"));
         assert!(err("[smtp]\ntls_listen = [\"127.0.0.1:4650\"]").contains("smtp.tls_listen"));
         assert!(err("[delivery]\nport = 0").contains("delivery.port"));
+        assert!(
+            err("[smtp.limits]\nauth_max_failures = 0").contains("smtp.limits.auth_max_failures")
+        );
+        assert!(err("[smtp.limits]\nauth_lockout = \"0s\"").contains("smtp.limits.auth_lockout"));
+        assert!(
+            err("[smtp.limits]\noverload_percent = 0").contains("smtp.limits.overload_percent")
+        );
+        assert!(
+            err("[smtp.limits]\noverload_timeout = \"0s\"")
+                .contains("smtp.limits.overload_timeout")
+        );
         let e = err("[smtp]\nlisten = [\"127.0.0.1\"]");
         assert!(e.contains("listen"), "{e}");
     }

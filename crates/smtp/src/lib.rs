@@ -18,10 +18,12 @@
 
 pub mod proto;
 
+mod auth_throttle;
 mod author;
 mod error;
 mod limits;
 mod message;
+mod overload;
 mod password;
 mod server;
 mod settings;

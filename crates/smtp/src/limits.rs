@@ -6,10 +6,20 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
-/// Global and per-IP session limits. Acquisition never waits: an over-limit client is told so
-/// right away instead of piling up in the accept queue.
+/// A permit of `slots` if one frees within `wait`; `None` otherwise, so that a crowd of
+/// waiters (e.g. for password checks) cannot queue up without bound.
+pub(crate) async fn acquire_within(
+    slots: &Semaphore,
+    wait: Duration,
+) -> Option<SemaphorePermit<'_>> {
+    tokio::time::timeout(wait, slots.acquire()).await.ok()?.ok()
+}
+
+/// Global and per-IP session limits. Acquisition never waits on its own: an over-limit
+/// client is told so right away (or, when the server is full, gets the slot of an idle session
+/// asked to close) instead of piling up in the accept queue.
 #[derive(Debug)]
 pub(crate) struct ConnectionLimiter {
     global: Arc<Semaphore>,
@@ -21,8 +31,24 @@ pub(crate) struct ConnectionLimiter {
 #[derive(Debug)]
 pub(crate) struct ConnectionPermit {
     _global: OwnedSemaphorePermit,
+    _ip: IpPermit,
+}
+
+/// One session counted against its IP address; released on drop.
+#[derive(Debug)]
+pub(crate) struct IpPermit {
     limiter: Arc<ConnectionLimiter>,
     ip: IpAddr,
+}
+
+/// Why no permit was given.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The client's address has `max_per_ip` sessions already.
+    PerIp,
+    /// Every slot of the server is taken; the address's count is held in the permit, for
+    /// waiting on a slot with [`ConnectionLimiter::acquire_within`].
+    Full(IpPermit),
 }
 
 impl ConnectionLimiter {
@@ -34,9 +60,35 @@ impl ConnectionLimiter {
         })
     }
 
-    /// A permit for a new session from `ip`, or `None` when a limit is reached.
-    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
-        let global = Arc::clone(&self.global).try_acquire_owned().ok()?;
+    /// A permit for a new session from `ip`, or why not.
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        let ip_permit = self.try_acquire_ip(ip).ok_or(Refusal::PerIp)?;
+        match Arc::clone(&self.global).try_acquire_owned() {
+            Ok(global) => Ok(ConnectionPermit {
+                _global: global,
+                _ip: ip_permit,
+            }),
+            Err(_) => Err(Refusal::Full(ip_permit)),
+        }
+    }
+
+    /// A permit for the session counted in `ip`, once a slot frees within `wait`.
+    pub(crate) async fn acquire_within(
+        &self,
+        ip: IpPermit,
+        wait: Duration,
+    ) -> Option<ConnectionPermit> {
+        let global = tokio::time::timeout(wait, Arc::clone(&self.global).acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(ConnectionPermit {
+            _global: global,
+            _ip: ip,
+        })
+    }
+
+    fn try_acquire_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
         let ip = ip.to_canonical();
         let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
         let count = per_ip.entry(ip).or_insert(0);
@@ -47,8 +99,7 @@ impl ConnectionLimiter {
             return None;
         }
         *count += 1;
-        Some(ConnectionPermit {
-            _global: global,
+        Some(IpPermit {
             limiter: Arc::clone(self),
             ip,
         })
@@ -66,7 +117,7 @@ impl ConnectionLimiter {
     }
 }
 
-impl Drop for ConnectionPermit {
+impl Drop for IpPermit {
     fn drop(&mut self) {
         let mut per_ip = self
             .limiter
@@ -176,15 +227,65 @@ mod tests {
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let a1 = limiter.try_acquire(a).unwrap();
         let _a2 = limiter.try_acquire(a).unwrap();
-        assert!(limiter.try_acquire(a).is_none(), "per-IP limit");
+        assert!(
+            matches!(limiter.try_acquire(a), Err(Refusal::PerIp)),
+            "per-IP limit"
+        );
         let _b1 = limiter.try_acquire(b).unwrap();
-        assert!(limiter.try_acquire(b).is_none(), "global limit");
+        assert!(
+            matches!(limiter.try_acquire(b), Err(Refusal::Full(_))),
+            "global limit"
+        );
+        assert_eq!(limiter.count(b), 1, "a refused session is not counted");
         drop(a1);
         assert_eq!(limiter.count(a), 1);
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert!(
-            limiter.try_acquire(mapped).is_some(),
+            limiter.try_acquire(mapped).is_ok(),
             "v4-mapped counts as the same IP"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_server_hands_a_freed_slot_to_the_waiting_client() {
+        let limiter = ConnectionLimiter::new(1, 5);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let held = limiter.try_acquire(a).unwrap();
+        let Err(Refusal::Full(waiting)) = limiter.try_acquire(a) else {
+            panic!("the server is full");
+        };
+        assert_eq!(limiter.count(a), 2, "the waiting client is counted");
+        let wait = Duration::from_millis(10);
+        let waiting = match limiter.try_acquire(a) {
+            Err(Refusal::Full(other)) => {
+                assert!(limiter.acquire_within(other, wait).await.is_none());
+                waiting
+            }
+            _ => panic!("still full"),
+        };
+        assert_eq!(limiter.count(a), 2, "a client that gave up is not counted");
+        drop(held);
+        let permit = limiter.acquire_within(waiting, wait).await;
+        assert!(permit.is_some());
+        assert_eq!(limiter.count(a), 1);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_slot_is_bounded() {
+        let slots = Semaphore::new(1);
+        let held = acquire_within(&slots, Duration::from_millis(10)).await;
+        assert!(held.is_some());
+        assert!(
+            acquire_within(&slots, Duration::from_millis(10))
+                .await
+                .is_none(),
+            "no slot freed in time"
+        );
+        drop(held);
+        assert!(
+            acquire_within(&slots, Duration::from_millis(10))
+                .await
+                .is_some()
         );
     }
 

@@ -19,13 +19,17 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth_throttle::{AuthThrottle, LockScope, MAX_TRACKED, ThrottlePolicy};
 use crate::error::SmtpError;
-use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter};
+use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter, Refusal, acquire_within};
 use crate::message::{TraceInfo, prepare_message};
+use crate::overload::{
+    SessionEntry, SessionTable, command_deadline, high_water_mark, idle_timeout,
+};
 use crate::password::{validate_password_hash, verify_password};
 use crate::proto::{
-    Admission, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig, Rejection, Reply,
-    Submission, SubmitOutcome,
+    Admission, AuthOutcome, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig,
+    Rejection, Reply, Submission, SubmitOutcome,
 };
 use crate::settings::{SmtpSettings, SmtpUser};
 
@@ -35,8 +39,13 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 /// Concurrent argon2 verifications (each needs about 19 MiB and a core for tens of ms).
 const AUTH_CONCURRENCY: usize = 4;
+/// Longest wait for a verification slot; then AUTH is answered `454 4.7.0`.
+const AUTH_SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Time allowed for the final reply and TLS close on the way out.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait of a new client for the slot of an idle session asked to close (which has
+/// [`CLOSE_GRACE`] to say goodbye); then it is refused with `421 4.7.0`.
+const SLOT_HANDOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// The SMTP submission server: settings, shared limits and the sessions of every listener.
 /// Cheap to clone; clones share limits and sessions.
@@ -49,6 +58,7 @@ struct Inner {
     protocol: Arc<ProtocolConfig>,
     command_timeout: Duration,
     data_timeout: Duration,
+    overload_timeout: Duration,
     trusted_networks: Vec<ipnet::IpNet>,
     store: Store,
     metrics: Metrics,
@@ -57,10 +67,13 @@ struct Inner {
     /// A real hash to verify unknown user names against, so they take as long as known ones.
     decoy_hash: Option<String>,
     connections: Arc<ConnectionLimiter>,
+    open_sessions: Arc<SessionTable>,
     ip_rates: Option<Mutex<RateLimiter<IpAddr>>>,
     user_rates: Option<Mutex<RateLimiter<String>>>,
     sessions: TaskTracker,
     auth_slots: Semaphore,
+    auth_throttle: Mutex<AuthThrottle>,
+    auth_lockout: Duration,
 }
 
 impl SmtpServer {
@@ -85,8 +98,22 @@ impl SmtpServer {
         if settings.max_recipients == 0 || settings.max_message_size == 0 {
             return invalid("max_recipients and max_message_size must be at least 1");
         }
-        if settings.command_timeout.is_zero() || settings.data_timeout.is_zero() {
+        if settings.command_timeout.is_zero()
+            || settings.data_timeout.is_zero()
+            || settings.overload_timeout.is_zero()
+        {
             return invalid("timeouts must be positive");
+        }
+        if !(1..=100).contains(&settings.overload_percent) {
+            return invalid("overload_percent must be between 1 and 100");
+        }
+        if settings.auth_max_failures == 0
+            || settings.auth_failure_window.is_zero()
+            || settings.auth_lockout.is_zero()
+        {
+            return invalid(
+                "auth_max_failures, auth_failure_window and auth_lockout must be positive",
+            );
         }
         if settings.messages_per_minute_per_ip == Some(0)
             || settings.messages_per_minute_per_user == Some(0)
@@ -116,7 +143,12 @@ impl SmtpServer {
             protocol,
             command_timeout: settings.command_timeout,
             data_timeout: settings.data_timeout,
+            overload_timeout: settings.overload_timeout,
             trusted_networks: settings.trusted_networks.clone(),
+            open_sessions: SessionTable::new(
+                high_water_mark(settings.max_connections, settings.overload_percent),
+                metrics.clone(),
+            ),
             store,
             metrics,
             tls: settings.tls.clone().map(TlsAcceptor::from),
@@ -134,6 +166,14 @@ impl SmtpServer {
                 .map(|n| Mutex::new(RateLimiter::new(n))),
             sessions: TaskTracker::new(),
             auth_slots: Semaphore::new(AUTH_CONCURRENCY),
+            auth_throttle: Mutex::new(AuthThrottle::new(ThrottlePolicy {
+                max_failures: settings.auth_max_failures,
+                window: settings.auth_failure_window,
+                lockout: settings.auth_lockout,
+                first_delay: settings.auth_failure_delay,
+                max_tracked: MAX_TRACKED,
+            })),
+            auth_lockout: settings.auth_lockout,
         };
         Ok(SmtpServer {
             inner: Arc::new(inner),
@@ -208,18 +248,36 @@ impl SmtpServer {
         implicit_tls: bool,
         shutdown: &CancellationToken,
     ) {
-        let Some(permit) = self.inner.connections.try_acquire(peer.ip()) else {
-            tracing::debug!(client_ip = %peer.ip(), "smtp connection refused: too many connections");
-            self.refuse(
-                &tcp,
-                implicit_tls,
-                421,
-                "4.7.0",
-                "Too many connections, try again later",
-                Rejection::TooManyConnections,
-            );
-            return;
+        let waiting = match self.inner.connections.try_acquire(peer.ip()) {
+            Ok(permit) => return self.start_session(tcp, peer, implicit_tls, shutdown, permit),
+            Err(Refusal::PerIp) => None,
+            // Full: an idle session makes room, if there is one.
+            Err(Refusal::Full(ip)) => self.inner.open_sessions.evict_idlest().then_some(ip),
         };
+        let Some(ip) = waiting else {
+            tracing::debug!(client_ip = %peer.ip(), "smtp connection refused: too many connections");
+            return self.refuse_too_many(&tcp, implicit_tls);
+        };
+        tracing::debug!(client_ip = %peer.ip(), "smtp server full: closing the session idle the longest for a new client");
+        let server = self.clone();
+        let shutdown = shutdown.clone();
+        self.inner.sessions.spawn(async move {
+            let limiter = Arc::clone(&server.inner.connections);
+            match limiter.acquire_within(ip, SLOT_HANDOVER_WAIT).await {
+                Some(permit) => server.start_session(tcp, peer, implicit_tls, &shutdown, permit),
+                None => server.refuse_too_many(&tcp, implicit_tls),
+            }
+        });
+    }
+
+    fn start_session(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        implicit_tls: bool,
+        shutdown: &CancellationToken,
+        permit: ConnectionPermit,
+    ) {
         let _ = tcp.set_nodelay(true);
         self.inner.metrics.smtp_sessions.inc();
         let inner = Arc::clone(&self.inner);
@@ -227,6 +285,17 @@ impl SmtpServer {
         self.inner.sessions.spawn(async move {
             run_session(inner, tcp, peer, implicit_tls, shutdown, permit).await;
         });
+    }
+
+    fn refuse_too_many(&self, tcp: &TcpStream, implicit_tls: bool) {
+        self.refuse(
+            tcp,
+            implicit_tls,
+            421,
+            "4.7.0",
+            "Too many connections, try again later",
+            Rejection::TooManyConnections,
+        );
     }
 
     /// Refuses a connection without a session: one non-blocking write, then close.
@@ -328,12 +397,18 @@ enum Ending {
 struct Session {
     inner: Arc<Inner>,
     client_ip: IpAddr,
+    trusted: bool,
     protocol: Protocol,
     output: Vec<u8>,
     messages: u64,
-    /// When the client must have completed its next command: reset by every reply, so a
-    /// client trickling a command line octet by octet (slowloris) still times out.
-    command_deadline: Instant,
+    /// When the last reply was produced: the client's next command must be complete within
+    /// the command timeout from then, so a client trickling a command line octet by octet
+    /// (slowloris) still times out.
+    last_reply: Instant,
+    /// This session in the server's table of open sessions.
+    entry: SessionEntry,
+    /// Whether the server is in overload (idle sessions get the overload timeout).
+    overload: tokio::sync::watch::Receiver<bool>,
 }
 
 async fn run_session(
@@ -350,9 +425,17 @@ async fn run_session(
         .trusted_networks
         .iter()
         .any(|net| net.contains(&client_ip));
+    let entry = inner.open_sessions.register();
+    let overload = inner.open_sessions.overload();
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
-        match handshake(&inner, stream).await {
+        let timeout = handshake_timeout(&inner, *overload.borrow());
+        let eviction = entry.eviction();
+        let tls = tokio::select! {
+            tls = handshake(&inner, stream, timeout) => tls,
+            () = eviction.cancelled() => None,
+        };
+        match tls {
             Some(tls) => stream = tls,
             None => {
                 tracing::info!(%client_ip, outcome = "tls_failed", "smtp session ended");
@@ -361,14 +444,16 @@ async fn run_session(
         }
     }
     let protocol = Protocol::new(Arc::clone(&inner.protocol), trusted, implicit_tls);
-    let command_deadline = Instant::now() + inner.command_timeout;
     let mut session = Session {
         inner,
         client_ip,
+        trusted,
         protocol,
         output: Vec::new(),
         messages: 0,
-        command_deadline,
+        last_reply: Instant::now(),
+        entry,
+        overload,
     };
     let ending = session.run(stream, &shutdown).await;
     tracing::info!(
@@ -384,12 +469,21 @@ async fn run_session(
     );
 }
 
-/// Runs the TLS handshake on a plain stream, bounded by the command timeout.
-async fn handshake(inner: &Inner, stream: Stream) -> Option<Stream> {
+/// How long a TLS handshake may take: the command timeout, or the overload timeout in
+/// overload.
+fn handshake_timeout(inner: &Inner, overloaded: bool) -> Duration {
+    idle_timeout(
+        inner.command_timeout,
+        overloaded.then_some(inner.overload_timeout),
+    )
+}
+
+/// Runs the TLS handshake on a plain stream, bounded by `timeout`.
+async fn handshake(inner: &Inner, stream: Stream, timeout: Duration) -> Option<Stream> {
     let (Some(acceptor), Stream::Plain(tcp)) = (&inner.tls, stream) else {
         return None;
     };
-    match tokio::time::timeout(inner.command_timeout, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls))),
         Ok(Err(error)) => {
             tracing::debug!(%error, "smtp TLS handshake failed");
@@ -405,6 +499,8 @@ enum ReadOutcome {
     Error,
     TimedOut,
     ShuttingDown,
+    /// The server needs this idle session's slot for a new client.
+    Evicted,
 }
 
 impl Session {
@@ -413,7 +509,7 @@ impl Session {
         loop {
             match self.protocol.next_event() {
                 Event::Reply(reply) => {
-                    self.command_deadline = Instant::now() + self.inner.command_timeout;
+                    self.last_reply = Instant::now();
                     if let Some(why) = reply.rejection {
                         let metrics = &self.inner.metrics;
                         metrics
@@ -446,22 +542,24 @@ impl Session {
                         ReadOutcome::Error => return Ending::ReadError,
                         ReadOutcome::TimedOut => self.protocol.timeout(),
                         ReadOutcome::ShuttingDown => self.protocol.shutdown(),
+                        ReadOutcome::Evicted => self.protocol.close_for_overload(),
                     }
                 }
                 Event::StartTls => {
                     if !self.flush(&mut stream).await {
                         return Ending::WriteError;
                     }
-                    match handshake(&self.inner, stream).await {
+                    let timeout = handshake_timeout(&self.inner, *self.overload.borrow());
+                    match handshake(&self.inner, stream, timeout).await {
                         Some(tls) => stream = tls,
                         None => return Ending::TlsFailed,
                     }
                     self.protocol.tls_established();
-                    self.command_deadline = Instant::now() + self.inner.command_timeout;
+                    self.last_reply = Instant::now();
                 }
                 Event::Authenticate(credentials) => {
-                    let user = self.verify(credentials).await;
-                    self.protocol.resolve_auth(user);
+                    let outcome = self.verify(credentials).await;
+                    self.protocol.resolve_auth(outcome);
                 }
                 Event::AdmitMessage { user } => {
                     let admitted = self.admit(user.as_deref());
@@ -511,45 +609,155 @@ impl Session {
         if !mid_message && shutdown.is_cancelled() {
             return ReadOutcome::ShuttingDown;
         }
+        // Idle sessions (no mail transaction) may be closed for a new client and get the
+        // overload timeout in overload.
+        let idle = !self.protocol.in_transaction();
+        if idle {
+            self.entry.mark_idle(self.last_reply);
+        } else {
+            self.entry.mark_busy();
+        }
+        let eviction = self.entry.eviction();
+        if idle && eviction.is_cancelled() {
+            return ReadOutcome::Evicted;
+        }
         // Message content has a per-read timeout (large messages on slow links take long in
         // total); commands have a deadline per command.
-        let deadline = if mid_message {
-            Instant::now() + self.inner.data_timeout
-        } else {
-            self.command_deadline
-        };
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled(), if !mid_message => ReadOutcome::ShuttingDown,
-            read = tokio::time::timeout_at(deadline.into(), stream.read(buffer)) => match read {
-                Err(_) => ReadOutcome::TimedOut,
-                Ok(Ok(0)) => ReadOutcome::Eof,
-                Ok(Ok(n)) => ReadOutcome::Data(n),
-                Ok(Err(_)) => ReadOutcome::Error,
-            },
+        let data_deadline = Instant::now() + self.inner.data_timeout;
+        let mut watching_overload = true;
+        loop {
+            let overloaded = idle && *self.overload.borrow_and_update();
+            let deadline = if mid_message {
+                data_deadline
+            } else {
+                command_deadline(
+                    self.last_reply,
+                    self.inner.command_timeout,
+                    overloaded.then_some(self.inner.overload_timeout),
+                )
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !mid_message => return ReadOutcome::ShuttingDown,
+                () = eviction.cancelled(), if idle => return ReadOutcome::Evicted,
+                // Overload began or ended: wait again with the deadline that applies now.
+                changed = self.overload.changed(), if idle && watching_overload => {
+                    watching_overload = changed.is_ok();
+                }
+                read = tokio::time::timeout_at(deadline.into(), stream.read(buffer)) => return match read {
+                    Err(_) => ReadOutcome::TimedOut,
+                    Ok(Ok(0)) => ReadOutcome::Eof,
+                    Ok(Ok(n)) => ReadOutcome::Data(n),
+                    Ok(Err(_)) => ReadOutcome::Error,
+                },
+            }
         }
     }
 
-    async fn verify(&self, credentials: Credentials) -> Option<AuthorizedUser> {
-        let user = self.inner.users.get(&credentials.username).cloned();
-        let hash = match &user {
-            Some(user) => user.password_hash.clone(),
-            None => self.inner.decoy_hash.clone()?,
-        };
-        let _slot = self.inner.auth_slots.acquire().await.ok()?;
-        let password = credentials.password;
-        let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-            .await
-            .unwrap_or(false);
-        let user = user.filter(|_| matches);
-        if user.is_none() {
-            tracing::info!(client_ip = %self.client_ip, username = %credentials.username, "smtp authentication failed");
+    /// Checks AUTH credentials under the failure throttle: locked-out clients and users are
+    /// refused without running argon2, failures are answered after a growing delay, and
+    /// waiting for a verification slot is bounded.
+    async fn verify(&self, credentials: Credentials) -> AuthOutcome {
+        let username = credentials.username.as_str();
+        if let Some(scope) = self.lockout(username) {
+            return self.refuse_locked_out(username, scope);
         }
-        user.map(|u| AuthorizedUser {
-            name: u.name,
-            allowed_senders: u.allowed_senders,
-            from_policy: u.from_policy,
-        })
+        let user = self.inner.users.get(username);
+        // Unknown users are checked against a real hash too, so they take as long as known ones.
+        let hash = user
+            .map(|u| u.password_hash.clone())
+            .or_else(|| self.inner.decoy_hash.clone());
+        let matches = match hash {
+            Some(hash) => {
+                let Some(_slot) = acquire_within(&self.inner.auth_slots, AUTH_SLOT_WAIT).await
+                else {
+                    self.count_auth_failure("busy");
+                    tracing::warn!(client_ip = %self.client_ip, "smtp authentication refused: no password check slot free");
+                    return AuthOutcome::Busy;
+                };
+                // Concurrent guesses may have started a lockout while this one waited.
+                if let Some(scope) = self.lockout(username) {
+                    return self.refuse_locked_out(username, scope);
+                }
+                let password = credentials.password.clone();
+                tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+                    .await
+                    .unwrap_or(false)
+            }
+            None => false,
+        };
+        match user.filter(|_| matches) {
+            Some(user) => {
+                self.auth_throttle()
+                    .record_success(self.throttled_address());
+                AuthOutcome::Authorized(AuthorizedUser {
+                    name: user.name.clone(),
+                    allowed_senders: user.allowed_senders.clone(),
+                    from_policy: user.from_policy,
+                })
+            }
+            None => {
+                self.record_auth_failure(username).await;
+                AuthOutcome::Invalid
+            }
+        }
+    }
+
+    /// The address failed AUTH attempts are counted under: none for trusted networks (behind a
+    /// load balancer every client shares its address), which are throttled per user only.
+    fn throttled_address(&self) -> Option<IpAddr> {
+        (!self.trusted).then_some(self.client_ip)
+    }
+
+    fn auth_throttle(&self) -> std::sync::MutexGuard<'_, AuthThrottle> {
+        self.inner
+            .auth_throttle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lockout(&self, username: &str) -> Option<LockScope> {
+        self.auth_throttle()
+            .lockout(self.throttled_address(), username, Instant::now())
+    }
+
+    fn refuse_locked_out(&self, username: &str, scope: LockScope) -> AuthOutcome {
+        self.count_auth_failure("locked_out");
+        tracing::debug!(client_ip = %self.client_ip, username = ?loggable(username), scope = scope.as_str(), "smtp authentication refused: locked out");
+        AuthOutcome::LockedOut
+    }
+
+    fn count_auth_failure(&self, reason: &str) {
+        self.inner
+            .metrics
+            .smtp_auth_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Counts wrong credentials, logs the lockouts they start, and waits the delay before the
+    /// failure may be answered.
+    async fn record_auth_failure(&self, username: &str) {
+        self.count_auth_failure("invalid_credentials");
+        let verdict =
+            self.auth_throttle()
+                .record_failure(self.throttled_address(), username, Instant::now());
+        tracing::info!(client_ip = %self.client_ip, username = ?loggable(username), "smtp authentication failed");
+        for scope in verdict.lockouts {
+            self.inner
+                .metrics
+                .smtp_auth_lockouts
+                .with_label_values(&[scope.as_str()])
+                .inc();
+            tracing::warn!(
+                client_ip = %self.client_ip,
+                username = ?loggable(username),
+                scope = scope.as_str(),
+                lockout_secs = self.inner.auth_lockout.as_secs(),
+                "smtp authentication locked out after repeated failures"
+            );
+        }
+        tokio::time::sleep(verdict.delay).await;
     }
 
     /// Whether a new transaction may start: the queue must take writes (checked first, so a
@@ -627,6 +835,14 @@ impl Session {
             }
         }
     }
+}
+
+/// Longest user name written to the log, in characters.
+const MAX_LOGGED_NAME: usize = 64;
+
+/// A client-supplied user name bounded for the log (logged with `?`, which escapes it).
+fn loggable(username: &str) -> String {
+    username.chars().take(MAX_LOGGED_NAME).collect()
 }
 
 fn now_timestamp() -> Timestamp {

@@ -79,6 +79,22 @@ pub struct SmtpSettings {
     pub messages_per_minute_per_ip: Option<u32>,
     /// Messages (MAIL commands admitted) per minute by one authenticated user. Default unlimited.
     pub messages_per_minute_per_user: Option<u32>,
+    /// Failed AUTH attempts within `auth_failure_window`, from one client address (outside
+    /// `trusted_networks`) or for one user name, that start a lockout. Default 5.
+    pub auth_max_failures: u32,
+    /// How long failed AUTH attempts are counted (from the first of a series). Default 15 min.
+    pub auth_failure_window: Duration,
+    /// How long a locked-out address or user gets `454 4.7.0` to every AUTH, without the
+    /// credentials being checked. Default 15 min.
+    pub auth_lockout: Duration,
+    /// Delay before the first failed AUTH is answered; it doubles with each further failure
+    /// (up to 8 s). Default 250 ms.
+    pub auth_failure_delay: Duration,
+    /// Open sessions, in percent of `max_connections`, from which the server is in overload:
+    /// idle sessions (no mail transaction) get `overload_timeout`. Default 80.
+    pub overload_percent: u8,
+    /// Command (and greeting, TLS handshake) timeout of idle sessions in overload. Default 10 s.
+    pub overload_timeout: Duration,
 }
 
 impl Default for SmtpSettings {
@@ -105,6 +121,12 @@ impl Default for SmtpSettings {
             users: Vec::new(),
             messages_per_minute_per_ip: None,
             messages_per_minute_per_user: None,
+            auth_max_failures: 5,
+            auth_failure_window: Duration::from_secs(15 * 60),
+            auth_lockout: Duration::from_secs(15 * 60),
+            auth_failure_delay: Duration::from_millis(250),
+            overload_percent: 80,
+            overload_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -533,6 +533,13 @@ async fn idle_and_trickling_clients_time_out() {
     trickle.abort();
 }
 
+/// Starts a mail transaction (EHLO, MAIL) on a greeted client.
+async fn in_transaction(mut client: Client<TcpStream>) -> Client<TcpStream> {
+    client.cmd("EHLO c").await;
+    assert_eq!(client.cmd("MAIL FROM:<s@a.test>").await, "250 2.1.0 Ok\r\n");
+    client
+}
+
 #[tokio::test]
 async fn connection_limits_refuse_with_421() {
     let server = start(
@@ -544,8 +551,9 @@ async fn connection_limits_refuse_with_421() {
         false,
     )
     .await;
-    let first = greeted(server.addr).await;
-    let _second = greeted(server.addr).await;
+    // Sessions in a transaction: a full server has no idle session to close for a newcomer.
+    let first = in_transaction(greeted(server.addr).await).await;
+    let _second = in_transaction(greeted(server.addr).await).await;
     let mut third = connect(server.addr).await;
     assert_eq!(
         third.reply().await.unwrap(),
@@ -556,7 +564,7 @@ async fn connection_limits_refuse_with_421() {
     let _other = {
         let mut c = connect_from("127.0.0.2", server.addr).await;
         assert!(c.reply().await.unwrap().starts_with("220 "));
-        c
+        in_transaction(c).await
     };
     let mut over_global = connect_from("127.0.0.3", server.addr).await;
     assert!(over_global.reply().await.unwrap().starts_with("421 4.7.0"));
@@ -664,6 +672,20 @@ fn user(name: &str, password: &str, allowed: &[&str]) -> SmtpUser {
     }
 }
 
+/// The client side of a TLS handshake (implicit TLS before the greeting, or after STARTTLS).
+async fn tls_handshake(
+    server: &TestServer,
+    tcp: TcpStream,
+) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tls = TlsConnector::from(server.client_tls.clone())
+        .connect(ServerName::try_from("mx.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    Client {
+        io: BufReader::new(tls),
+    }
+}
+
 async fn starttls(
     server: &TestServer,
     mut client: Client<TcpStream>,
@@ -672,14 +694,7 @@ async fn starttls(
         client.cmd("STARTTLS").await,
         "220 2.0.0 Ready to start TLS\r\n"
     );
-    let tcp = client.io.into_inner();
-    let tls = TlsConnector::from(server.client_tls.clone())
-        .connect(ServerName::try_from("mx.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    Client {
-        io: BufReader::new(tls),
-    }
+    tls_handshake(server, client.io.into_inner()).await
 }
 
 #[tokio::test]
@@ -871,13 +886,7 @@ async fn starttls_drops_pipelined_plaintext() {
 async fn implicit_tls_listener_greets_after_handshake() {
     let server = start(settings(), true).await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let tls = TlsConnector::from(server.client_tls.clone())
-        .connect(ServerName::try_from("mx.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    let mut client = Client {
-        io: BufReader::new(tls),
-    };
+    let mut client = tls_handshake(&server, tcp).await;
     assert_eq!(
         client.reply().await.unwrap(),
         "220 mx.test ESMTP Postrider\r\n"
@@ -1005,4 +1014,214 @@ async fn shutdown_closes_idle_sessions_and_lets_messages_finish() {
         .unwrap()
         .unwrap();
     assert!(server.store.body(id).unwrap().is_some());
+}
+
+/// Connects from `source` to an implicit-TLS listener, reads the greeting and says EHLO.
+async fn tls_client_from(
+    server: &TestServer,
+    source: &str,
+) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = connect_from(source, server.addr).await.io.into_inner();
+    let mut client = tls_handshake(server, tcp).await;
+    assert!(client.reply().await.unwrap().starts_with("220 "));
+    assert!(client.cmd("EHLO c").await.contains("AUTH PLAIN"));
+    client
+}
+
+/// `AUTH PLAIN` with an initial response for `user` and `password`.
+fn auth_plain(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let response = format!("\0{user}\0{password}");
+    format!(
+        "AUTH PLAIN {}",
+        base64::engine::general_purpose::STANDARD.encode(response)
+    )
+}
+
+/// Untrusted clients (AUTH over implicit TLS) with a lockout after 3 failures and short delays.
+fn throttled_settings() -> SmtpSettings {
+    SmtpSettings {
+        trusted_networks: Vec::new(),
+        users: vec![user("app", "s3cret", &[]), user("ops", "0ps", &[])],
+        auth_max_failures: 3,
+        auth_failure_delay: Duration::from_millis(1),
+        ..settings()
+    }
+}
+
+const INVALID: &str = "535 5.7.8 Authentication credentials invalid\r\n";
+const LOCKED_OUT: &str = "454 4.7.0 Temporary authentication failure\r\n";
+const AUTHORIZED: &str = "235 2.7.0 Authentication successful\r\n";
+
+#[tokio::test]
+async fn an_address_guessing_passwords_is_locked_out() {
+    let server = start(throttled_settings(), true).await;
+    let mut guesser = tls_client_from(&server, "127.0.0.1").await;
+    // Three wrong guesses, each for another user, so no single user reaches the limit.
+    for (name, password) in [("nobody", "x"), ("ops", "guess"), ("app", "guess")] {
+        assert_eq!(guesser.cmd(&auth_plain(name, password)).await, INVALID);
+    }
+    // Now even the right password is refused, temporarily, from this address, on any session.
+    assert_eq!(guesser.cmd(&auth_plain("app", "s3cret")).await, LOCKED_OUT);
+    let mut again = tls_client_from(&server, "127.0.0.1").await;
+    assert_eq!(again.cmd(&auth_plain("ops", "0ps")).await, LOCKED_OUT);
+    assert_eq!(
+        again.cmd("NOOP").await,
+        "250 2.0.0 Ok\r\n",
+        "the session goes on"
+    );
+    // Another address still logs in as the same users.
+    let mut other = tls_client_from(&server, "127.0.0.2").await;
+    assert_eq!(other.cmd(&auth_plain("app", "s3cret")).await, AUTHORIZED);
+    let count = |series: &str| metric(&server.metrics, series);
+    assert_eq!(
+        count("postrider_smtp_auth_failures_total{reason=\"invalid_credentials\"}"),
+        "3"
+    );
+    assert_eq!(
+        count("postrider_smtp_auth_failures_total{reason=\"locked_out\"}"),
+        "2"
+    );
+    assert_eq!(
+        count("postrider_smtp_auth_lockouts_total{scope=\"address\"}"),
+        "1"
+    );
+    assert_eq!(
+        count("postrider_smtp_auth_lockouts_total{scope=\"user\"}"),
+        "0"
+    );
+    assert_eq!(
+        count("postrider_smtp_rejections_total{reason=\"auth_locked_out\"}"),
+        "2"
+    );
+}
+
+#[tokio::test]
+async fn a_user_guessed_from_several_addresses_is_locked_out() {
+    let server = start(throttled_settings(), true).await;
+    for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let mut guesser = tls_client_from(&server, source).await;
+        assert_eq!(guesser.cmd(&auth_plain("app", "guess")).await, INVALID);
+    }
+    // The user is locked out everywhere, even with the right password from a fresh address.
+    let mut fresh = tls_client_from(&server, "127.0.0.5").await;
+    assert_eq!(fresh.cmd(&auth_plain("app", "s3cret")).await, LOCKED_OUT);
+    // Other users are not.
+    assert_eq!(fresh.cmd(&auth_plain("ops", "0ps")).await, AUTHORIZED);
+    // Unknown user names are counted like known ones, so a lockout reveals nothing.
+    for source in ["127.0.0.6", "127.0.0.7", "127.0.0.8"] {
+        let mut guesser = tls_client_from(&server, source).await;
+        assert_eq!(guesser.cmd(&auth_plain("ghost", "guess")).await, INVALID);
+    }
+    let mut probe = tls_client_from(&server, "127.0.0.9").await;
+    assert_eq!(probe.cmd(&auth_plain("ghost", "guess")).await, LOCKED_OUT);
+    assert_eq!(
+        metric(
+            &server.metrics,
+            "postrider_smtp_auth_lockouts_total{scope=\"user\"}"
+        ),
+        "2"
+    );
+}
+
+const OVERLOAD_CLOSE: &str = "421 4.7.0 mx.test Too many connections, closing idle session\r\n";
+const TIMED_OUT: &str = "421 4.4.2 mx.test Error: timeout exceeded\r\n";
+
+#[tokio::test]
+async fn a_full_server_closes_its_idlest_session_for_a_new_client() {
+    let server = start(
+        SmtpSettings {
+            max_connections: 10,
+            ..settings()
+        },
+        false,
+    )
+    .await;
+    // The oldest session is in a transaction: it is left alone.
+    let mut busy = in_transaction(greeted(server.addr).await).await;
+    let mut idle = Vec::new();
+    for _ in 0..9 {
+        idle.push(greeted(server.addr).await);
+    }
+    // Every slot is taken; a new client still gets in, and can send mail.
+    let mut newcomer = greeted(server.addr).await;
+    newcomer.cmd("EHLO new").await;
+    queued_id(&send_message(&mut newcomer, "s@a.test", "r@b.test", "x\r\n").await);
+    // The session idle the longest made room.
+    assert_eq!(idle[0].reply().await.unwrap(), OVERLOAD_CLOSE);
+    assert!(idle[0].closed().await);
+    assert_eq!(idle[1].cmd("NOOP").await, "250 2.0.0 Ok\r\n");
+    assert_eq!(
+        busy.cmd("RCPT TO:<r@b.test>").await,
+        "250 2.1.5 Ok\r\n",
+        "the transaction goes on"
+    );
+    assert_eq!(
+        metric(
+            &server.metrics,
+            "postrider_smtp_rejections_total{reason=\"overload\"}"
+        ),
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn a_full_server_of_transactions_still_refuses_newcomers() {
+    let server = start(
+        SmtpSettings {
+            max_connections: 2,
+            ..settings()
+        },
+        false,
+    )
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(in_transaction(greeted(server.addr).await).await);
+    }
+    let mut refused = connect(server.addr).await;
+    assert_eq!(
+        refused.reply().await.unwrap(),
+        "421 4.7.0 mx.test Too many connections, try again later\r\n"
+    );
+    assert_eq!(sessions[0].cmd("NOOP").await, "250 2.0.0 Ok\r\n");
+}
+
+#[tokio::test]
+async fn in_overload_idle_sessions_get_the_short_timeout() {
+    let server = start(
+        SmtpSettings {
+            max_connections: 10,
+            overload_percent: 80,
+            overload_timeout: Duration::from_millis(300),
+            ..settings()
+        },
+        false,
+    )
+    .await;
+    // An idle session that started before the overload.
+    let mut idle = greeted(server.addr).await;
+    // Seven sessions in a transaction bring the open sessions to the high-water mark (80 % of
+    // 10) and keep them there.
+    let mut busy = Vec::new();
+    for _ in 0..7 {
+        busy.push(in_transaction(greeted(server.addr).await).await);
+    }
+    assert_eq!(metric(&server.metrics, "postrider_smtp_overload"), "1");
+    // The idle session is closed after the overload timeout, long before the command timeout
+    // (5 minutes; waiting for that would exceed PATIENCE).
+    assert_eq!(idle.reply().await.unwrap(), TIMED_OUT);
+    assert!(idle.closed().await);
+    // Sessions in a transaction keep the normal timeout; the overload is over.
+    for client in &mut busy {
+        assert_eq!(client.cmd("RCPT TO:<r@b.test>").await, "250 2.1.5 Ok\r\n");
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&server.metrics, "postrider_smtp_overload") != "0" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "overload never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use postrider_core::MessageId;
 use postrider_smtp::{BareNewlinePolicy, FromPolicy};
 use postrider_smtp::proto::{
-    Admission, AuthorizedUser, Event, MAX_AUTH_LINE, Protocol, ProtocolConfig, SubmitOutcome,
+    Admission, AuthOutcome, AuthorizedUser, Event, MAX_AUTH_LINE, Protocol, ProtocolConfig,
+    SubmitOutcome,
 };
 
 const MAX_SIZE: usize = 4096;
@@ -63,15 +64,19 @@ fuzz_target!(|data: &[u8]| {
             Event::StartTls => protocol.tls_established(),
             Event::Authenticate(credentials) => {
                 let ok = credentials.username == "u" && credentials.password == "p";
-                protocol.resolve_auth(ok.then(|| AuthorizedUser {
-                    name: "u".into(),
-                    allowed_senders: vec!["@a.test".into()],
-                    from_policy: if flags & 32 == 0 {
-                        FromPolicy::Reject
-                    } else {
-                        FromPolicy::Rewrite
-                    },
-                }));
+                protocol.resolve_auth(if ok {
+                    AuthOutcome::Authorized(AuthorizedUser {
+                        name: "u".into(),
+                        allowed_senders: vec!["@a.test".into()],
+                        from_policy: if flags & 32 == 0 {
+                            FromPolicy::Reject
+                        } else {
+                            FromPolicy::Rewrite
+                        },
+                    })
+                } else {
+                    AuthOutcome::Invalid
+                });
             }
             Event::AdmitMessage { .. } => protocol.resolve_admission(match flags & 24 {
                 0 => Admission::Admitted,

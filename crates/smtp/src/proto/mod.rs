@@ -13,8 +13,8 @@ pub use command::{
 };
 pub use reply::{Rejection, Reply};
 pub use session::{
-    Admission, AuthorizedUser, Credentials, Event, MAX_AUTH_LINE, MAX_COMMAND_LINE, Protocol,
-    ProtocolConfig, Submission, SubmitOutcome,
+    Admission, AuthOutcome, AuthorizedUser, Credentials, Event, MAX_AUTH_LINE, MAX_COMMAND_LINE,
+    Protocol, ProtocolConfig, Submission, SubmitOutcome,
 };
 
 #[cfg(test)]

@@ -24,6 +24,11 @@ pub enum Rejection {
     AuthRequired,
     /// Wrong credentials (535 5.7.8).
     AuthFailed,
+    /// AUTH refused without checking: too many failures from the client or for the user
+    /// (454 4.7.0).
+    AuthLockedOut,
+    /// AUTH refused because no password check could start in time (454 4.7.0).
+    AuthBusy,
     /// AUTH over plaintext from an untrusted network (538 5.7.11).
     EncryptionRequired,
     /// Relay attempt without permission (554 5.7.1).
@@ -55,6 +60,8 @@ pub enum Rejection {
     TooManyConnections,
     /// The server is shutting down (421 4.3.2).
     ShuttingDown,
+    /// An idle session closed to make room for a new one (421 4.7.0).
+    Overload,
 }
 
 impl Rejection {
@@ -70,6 +77,8 @@ impl Rejection {
             Rejection::TooManyRecipients => "too_many_recipients",
             Rejection::AuthRequired => "auth_required",
             Rejection::AuthFailed => "auth_failed",
+            Rejection::AuthLockedOut => "auth_locked_out",
+            Rejection::AuthBusy => "auth_busy",
             Rejection::EncryptionRequired => "encryption_required",
             Rejection::RelayDenied => "relay_denied",
             Rejection::SenderNotAllowed => "sender_not_allowed",
@@ -85,6 +94,7 @@ impl Rejection {
             Rejection::TooManyErrors => "too_many_errors",
             Rejection::TooManyConnections => "too_many_connections",
             Rejection::ShuttingDown => "shutting_down",
+            Rejection::Overload => "overload",
         }
     }
 }

@@ -130,6 +130,20 @@ pub enum Admission {
     StoreUnavailable(String),
 }
 
+/// The shell's answer to [`Event::Authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The credentials are right: `235 2.7.0`.
+    Authorized(AuthorizedUser),
+    /// The credentials are wrong (or the user unknown): `535 5.7.8`.
+    Invalid,
+    /// Too many failures from this client or for this user: `454 4.7.0` (RFC 4954), without
+    /// checking the credentials.
+    LockedOut,
+    /// No password check could start in time (the server is busy verifying others): `454 4.7.0`.
+    Busy,
+}
+
 /// The result of queueing a [`Submission`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubmitOutcome {
@@ -307,6 +321,25 @@ impl Protocol {
         self.close_with(Reply::reject(421, "4.4.2", text, Rejection::Timeout));
     }
 
+    /// Whether a mail transaction has started (MAIL accepted or being admitted, or a message
+    /// being received). Sessions without one are idle: in overload they get the short
+    /// timeout and may be closed to make room for new clients.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+            || matches!(self.phase, Phase::Awaiting(Pending::Admission(_)))
+            || self.is_mid_message()
+    }
+
+    /// The server needs this idle session's connection slot for a new client: reply
+    /// 421 4.7.0 and close.
+    pub fn close_for_overload(&mut self) {
+        let text = format!(
+            "{} Too many connections, closing idle session",
+            self.config.hostname
+        );
+        self.close_with(Reply::reject(421, "4.7.0", text, Rejection::Overload));
+    }
+
     /// The server is shutting down: reply 421 4.3.2 and close.
     pub fn shutdown(&mut self) {
         let text = format!("{} Service shutting down", self.config.hostname);
@@ -327,23 +360,27 @@ impl Protocol {
         }
     }
 
-    /// The answer to [`Event::Authenticate`]: the user, or `None` when the credentials are wrong.
-    pub fn resolve_auth(&mut self, user: Option<AuthorizedUser>) {
+    /// The answer to [`Event::Authenticate`].
+    pub fn resolve_auth(&mut self, outcome: AuthOutcome) {
         if !matches!(self.phase, Phase::Awaiting(Pending::Auth)) {
             return;
         }
         self.phase = Phase::Command;
-        match user {
-            Some(user) => {
+        let temporary_failure =
+            |why| Reply::reject(454, "4.7.0", "Temporary authentication failure", why);
+        match outcome {
+            AuthOutcome::Authorized(user) => {
                 self.user = Some(user);
                 self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
             }
-            None => self.reply(Reply::reject(
+            AuthOutcome::Invalid => self.reply(Reply::reject(
                 535,
                 "5.7.8",
                 "Authentication credentials invalid",
                 Rejection::AuthFailed,
             )),
+            AuthOutcome::LockedOut => self.reply(temporary_failure(Rejection::AuthLockedOut)),
+            AuthOutcome::Busy => self.reply(temporary_failure(Rejection::AuthBusy)),
         }
     }
 

@@ -62,12 +62,17 @@ impl Driver {
                 }
                 Event::Authenticate(c) => {
                     let ok = c.username == "alice" && c.password == "secret";
-                    let user = ok.then(|| AuthorizedUser {
-                        name: c.username,
-                        allowed_senders: vec!["alice@a.test".into(), "@b.test".into()],
-                        from_policy: self.from_policy,
-                    });
-                    self.protocol.resolve_auth(user);
+                    let outcome = match (ok, c.username.as_str()) {
+                        (true, _) => AuthOutcome::Authorized(AuthorizedUser {
+                            name: c.username,
+                            allowed_senders: vec!["alice@a.test".into(), "@b.test".into()],
+                            from_policy: self.from_policy,
+                        }),
+                        (false, "locked") => AuthOutcome::LockedOut,
+                        (false, "busy") => AuthOutcome::Busy,
+                        (false, _) => AuthOutcome::Invalid,
+                    };
+                    self.protocol.resolve_auth(outcome);
                 }
                 Event::AdmitMessage { .. } => {
                     self.protocol.resolve_admission(self.admission.clone())
@@ -754,6 +759,39 @@ fn auth_login_and_plain_continuations() {
     assert_eq!(d.last(), "504 5.5.4 Unrecognized authentication type");
     d.send(b"AUTH PLAIN\r\nYWxpY2UAYWxpY2UAc2VjcmV0\r\n");
     assert_eq!(d.last(), "235 2.7.0 Authentication successful");
+}
+
+#[test]
+fn auth_temporary_failures_answer_454_and_keep_the_session() {
+    let mut d = Driver::new(config(), true);
+    // PLAIN for "locked" / "busy" with a wrong password: the shell answers without checking.
+    d.send(b"EHLO c\r\nAUTH PLAIN AGxvY2tlZAB4\r\n");
+    assert_eq!(d.last(), "454 4.7.0 Temporary authentication failure");
+    d.send(b"AUTH PLAIN AGJ1c3kAeA==\r\n");
+    assert_eq!(d.last(), "454 4.7.0 Temporary authentication failure");
+    assert!(d.protocol.user().is_none());
+    d.send(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(d.last(), "235 2.7.0 Authentication successful");
+}
+
+#[test]
+fn idle_sessions_can_be_closed_for_overload() {
+    let mut d = Driver::new(config(), true);
+    d.send(b"EHLO c\r\n");
+    assert!(!d.protocol.in_transaction());
+    d.send(b"MAIL FROM:<s@a.test>\r\n");
+    assert!(d.protocol.in_transaction(), "MAIL starts a transaction");
+    d.send(b"RSET\r\n");
+    assert!(!d.protocol.in_transaction());
+    d.protocol.close_for_overload();
+    d.run();
+    assert_eq!(
+        d.lines()[d.lines().len() - 2..],
+        [
+            "421 4.7.0 mx.test Too many connections, closing idle session",
+            "<CLOSE>"
+        ]
+    );
 }
 
 #[test]
