@@ -27,7 +27,7 @@ pub(crate) enum StoreAction {
         work_dir: Option<PathBuf>,
     },
     /// Rebuild a damaged database (stop the relay first): the damaged files are moved to
-    /// quarantine/sled-<UTC time>/, what can still be read of them goes into a new database,
+    /// quarantine/sled-TIMESTAMP/ (UTC), what can still be read of them goes into a new database,
     /// and the journal is replayed into it. Exit status 0 when the result is consistent.
     Rebuild {
         #[command(flatten)]
