@@ -187,6 +187,7 @@ pub async fn rebuild(data_dir: &Path) -> Result<RebuildReport> {
     drop(lock);
     tracing::info!(quarantine = %quarantine.display(), "database replaced by what could be salvaged of it");
 
+    wait_released(&db_path)?;
     let store = Store::open_with(
         data_dir,
         Metrics::new(),
@@ -264,6 +265,22 @@ async fn wait_for_release(path: &Path) -> Result<()> {
         match lock_database(path) {
             Err(RepairError::InUse { .. }) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// Waits (up to [`RELEASE_PATIENCE`]) until no handle of this process holds sled's lock on the
+/// database file `path` any more: a dropped `sled::Db` lets go of it only once sled's
+/// background threads have dropped their references, so opening the same files again right
+/// away can find them still locked.
+fn wait_released(path: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + RELEASE_PATIENCE;
+    loop {
+        match lock_database(path) {
+            Err(RepairError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other.map(drop),
         }
@@ -477,6 +494,7 @@ fn salvage_tree(
 /// lower or lost, so that every journal record is replayed. Returns the journal position the
 /// database continues from.
 fn finish_meta(dir: &Path, salvaged: Option<u64>, journal_first: Option<u64>) -> Result<u64> {
+    wait_released(&dir.join("db"))?;
     let db = sled_settings(sled::Config::new().path(dir))
         .open()
         .map_err(StoreError::from)?;
@@ -517,6 +535,7 @@ const ID_PERSIST_INTERVAL: u64 = 1_000_000;
 fn advance_ids(dir: &Path, at_least: u64) -> Result<()> {
     let target = at_least.div_ceil(ID_PERSIST_INTERVAL).max(1) * ID_PERSIST_INTERVAL;
     let half = target / 2;
+    wait_released(&dir.join("db"))?;
     let db = sled_settings(sled::Config::new().path(dir))
         .idgen_persist_interval(half)
         .open()
@@ -719,6 +738,7 @@ pub async fn check_data_dir(data_dir: &Path, scratch: &Path) -> Result<DataDirCh
             journal_bytes: JournalSummary::read(&copy)?.file_bytes,
             ..OpenOptions::default()
         };
+        wait_released(&copy.join("db"))?;
         match Store::open_with(&copy, Metrics::new(), &options) {
             Ok(store) => {
                 report.queue = Some(store.check());
@@ -734,6 +754,8 @@ pub async fn check_data_dir(data_dir: &Path, scratch: &Path) -> Result<DataDirCh
             }
         }
     }
+    // The copy's failed open may still hold sled's lock for a moment.
+    wait_released(&copy.join("db"))?;
     match rebuild(&copy).await {
         Ok(r) => report.rebuild = Some(r),
         Err(e) => report.unreadable = Some(e.to_string()),
