@@ -1157,6 +1157,9 @@ fn system_hostname() -> String {
 }
 
 #[cfg(test)]
+mod readme_keys;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1303,8 +1306,8 @@ warn_after = "0s"
     fn readme_configuration_reference_parses() {
         let readme = include_str!("../../../README.md");
         let start = readme
-            .find("```toml\n")
-            .expect("a toml block in the README")
+            .find("```toml\nhostname")
+            .expect("the configuration reference block in the README")
             + 8;
         let block = &readme[start..start + readme[start..].find("```").expect("closed block")];
         let c = Config::from_toml(block)
