@@ -33,6 +33,17 @@ pub enum CheckStatus {
     Fail,
 }
 
+impl CheckStatus {
+    /// The name used in JSON and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Pass => "pass",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Fail => "fail",
+        }
+    }
+}
+
 /// One check of a [`DomainReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
@@ -157,7 +168,7 @@ pub async fn check_domain(
     checks.push(check_dmarc(resolver, domain).await);
     checks.push(check_mx(resolver, domain).await);
     let report = DomainReport::new(domain, checks);
-    tracing::info!(domain = %domain, status = ?report.status, "domain checked");
+    tracing::info!(domain = %domain, status = report.status.as_str(), "domain checked");
     report
 }
 
@@ -278,7 +289,7 @@ async fn check_spf(resolver: &TokioResolver, domain: &Domain, egress_ips: &[IpAd
                 );
             }
             other => {
-                tracing::debug!(%ip, result = ?other, "egress IP not authorised by SPF");
+                tracing::debug!(%ip, result = %other, "egress IP not authorised by SPF");
                 missing.push(*ip);
             }
         }
