@@ -120,6 +120,7 @@ impl SmtpServer {
         {
             return invalid("message rate limits must be at least 1 per minute");
         }
+        metrics.init_smtp_rejections(Rejection::ALL.iter().map(|r| r.as_str()));
         let mut users = HashMap::with_capacity(settings.users.len());
         for user in &settings.users {
             validate_password_hash(&user.password_hash)
