@@ -39,6 +39,7 @@ KNOWN = {
     "postrider_smtp_sessions_total": set(),
     "postrider_smtp_rejections_total": {"reason"},
     "postrider_http_requests_total": {"route", "status"},
+    "postrider_http_request_duration_seconds": {"route", "status", "histogram"},
     "postrider_store_flush_seconds": {"histogram"},
     "postrider_store_flush_batch": {"histogram"},
     "postrider_store_corrupt_records_total": set(),

@@ -256,7 +256,7 @@ fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
     let principal = if state.settings.api_keys.is_empty() {
         let client = ClientAddr::from_extensions(req.extensions());
         if !client.ip().is_some_and(|ip| ip.is_loopback()) {
-            tracing::info!(client = ?client.0, "refused non-loopback client: no API keys are configured");
+            tracing::info!(client = %client.0.map_or_else(|| "unknown".to_owned(), |a| a.to_string()), "refused non-loopback client: no API keys are configured");
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",

@@ -55,7 +55,7 @@ fn check_request(req: &Request, keyless: bool) -> Result<(), ApiError> {
         if let Some(origin) = req.headers().get(header::ORIGIN)
             && !is_loopback_origin(origin)
         {
-            tracing::info!(?origin, "refused cross-site request in keyless mode");
+            tracing::info!(origin = %String::from_utf8_lossy(origin.as_bytes()), "refused cross-site request in keyless mode");
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "cross_origin",

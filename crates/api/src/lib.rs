@@ -259,6 +259,13 @@ pub fn router(state: ApiState) -> Router {
 
     // Every documented route comes from the one table the OpenAPI document is built from.
     let metrics_auth = state.settings.metrics_auth;
+    for route in openapi::all_routes() {
+        if let Some(status) = route.success_status() {
+            state
+                .metrics
+                .init_http_route(route.path, &status.to_string());
+        }
+    }
     let send = openapi_routes(Some(Scope::Send), metrics_auth).route_layer(guard(Scope::Send));
     let read = openapi_routes(Some(Scope::Read), metrics_auth).route_layer(guard(Scope::Read));
     let admin = openapi_routes(Some(Scope::Admin), metrics_auth).route_layer(guard(Scope::Admin));
@@ -300,9 +307,11 @@ pub fn openapi_document() -> serde_json::Value {
     openapi::document()
 }
 
-/// Counts `postrider_http_requests_total{route,status}` with the route template as label
+/// Counts `postrider_http_requests_total{route,status}` and times
+/// `postrider_http_request_duration_seconds{route,status}` with the route template as label
 /// (`/v1/messages/{id}`), or `unmatched`, so labels stay bounded.
 async fn count_requests(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -315,6 +324,11 @@ async fn count_requests(State(state): State<ApiState>, req: Request, next: Next)
         .http_requests
         .with_label_values(&[route.as_str(), status.as_str()])
         .inc();
+    state
+        .metrics
+        .http_request_duration
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(%method, route, status = status.as_u16(), "http request");
     response
 }

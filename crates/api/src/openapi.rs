@@ -51,6 +51,14 @@ pub(crate) struct Route {
 pub(crate) const METRICS_AUTH_PATHS: &[&str] = &["/metrics", "/openapi.json"];
 
 impl Route {
+    /// The first 2xx status the route documents: the one its metrics series start at.
+    pub(crate) fn success_status(&self) -> Option<u16> {
+        self.responses
+            .iter()
+            .map(|r| r.status)
+            .find(|s| (200..300).contains(s))
+    }
+
     /// The scope the route needs: its own, or `read` for [`METRICS_AUTH_PATHS`] with
     /// `metrics_auth`.
     pub(crate) fn effective_scope(&self, metrics_auth: bool) -> Option<Scope> {

@@ -411,7 +411,7 @@ pub(crate) async fn bounce(
     if !dsn_ids.is_empty() {
         state.metrics.bounces_generated.inc_by(dsn_ids.len() as u64);
     }
-    tracing::info!(%id, recipients = pending, dsn = ?dsn_ids, "operator bounce");
+    tracing::info!(%id, recipients = pending, dsn = %dsn_ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "operator bounce");
     Ok(Json(
         json!({ "id": id, "bounced": pending, "dsn_id": dsn_ids.first() }),
     ))

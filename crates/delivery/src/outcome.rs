@@ -22,6 +22,8 @@ pub struct RecipientOutcome {
     pub class: ReplyClass,
     /// The MX host that gave the reply, when a server was reached.
     pub mx_host: Option<String>,
+    /// That host's address and port, when a server was reached (for the log).
+    pub mx_addr: Option<std::net::SocketAddr>,
     /// How the session was protected, when a server was reached.
     pub tls: Option<TlsInfo>,
     /// Not attempted (rate limit): state, counters and expiry clock are left alone, and the
@@ -42,6 +44,7 @@ impl RecipientOutcome {
             reply,
             class,
             mx_host,
+            mx_addr: None,
             tls: None,
             postponed: false,
             retry_at: None,

@@ -63,6 +63,8 @@ pub(crate) struct DomainAttempt {
     pub results: Vec<RecipientResult>,
     /// The host whose session decided the outcome, when a server was reached.
     pub mx_host: Option<String>,
+    /// The address and port of that host's session, when a server was reached.
+    pub mx_addr: Option<SocketAddr>,
     /// How that session was protected, when a server was reached.
     pub tls: Option<TlsInfo>,
     /// Retry no earlier than this (every host was suspended: the end of the suspension).
@@ -75,12 +77,13 @@ pub(crate) struct DomainAttempt {
 }
 
 impl DomainAttempt {
-    /// The same reply for every recipient, e.g. after a DNS failure.
+    /// The same reply for every recipient, e.g. after a DNS failure; `reached` is the host
+    /// that gave it (name and address), when a server answered.
     fn all(
         tx: &Transaction<'_>,
         reply: SmtpReply,
         class: ReplyClass,
-        mx_host: Option<String>,
+        reached: Option<(String, SocketAddr)>,
     ) -> Self {
         let results = tx
             .recipients
@@ -91,9 +94,11 @@ impl DomainAttempt {
                 class,
             })
             .collect();
+        let (mx_host, mx_addr) = reached.unzip();
         DomainAttempt {
             results,
             mx_host,
+            mx_addr,
             ..DomainAttempt::default()
         }
     }
@@ -220,7 +225,7 @@ pub(crate) async fn deliver_to_domain(
         }
     };
 
-    let mut last: Option<(SmtpReply, Option<String>)> = None;
+    let mut last: Option<(SmtpReply, Option<(String, SocketAddr)>)> = None;
     let mut all_permanent = true;
     let mut suspended_until: Option<Timestamp> = None;
     let mut only_suspended = true;
@@ -245,9 +250,10 @@ pub(crate) async fn deliver_to_domain(
                     permanent,
                     reached,
                 } => {
-                    tracing::debug!(domain = %name, mx = %target.name, ip = %ip, reply = %reply, "host skipped");
+                    let addr = SocketAddr::new(*ip, target.port);
+                    tracing::debug!(domain = %name, relay = %relay_label(Some(target.name.as_str()), Some(addr)), reply = %reply, "host skipped");
                     all_permanent &= permanent;
-                    last = Some((reply, reached.then(|| target.name.clone())));
+                    last = Some((reply, reached.then(|| (target.name.clone(), addr))));
                 }
             }
         }
@@ -273,6 +279,17 @@ pub(crate) async fn deliver_to_domain(
             );
             DomainAttempt::all(tx, reply, ReplyClass::Transient, None)
         }
+    }
+}
+
+/// The peer of a delivery attempt for the log, as Postfix writes it: `mx.example.org[192.0.2.5]:25`,
+/// the bare host when its address is unknown, and `none` when no server was reached.
+pub(crate) fn relay_label(host: Option<&str>, addr: Option<SocketAddr>) -> String {
+    match (host, addr) {
+        (Some(host), Some(addr)) => format!("{host}[{}]:{}", addr.ip(), addr.port()),
+        (Some(host), None) => host.to_owned(),
+        (None, Some(addr)) => format!("[{}]:{}", addr.ip(), addr.port()),
+        (None, None) => "none".to_owned(),
     }
 }
 
@@ -663,7 +680,7 @@ async fn new_session(
     match open_session(shared, target, ip, want_tls, slot).await {
         Ok(s) => Ok(s),
         Err(OpenError::TlsFailed(reply)) if opportunistic => {
-            tracing::info!(mx = %target.name, ip = %ip, reply = %reply, "STARTTLS failed; retrying the host in plaintext");
+            tracing::info!(relay = %relay_label(Some(target.name.as_str()), Some(SocketAddr::new(ip, target.port))), reply = %reply, "STARTTLS failed; retrying the host in plaintext");
             // The failed connection's permits were released with it: take new ones.
             let slot = match shared.pool.checkout(key).await {
                 Checkout::New(slot) => slot,
@@ -723,7 +740,7 @@ async fn try_address(
             // Its idle siblings are most likely closed too: drop them (politely), so the next
             // round opens a new connection instead of finding the next dead one.
             let stale = shared.pool.take_all_idle(&key);
-            tracing::debug!(mx = %target.name, ip = %ip, dropped = stale.len(), "pooled session was closed by the server; opening a new one");
+            tracing::debug!(relay = %relay_label(Some(target.name.as_str()), Some(key.addr)), dropped = stale.len(), "pooled session was closed by the server; opening a new one");
             let limit = settings.timeouts.quit;
             for mut s in stale {
                 tokio::spawn(async move { quit(&mut s.conn, limit).await });
@@ -738,6 +755,7 @@ async fn try_address(
         }
         let tls = Some(session.tls.clone());
         let dsn_relayed = session.caps.dsn;
+        let addr = key.addr;
         if flow.reusable() && session.transactions < settings.max_messages_per_connection {
             shared.pool.put_back(key, session);
         } else if !flow.broken {
@@ -746,6 +764,7 @@ async fn try_address(
         return HostOutcome::Done(DomainAttempt {
             results,
             mx_host: Some(target.name.clone()),
+            mx_addr: Some(addr),
             tls,
             retry_at: None,
             postponed: false,
@@ -1061,6 +1080,22 @@ async fn run_envelope(
 mod tests {
     use super::*;
     use postrider_core::{Address, NotifyFlags};
+
+    #[test]
+    fn relay_label_names_host_and_address_like_postfix() {
+        let v4: SocketAddr = "192.0.2.5:25".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::5]:2525".parse().unwrap();
+        assert_eq!(
+            relay_label(Some("mx.example.org"), Some(v4)),
+            "mx.example.org[192.0.2.5]:25"
+        );
+        assert_eq!(
+            relay_label(Some("mx.example.org"), Some(v6)),
+            "mx.example.org[2001:db8::5]:2525"
+        );
+        assert_eq!(relay_label(Some("mx.example.org"), None), "mx.example.org");
+        assert_eq!(relay_label(None, None), "none");
+    }
 
     #[test]
     fn parses_ehlo_capabilities() {

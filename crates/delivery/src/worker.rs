@@ -23,7 +23,7 @@ use crate::outcome::{
 use crate::pool::Pool;
 use crate::rate::RateLimiter;
 use crate::settings::DeliverySettings;
-use crate::smtp::{Transaction, deliver_to_domain};
+use crate::smtp::{Transaction, deliver_to_domain, relay_label};
 use crate::tls::TlsTrust;
 
 /// State shared by the scheduler and its workers.
@@ -308,7 +308,7 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
             for dsn_id in notification_ids {
                 tracing::info!(message_id = %id, dsn_id = %dsn_id, "failure notice queued for the sender");
             }
-            tracing::debug!(message_id = %id, next_attempt_at = ?applied.next_attempt_at, "attempt recorded");
+            tracing::debug!(message_id = %id, next_attempt_at = %applied.next_attempt_at.map_or_else(|| "none".to_owned(), |t| t.to_rfc3339()), "attempt recorded");
         }
         Ok(RecordOutcome::LeaseLost) => {
             tracing::warn!(message_id = %id, "lease lost before the attempt was recorded (message deleted or re-leased); outcome dropped");
@@ -395,7 +395,7 @@ fn log_outcomes(before: &QueuedMessage, after: &QueuedMessage, outcomes: &[Timed
             message_id = %after.id,
             recipient = %r.request.address,
             result = r.state.as_str(),
-            mx = t.outcome.mx_host.as_deref().unwrap_or("-"),
+            relay = %relay_label(t.outcome.mx_host.as_deref(), t.outcome.mx_addr),
             reply = %t.outcome.reply,
             tls = t.outcome.tls.as_ref().is_some_and(|t| t.encrypted),
             tls_version = t
@@ -531,6 +531,7 @@ async fn deliver_domain(
                 reply: r.reply,
                 class: r.class,
                 mx_host: attempt.mx_host.clone(),
+                mx_addr: attempt.mx_addr,
                 tls: attempt.tls.clone(),
                 postponed: attempt.postponed,
                 retry_at: attempt.retry_at,

@@ -5,11 +5,25 @@
 //! relay exports. Labels are bounded by construction: sources, results and status classes come
 //! from fixed sets, never from recipients, message ids or raw peer input.
 //! [`Metrics::render`] produces the text exposition format served at `GET /metrics`.
+//!
+//! Besides the relay's own `postrider_*` series the registry holds the standard `process_*`
+//! series (CPU seconds, resident memory, open file descriptors, start time) on Linux, and every
+//! labelled counter starts with a zero series for each label value known up front, so that
+//! dashboards and alerts see `0` rather than no data before the first event.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+
+/// Per-recipient attempt results, the `result` label of the delivery counters.
+pub const DELIVERY_RESULTS: [&str; 4] = ["delivered", "deferred", "bounced", "postponed"];
+
+/// Enhanced status classes, the `status_class` label of `postrider_delivery_results_total`.
+pub const STATUS_CLASSES: [&str; 3] = ["2.x", "4.x", "5.x"];
+
+/// The `domain` label every domain beyond the tracked ones is counted under.
+pub const OTHER_DOMAIN: &str = "other";
 
 /// Every metric the relay exports.
 #[derive(Clone, Debug)]
@@ -30,8 +44,13 @@ pub struct Metrics {
     pub smtp_sessions: IntCounter,
     /// `postrider_smtp_rejections_total{reason}`: SMTP commands or messages refused, by reason.
     pub smtp_rejections: IntCounterVec,
-    /// `postrider_http_requests_total{route,status}`: API requests by matched route and status class.
+    /// `postrider_http_requests_total{route,status}`: API requests by matched route template
+    /// and status code.
     pub http_requests: IntCounterVec,
+    /// `postrider_http_request_duration_seconds{route,status}`: time to answer one API request,
+    /// by matched route template (not the raw path, which would make the labels unbounded) and
+    /// status code.
+    pub http_request_duration: HistogramVec,
     /// `postrider_store_flush_seconds`: time of one group commit (journal write + fdatasync).
     pub store_flush_duration: Histogram,
     /// `postrider_store_flush_batch`: writes (submissions and recorded outcomes) made durable by
@@ -201,9 +220,21 @@ impl Metrics {
         }
         let http_requests = counter_vec(
             "postrider_http_requests_total",
-            "API requests by route and status class.",
+            "API requests by route template and status code.",
             &["route", "status"],
         );
+        let http_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "postrider_http_request_duration_seconds",
+                "Time to answer one API request, by route template and status code.",
+            )
+            .buckets(latency.clone()),
+            &["route", "status"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(http_request_duration.clone()))
+            .expect("metric registered once");
         let store_flush_duration = histogram(
             "postrider_store_flush_seconds",
             "Duration of one group-commit flush of the store.",
@@ -323,6 +354,13 @@ impl Metrics {
             "Per-recipient delivery results by recipient domain (bounded; the rest is other).",
             &["domain", "result"],
         );
+        for result in DELIVERY_RESULTS {
+            for class in STATUS_CLASSES {
+                delivery_results.with_label_values(&[result, class]);
+            }
+            delivery_by_domain.with_label_values(&[OTHER_DOMAIN, result]);
+        }
+        delivery_status_codes.with_label_values(&["other"]);
         let outbound_connections = IntGauge::new(
             "postrider_outbound_connections",
             "Outbound SMTP connections open, idle pooled ones included.",
@@ -403,6 +441,7 @@ impl Metrics {
             .register(Box::new(webhook_outbox.clone()))
             .expect("metric registered once");
         // ---- end of webhook metrics ----
+        register_process_collector(&registry);
         Metrics {
             registry,
             messages_accepted,
@@ -413,6 +452,7 @@ impl Metrics {
             smtp_sessions,
             smtp_rejections,
             http_requests,
+            http_request_duration,
             store_flush_duration,
             store_flush_batch,
             store_corrupt_records,
@@ -454,6 +494,37 @@ impl Metrics {
         // which static definitions rule out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Adds the standard `process_*` series of this process (CPU seconds, resident and virtual
+/// memory, open and maximum file descriptors, threads, start time) to `registry`.
+#[cfg(target_os = "linux")]
+fn register_process_collector(registry: &Registry) {
+    let collector = prometheus::process_collector::ProcessCollector::for_self();
+    // Registration only fails for a duplicate, which one collector per registry rules out.
+    let _ = registry.register(Box::new(collector));
+}
+
+/// The `process_*` series come from `/proc`, so other systems export none.
+#[cfg(not(target_os = "linux"))]
+fn register_process_collector(_registry: &Registry) {}
+
+impl Metrics {
+    /// Starts a zero series of `postrider_http_requests_total` and
+    /// `postrider_http_request_duration_seconds` for `route` answered with `status`, so
+    /// that a route's panels and alerts have data before its first request.
+    pub fn init_http_route(&self, route: &str, status: &str) {
+        self.http_requests.with_label_values(&[route, status]);
+        self.http_request_duration
+            .with_label_values(&[route, status]);
+    }
+
+    /// Starts a zero series of `postrider_smtp_rejections_total` for each of `reasons`.
+    pub fn init_smtp_rejections<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        for reason in reasons {
+            self.smtp_rejections.with_label_values(&[reason]);
+        }
     }
 }
 
@@ -513,6 +584,41 @@ mod tests {
             "postrider_smtp_transactions_total{result=\"rejected\"} 1",
             "postrider_smtp_rejections_total{reason=\"storage\"} 0",
             "postrider_smtp_rejections_total{reason=\"storage_unavailable\"} 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn exports_process_series() {
+        let text = Metrics::new().render();
+        if cfg!(target_os = "linux") {
+            for name in [
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "process_start_time_seconds",
+            ] {
+                assert!(text.contains(name), "missing {name} in\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn labelled_counters_start_at_zero_for_known_labels() {
+        let m = Metrics::new();
+        m.init_http_route("/v1/messages", "202");
+        m.init_smtp_rejections(["relay_denied"]);
+        let text = m.render();
+        for name in [
+            "postrider_delivery_results_total{result=\"postponed\",status_class=\"4.x\"} 0",
+            "postrider_delivery_results_total{result=\"delivered\",status_class=\"2.x\"} 0",
+            "postrider_delivery_by_domain_total{domain=\"other\",result=\"bounced\"} 0",
+            "postrider_delivery_status_codes_total{code=\"other\"} 0",
+            "postrider_messages_accepted_total{source=\"http\"} 0",
+            "postrider_http_requests_total{route=\"/v1/messages\",status=\"202\"} 0",
+            "postrider_http_request_duration_seconds_count{route=\"/v1/messages\",status=\"202\"} 0",
+            "postrider_smtp_rejections_total{reason=\"relay_denied\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -98,11 +98,13 @@ pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::
             .context("invalid [smtp] settings")?,
     );
     for (listener, implicit_tls) in smtp_listeners {
-        let addr = listener.local_addr().ok();
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
         let (smtp, token) = (Arc::clone(&smtp), shutdown.clone());
         tasks.spawn(async move {
             if let Err(e) = smtp.serve(listener, implicit_tls, token).await {
-                tracing::error!(error = %e, ?addr, "SMTP listener failed");
+                tracing::error!(error = %e, listener = %addr, "SMTP listener failed");
             }
         });
     }
@@ -175,9 +177,9 @@ pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::
 
     tracing::info!(
         hostname = %config.hostname,
-        smtp = ?raw.smtp.listen,
-        smtps = ?raw.smtp.tls_listen,
-        http = ?http_addr,
+        smtp = %addresses(&raw.smtp.listen),
+        smtps = %addresses(&raw.smtp.tls_listen),
+        http = %http_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()),
         data_dir = %raw.data_dir.display(),
         queued = store.pending_count(),
         "postrider ready"
@@ -372,6 +374,17 @@ fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
     };
     settings.validate().context("invalid [http] settings")?;
     Ok(settings)
+}
+
+/// Listener addresses for the log: `127.0.0.1:2525,[::1]:2525`, or `none`.
+fn addresses(list: &[std::net::SocketAddr]) -> String {
+    if list.is_empty() {
+        return "none".to_owned();
+    }
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn tls_mode(t: DeliveryTls) -> TlsMode {

@@ -247,6 +247,11 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 key.dns_name, key.dns_txt
             );
             println!(
+                "or, in zone-file syntax (strings of at most {} characters):\n{}",
+                postrider_trust::MAX_TXT_STRING,
+                key.zone_file_record()
+            );
+            println!(
                 "and add to the config:\n[[dkim.keys]]\ndomain = {:?}\nselector = {selector:?}\nkey_file = {:?}\nalgorithm = \"{algorithm}\"",
                 domain.as_str(),
                 out.display().to_string()

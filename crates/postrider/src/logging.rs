@@ -1,5 +1,7 @@
 //! Logging setup: human-readable lines by default, JSON objects with `[log] format = "json"`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -9,8 +11,13 @@ pub(crate) fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = wants_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless: try_init reports it and we ignore it.
     let _ = match format {
@@ -21,6 +28,13 @@ pub(crate) fn init(format: LogFormat, level: &str) {
             .with_current_span(false)
             .try_init(),
     };
+}
+
+/// Whether log lines may carry ANSI colour codes: only for a person at a terminal, never into a
+/// pipe or file (journald, `docker logs`, log shippers keep the escape bytes verbatim), and not
+/// when `NO_COLOR` asks for plain text.
+fn wants_colour(stderr_is_terminal: bool, no_color_set: bool) -> bool {
+    stderr_is_terminal && !no_color_set
 }
 
 /// Sends panics to the log (ERROR, with the thread and where it happened) instead of bare text
@@ -69,6 +83,14 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn colour_only_for_a_terminal_without_no_color() {
+        assert!(wants_colour(true, false));
+        assert!(!wants_colour(false, false));
+        assert!(!wants_colour(true, true));
+        assert!(!wants_colour(false, true));
     }
 
     #[test]

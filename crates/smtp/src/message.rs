@@ -55,6 +55,24 @@ pub fn header_presence(body: &[u8]) -> HeaderPresence {
     presence
 }
 
+/// Longest Message-ID written to the log, in characters (RFC 5322 lines stop at 998).
+const MAX_LOGGED_MESSAGE_ID: usize = 255;
+
+/// The `Message-ID:` of a message, with its angle brackets, for the log line that accepts it
+/// (so that it can be joined with the sending application's logs). `None` when the header
+/// section has none that parses; bounded and limited to printable ASCII, as RFC 5322 allows.
+pub(crate) fn logged_message_id(content: &[u8]) -> Option<String> {
+    let headers = mail_parser::MessageParser::new().parse_headers(content)?;
+    let id = headers.message_id()?;
+    let printable = !id.is_empty() && id.chars().all(|c| c.is_ascii_graphic());
+    printable.then(|| {
+        format!(
+            "<{}>",
+            id.chars().take(MAX_LOGGED_MESSAGE_ID).collect::<String>()
+        )
+    })
+}
+
 /// The content to store: a `Received:` header, then `Date:` and `Message-ID:` when the
 /// submitted header section lacks them, then the submitted content unchanged.
 pub fn prepare_message(
@@ -117,6 +135,26 @@ mod tests {
         assert_eq!(p, HeaderPresence::default());
         assert_eq!(header_presence(b""), HeaderPresence::default());
         assert!(header_presence(b" folded first\r\nDate: x\r\n").date);
+    }
+
+    #[test]
+    fn logged_message_id_is_the_header_value_in_angle_brackets() {
+        let content = b"Received: x\r\nMessage-ID:\r\n <abc.1@app.example>\r\n\r\nbody\r\n";
+        assert_eq!(
+            logged_message_id(content).as_deref(),
+            Some("<abc.1@app.example>")
+        );
+        assert_eq!(
+            logged_message_id(b"Subject: none\r\n\r\nMessage-ID: <x@y>\r\n"),
+            None
+        );
+        let long = format!("Message-ID: <{}@h>\r\n\r\n", "a".repeat(2000));
+        let logged = logged_message_id(long.as_bytes()).unwrap();
+        assert!(
+            logged.len() <= MAX_LOGGED_MESSAGE_ID + 2,
+            "{}",
+            logged.len()
+        );
     }
 
     #[test]

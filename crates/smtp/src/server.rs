@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth_throttle::{AuthThrottle, LockScope, MAX_TRACKED, ThrottlePolicy};
 use crate::error::SmtpError;
 use crate::limits::{ConnectionLimiter, ConnectionPermit, RateLimiter, Refusal, acquire_within};
-use crate::message::{TraceInfo, prepare_message};
+use crate::message::{TraceInfo, logged_message_id, prepare_message};
 use crate::overload::{
     SessionEntry, SessionTable, command_deadline, high_water_mark, idle_timeout,
 };
@@ -120,6 +120,7 @@ impl SmtpServer {
         {
             return invalid("message rate limits must be at least 1 per minute");
         }
+        metrics.init_smtp_rejections(Rejection::ALL.iter().map(|r| r.as_str()));
         let mut users = HashMap::with_capacity(settings.users.len());
         for user in &settings.users {
             validate_password_hash(&user.password_hash)
@@ -195,8 +196,10 @@ impl SmtpServer {
         if implicit_tls && self.inner.tls.is_none() {
             return Err(SmtpError::TlsNotConfigured);
         }
-        let local = listener.local_addr().ok();
-        tracing::info!(listener = ?local, implicit_tls, "smtp listener started");
+        let local = listener
+            .local_addr()
+            .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+        tracing::info!(listener = %local, implicit_tls, "smtp listener started");
         loop {
             tokio::select! {
                 biased;
@@ -211,7 +214,7 @@ impl SmtpServer {
                 },
             }
         }
-        tracing::info!(listener = ?local, "smtp listener draining");
+        tracing::info!(listener = %local, "smtp listener draining");
         self.inner.sessions.close();
         loop {
             tokio::select! {
@@ -225,7 +228,7 @@ impl SmtpServer {
                 },
             }
         }
-        tracing::info!(listener = ?local, "smtp listener stopped");
+        tracing::info!(listener = %local, "smtp listener stopped");
         Ok(())
     }
 
@@ -394,6 +397,20 @@ enum Ending {
     Internal,
 }
 
+impl Ending {
+    /// The name in the log (`tls_failed` matches the event of a failed implicit-TLS handshake).
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::Closed => "closed",
+            Ending::ClientDisconnected => "client_disconnected",
+            Ending::ReadError => "read_error",
+            Ending::WriteError => "write_error",
+            Ending::TlsFailed => "tls_failed",
+            Ending::Internal => "internal",
+        }
+    }
+}
+
 struct Session {
     inner: Arc<Inner>,
     client_ip: IpAddr,
@@ -463,7 +480,7 @@ async fn run_session(
         tls = session.protocol.is_tls(),
         trusted,
         messages = session.messages,
-        outcome = ?ending,
+        outcome = ending.as_str(),
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "smtp session ended"
     );
@@ -723,7 +740,7 @@ impl Session {
 
     fn refuse_locked_out(&self, username: &str, scope: LockScope) -> AuthOutcome {
         self.count_auth_failure("locked_out");
-        tracing::debug!(client_ip = %self.client_ip, username = ?loggable(username), scope = scope.as_str(), "smtp authentication refused: locked out");
+        tracing::debug!(client_ip = %self.client_ip, username = %loggable(username), scope = scope.as_str(), "smtp authentication refused: locked out");
         AuthOutcome::LockedOut
     }
 
@@ -742,7 +759,7 @@ impl Session {
         let verdict =
             self.auth_throttle()
                 .record_failure(self.throttled_address(), username, Instant::now());
-        tracing::info!(client_ip = %self.client_ip, username = ?loggable(username), "smtp authentication failed");
+        tracing::info!(client_ip = %self.client_ip, username = %loggable(username), "smtp authentication failed");
         for scope in verdict.lockouts {
             self.inner
                 .metrics
@@ -751,7 +768,7 @@ impl Session {
                 .inc();
             tracing::warn!(
                 client_ip = %self.client_ip,
-                username = ?loggable(username),
+                username = %loggable(username),
                 scope = scope.as_str(),
                 lockout_secs = self.inner.auth_lockout.as_secs(),
                 "smtp authentication locked out after repeated failures"
@@ -800,6 +817,7 @@ impl Session {
         let size = body.len();
         let sender = submission.envelope.sender().to_string();
         let recipients = submission.envelope.recipients().len();
+        let header_id = logged_message_id(&body).unwrap_or_else(|| "-".to_owned());
         let message = NewMessage::new(submission.envelope, body, Source::Smtp, now);
         match self.inner.store.enqueue(message).await {
             Ok(id) => {
@@ -814,7 +832,8 @@ impl Session {
                     .with_label_values(&["accepted"])
                     .inc();
                 tracing::info!(
-                    message_id = %id,
+                    id = %id,
+                    message_id = %header_id,
                     sender = %sender,
                     recipients,
                     size,
@@ -840,9 +859,18 @@ impl Session {
 /// Longest user name written to the log, in characters.
 const MAX_LOGGED_NAME: usize = 64;
 
-/// A client-supplied user name bounded for the log (logged with `?`, which escapes it).
+/// A client-supplied user name bounded for the log, with control characters escaped (`\n`,
+/// `\u{1b}`) so that it cannot forge log lines or colour the terminal.
 fn loggable(username: &str) -> String {
-    username.chars().take(MAX_LOGGED_NAME).collect()
+    let mut out = String::new();
+    for c in username.chars().take(MAX_LOGGED_NAME) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn now_timestamp() -> Timestamp {
@@ -859,4 +887,16 @@ fn random_u64() -> u64 {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos().into())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_user_names_are_bounded_and_cannot_break_lines() {
+        assert_eq!(loggable("alice"), "alice");
+        assert_eq!(loggable("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        assert_eq!(loggable(&"x".repeat(500)).len(), MAX_LOGGED_NAME);
+    }
 }

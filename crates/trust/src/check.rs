@@ -33,6 +33,17 @@ pub enum CheckStatus {
     Fail,
 }
 
+impl CheckStatus {
+    /// The name used in JSON and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Pass => "pass",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Fail => "fail",
+        }
+    }
+}
+
 /// One check of a [`DomainReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
@@ -157,7 +168,7 @@ pub async fn check_domain(
     checks.push(check_dmarc(resolver, domain).await);
     checks.push(check_mx(resolver, domain).await);
     let report = DomainReport::new(domain, checks);
-    tracing::info!(domain = %domain, status = ?report.status, "domain checked");
+    tracing::info!(domain = %domain, status = report.status.as_str(), "domain checked");
     report
 }
 
@@ -198,6 +209,26 @@ fn ip_mechanism(ip: &IpAddr) -> String {
     }
 }
 
+/// The configuration key that lists the relay's egress addresses, named in advice that needs them.
+const EGRESS_IPS_KEY: &str = "delivery.public_ips";
+
+/// What to publish when `domain` has no SPF record: a record authorising the egress addresses
+/// (`mechanisms`, e.g. `ip4:192.0.2.10`). With none known there is no record to suggest, since
+/// `v=spf1 ~all` would authorise nobody and make the relay's own mail fail SPF: the advice names
+/// the setting that makes the suggestion possible instead.
+pub(crate) fn new_spf_advice(domain: &Domain, mechanisms: &[String]) -> String {
+    if mechanisms.is_empty() {
+        return format!(
+            "publish an SPF record at {domain} that authorises the relay's egress addresses; \
+             list them in {EGRESS_IPS_KEY} and run check-domain again for the exact record"
+        );
+    }
+    format!(
+        "publish TXT at {domain}: \"v=spf1 {} ~all\"",
+        mechanisms.join(" ")
+    )
+}
+
 /// `record` with `mechanisms` inserted before its `all` / `redirect=` term (or at the end).
 pub(crate) fn spf_with_mechanisms(record: &str, mechanisms: &[String]) -> String {
     let mut terms: Vec<String> = record.split_whitespace().map(str::to_owned).collect();
@@ -223,13 +254,10 @@ async fn check_spf(resolver: &TokioResolver, domain: &Domain, egress_ips: &[IpAd
     let all_ips: Vec<String> = egress_ips.iter().map(ip_mechanism).collect();
     match spf.as_slice() {
         [] => {
-            let mut suggested = vec!["v=spf1".to_owned()];
-            suggested.extend(all_ips.iter().cloned());
-            suggested.push("~all".to_owned());
             return Check::fail(
                 "spf",
                 format!("{domain} publishes no SPF record"),
-                format!("publish TXT at {domain}: \"{}\"", suggested.join(" ")),
+                new_spf_advice(domain, &all_ips),
             );
         }
         [_] => {}
@@ -249,7 +277,9 @@ async fn check_spf(resolver: &TokioResolver, domain: &Domain, egress_ips: &[IpAd
         return Check::warn(
             "spf",
             format!("record \"{record}\" found; no egress IP configured to test it against"),
-            Some("configure the relay's egress IPs to check authorisation".to_owned()),
+            Some(format!(
+                "list the relay's egress addresses in {EGRESS_IPS_KEY} to check that the record authorises them"
+            )),
         );
     }
     let authenticator = MessageAuthenticator(resolver.clone());
@@ -278,7 +308,7 @@ async fn check_spf(resolver: &TokioResolver, domain: &Domain, egress_ips: &[IpAd
                 );
             }
             other => {
-                tracing::debug!(%ip, result = ?other, "egress IP not authorised by SPF");
+                tracing::debug!(%ip, result = %other, "egress IP not authorised by SPF");
                 missing.push(*ip);
             }
         }
@@ -537,6 +567,21 @@ mod tests {
         assert!(is_spf("V=SPF1"));
         assert!(!is_spf("v=spf10 -all"));
         assert!(!is_spf("google-site-verification=x"));
+    }
+
+    #[test]
+    fn new_spf_advice_never_authorises_nobody() {
+        let domain = Domain::parse("bare.test").unwrap();
+        let advice = new_spf_advice(&domain, &[]);
+        assert!(!advice.contains("v=spf1"), "{advice}");
+        assert!(advice.contains("delivery.public_ips"), "{advice}");
+        assert_eq!(
+            new_spf_advice(
+                &domain,
+                &["ip4:192.0.2.10".to_owned(), "ip6:2001:db8::1".to_owned()]
+            ),
+            "publish TXT at bare.test: \"v=spf1 ip4:192.0.2.10 ip6:2001:db8::1 ~all\""
+        );
     }
 
     #[test]

@@ -530,6 +530,53 @@ pub fn generate_dkim_key(
     })
 }
 
+/// Longest character-string of a TXT record (RFC 1035 §3.3: one length octet); longer values,
+/// such as RSA-2048 DKIM keys, must be split into several strings of one record.
+pub const MAX_TXT_STRING: usize = 255;
+
+impl GeneratedKey {
+    /// The record in zone-file syntax, ready to paste into a BIND-style zone: the fully
+    /// qualified name, then the value split into strings of at most [`MAX_TXT_STRING`]
+    /// characters, which DNS servers and receivers join back into one value.
+    pub fn zone_file_record(&self) -> String {
+        zone_file_txt(&self.dns_name, &self.dns_txt)
+    }
+}
+
+/// `name. IN TXT ( "…" "…" )` with one quoted string of at most [`MAX_TXT_STRING`] characters
+/// per line; quotes and backslashes in `value` are escaped.
+pub fn zone_file_txt(name: &str, value: &str) -> String {
+    let fqdn = if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    };
+    let strings: Vec<String> = txt_strings(value)
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{fqdn} IN TXT (\n  {}\n)", strings.join("\n  "))
+}
+
+/// `value` cut into pieces of at most [`MAX_TXT_STRING`] bytes, never inside a character.
+fn txt_strings(value: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(MAX_TXT_STRING);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        pieces.push(piece);
+        rest = tail;
+    }
+    if pieces.is_empty() {
+        pieces.push("");
+    }
+    pieces
+}
+
 /// PEM armour with 64-character lines.
 fn pem_encode(label: &str, der: &[u8]) -> String {
     let b64 = BASE64.encode(der);
@@ -656,5 +703,40 @@ mod tests {
             Ok(DkimAlgorithm::RsaSha256)
         );
         assert!("dsa".parse::<DkimAlgorithm>().is_err());
+    }
+
+    #[test]
+    fn zone_file_record_splits_long_values_into_255_character_strings() {
+        let value = format!("v=DKIM1; k=rsa; p={}", "A".repeat(392));
+        let record = zone_file_txt("s1._domainkey.example.com", &value);
+        let lines: Vec<&str> = record.lines().collect();
+        assert_eq!(lines[0], "s1._domainkey.example.com. IN TXT (");
+        assert_eq!(lines.last(), Some(&")"));
+        let strings: Vec<&str> = lines[1..lines.len() - 1]
+            .iter()
+            .map(|l| {
+                l.trim()
+                    .strip_prefix('"')
+                    .unwrap()
+                    .strip_suffix('"')
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(strings.len(), 2, "{record}");
+        assert!(
+            strings.iter().all(|s| s.len() <= MAX_TXT_STRING),
+            "{record}"
+        );
+        assert_eq!(strings.concat(), value);
+    }
+
+    #[test]
+    fn zone_file_record_escapes_and_keeps_short_values_whole() {
+        assert_eq!(
+            zone_file_txt("x.example.", "a\"b\\c"),
+            "x.example. IN TXT (\n  \"a\\\"b\\\\c\"\n)"
+        );
+        assert_eq!(txt_strings(""), vec![""]);
+        assert_eq!(txt_strings(&"é".repeat(200)).len(), 2);
     }
 }

@@ -32,7 +32,8 @@ use hickory_resolver::TokioResolver;
 pub use check::{Check, CheckStatus, DomainReport, check_domain};
 pub use dkim::{
     DEFAULT_SIGNED_HEADERS, DkimAlgorithm, DkimConfigError, DkimKeyConfig, DkimPublicKey,
-    DkimSettings, DkimSigner, GeneratedKey, author_domain, generate_dkim_key, signing_domain,
+    DkimSettings, DkimSigner, GeneratedKey, MAX_TXT_STRING, author_domain, generate_dkim_key,
+    signing_domain, zone_file_txt,
 };
 pub use verify::{Deliverability, Verifier, VerifierSettings, VerifyError, VerifyResult};
 

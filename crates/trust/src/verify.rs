@@ -80,6 +80,17 @@ pub enum Deliverability {
     Unknown,
 }
 
+impl Deliverability {
+    /// The name used in JSON and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deliverability::Deliverable => "deliverable",
+            Deliverability::Undeliverable => "undeliverable",
+            Deliverability::Unknown => "unknown",
+        }
+    }
+}
+
 /// The answer of [`Verifier::verify`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyResult {
@@ -163,7 +174,7 @@ impl Verifier {
         let now = Instant::now();
         if let Some(mut hit) = lock(&self.cache).get(&key, now) {
             hit.cached = true;
-            tracing::debug!(address = %key, result = ?hit.result, "verification answered from cache");
+            tracing::debug!(address = %key, result = hit.result.as_str(), "verification answered from cache");
             return Ok(hit);
         }
         let domain = parsed.domain().clone();
@@ -179,7 +190,7 @@ impl Verifier {
         };
         tracing::info!(
             address = %key,
-            result = ?result.result,
+            result = result.result.as_str(),
             mx = result.mx_host.as_deref().unwrap_or("-"),
             code = result.reply.as_ref().map_or(0, |r| r.code),
             "address verified"

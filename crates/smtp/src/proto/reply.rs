@@ -65,6 +65,37 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason, so that each starts as a zero series of the rejection metric.
+    pub const ALL: [Rejection; 27] = [
+        Rejection::Syntax,
+        Rejection::BadSequence,
+        Rejection::UnknownCommand,
+        Rejection::NotImplemented,
+        Rejection::LineTooLong,
+        Rejection::TooBig,
+        Rejection::TooManyRecipients,
+        Rejection::AuthRequired,
+        Rejection::AuthFailed,
+        Rejection::AuthLockedOut,
+        Rejection::AuthBusy,
+        Rejection::EncryptionRequired,
+        Rejection::RelayDenied,
+        Rejection::SenderNotAllowed,
+        Rejection::AuthorNotAllowed,
+        Rejection::RateLimited,
+        Rejection::BareNewline,
+        Rejection::LongTextLine,
+        Rejection::Nul,
+        Rejection::Smtputf8Required,
+        Rejection::Storage,
+        Rejection::StorageUnavailable,
+        Rejection::Timeout,
+        Rejection::TooManyErrors,
+        Rejection::TooManyConnections,
+        Rejection::ShuttingDown,
+        Rejection::Overload,
+    ];
+
     /// Stable metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -198,6 +229,45 @@ mod tests {
         };
         assert_eq!(multi.to_wire_string(), "250-host\r\n250 PIPELINING\r\n");
         assert_eq!(Reply::plain(334, "").to_wire_string(), "334 \r\n");
+    }
+
+    #[test]
+    fn all_lists_every_reason_once() {
+        let labels: std::collections::HashSet<&str> =
+            Rejection::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), Rejection::ALL.len());
+        // A new variant must be added to ALL: this match fails to compile until it is handled.
+        for r in Rejection::ALL {
+            match r {
+                Rejection::Syntax
+                | Rejection::BadSequence
+                | Rejection::UnknownCommand
+                | Rejection::NotImplemented
+                | Rejection::LineTooLong
+                | Rejection::TooBig
+                | Rejection::TooManyRecipients
+                | Rejection::AuthRequired
+                | Rejection::AuthFailed
+                | Rejection::AuthLockedOut
+                | Rejection::AuthBusy
+                | Rejection::EncryptionRequired
+                | Rejection::RelayDenied
+                | Rejection::SenderNotAllowed
+                | Rejection::AuthorNotAllowed
+                | Rejection::RateLimited
+                | Rejection::BareNewline
+                | Rejection::LongTextLine
+                | Rejection::Nul
+                | Rejection::Smtputf8Required
+                | Rejection::Storage
+                | Rejection::StorageUnavailable
+                | Rejection::Timeout
+                | Rejection::TooManyErrors
+                | Rejection::TooManyConnections
+                | Rejection::ShuttingDown
+                | Rejection::Overload => {}
+            }
+        }
     }
 
     #[test]
