@@ -6,7 +6,8 @@
 //! - Submission: `POST /v1/messages` (structured JSON rendered to MIME, or a raw RFC 5322
 //!   message with an explicit envelope) and `POST /v1/messages/batch`. A `202` is sent only
 //!   after the store made the message durable.
-//! - Status: `GET /v1/messages/{id}`; queue administration under `/v1/queue`;
+//! - Status: `GET /v1/messages/{id}`; content: `GET /v1/messages/{id}/raw`, `/content` (parsed
+//!   with `mail-parser`, refused over `max_message_size`) and `/attachments/{n}`; queue administration under `/v1/queue`;
 //!   `GET /healthz` (liveness), `GET /readyz` (readiness: 503 while the queue refuses writes)
 //!   and `GET /metrics` (Prometheus text).
 //! - `Idempotency-Key` on `POST /v1/messages` (stored atomically with the message);
@@ -28,6 +29,7 @@
 mod auth;
 mod browser;
 mod compose;
+mod content;
 mod error;
 mod events;
 mod extract;

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::routing::{MethodRouter, delete, get, post};
 use serde_json::{Value, json};
 
-use crate::{ApiState, Scope, events, queue, routes, suppressions};
+use crate::{ApiState, Scope, content, events, queue, routes, suppressions};
 
 /// A path or query parameter.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +101,16 @@ const fn r(status: u16, description: &'static str, schema: Option<&'static str>)
 const E400: Resp = r(400, "Invalid request (see `error.field`).", Some("Error"));
 const E404: Resp = r(404, "Not found.", Some("Error"));
 const E409: Resp = r(409, "Conflict with the current state.", Some("Error"));
+const E410: Resp = r(
+    410,
+    "The message finished; its content is no longer kept.",
+    Some("Error"),
+);
+const E413: Resp = r(
+    413,
+    "The message is larger than the relay parses.",
+    Some("Error"),
+);
 const E503: Resp = r(503, "The queue is unavailable; retry later.", Some("Error"));
 const MSG: Resp = r(200, "The message.", Some("Message"));
 
@@ -168,6 +178,66 @@ pub(crate) const ROUTES: &[Route] = &[
         request: None,
         responses: &[MSG, E400, E404],
         handler: || get(routes::get_message),
+    },
+    Route {
+        method: "get",
+        path: "/v1/messages/{id}/raw",
+        scope: Some(Scope::Read),
+        operation_id: "getMessageRaw",
+        summary: "The message as stored (RFC 5322, `message/rfc822`, served as a download). Bodies are kept while a message is pending; a finished message gives 410.",
+        params: &[ID],
+        request: None,
+        responses: &[
+            r(200, "The message (message/rfc822).", None),
+            E400,
+            E404,
+            E410,
+        ],
+        handler: || get(content::raw),
+    },
+    Route {
+        method: "get",
+        path: "/v1/messages/{id}/content",
+        scope: Some(Scope::Read),
+        operation_id: "getMessageContent",
+        summary: "The message parsed: subject, addresses, date, Message-ID, headers, text and HTML bodies, and the attachments (download each with `/attachments/{n}`).",
+        params: &[ID],
+        request: None,
+        responses: &[
+            r(200, "The parsed message.", Some("MessageContent")),
+            E400,
+            E404,
+            E410,
+            E413,
+            r(422, "The stored message cannot be parsed.", Some("Error")),
+        ],
+        handler: || get(content::content),
+    },
+    Route {
+        method: "get",
+        path: "/v1/messages/{id}/attachments/{n}",
+        scope: Some(Scope::Read),
+        operation_id: "getMessageAttachment",
+        summary: "Attachment `n` (from 0, in the order `/content` lists them), decoded, as a download with its declared type.",
+        params: &[
+            ID,
+            Param {
+                name: "n",
+                location: "path",
+                kind: "integer",
+                description: "Attachment index (from 0).",
+            },
+        ],
+        request: None,
+        responses: &[
+            r(200, "The attachment's octets.", None),
+            E400,
+            E404,
+            E410,
+            E413,
+            r(422, "The stored message cannot be parsed.", Some("Error")),
+        ],
+        handler: || get(content::attachment),
     },
     Route {
         method: "get",
@@ -492,6 +562,23 @@ fn schemas() -> Value {
             "size": s("integer"), "tags": {"type": "array", "items": s("string")},
             "metadata": {"type": "object", "additionalProperties": s("string")},
             "recipients": {"type": "array", "items": {"$ref": "#/components/schemas/Recipient"}}}},
+        "MessageContent": {"type": "object", "properties": {
+            "id": s("string"), "subject": {"type": "string", "nullable": true},
+            "from": {"type": "array", "items": {"$ref": "#/components/schemas/ParsedMailbox"}},
+            "to": {"type": "array", "items": {"$ref": "#/components/schemas/ParsedMailbox"}},
+            "cc": {"type": "array", "items": {"$ref": "#/components/schemas/ParsedMailbox"}},
+            "date": {"type": "string", "format": "date-time", "nullable": true},
+            "message_id": {"type": "string", "nullable": true, "description": "Without angle brackets."},
+            "headers": {"type": "array", "items": {"type": "object", "properties": {
+                "name": s("string"), "value": {"type": "string", "description": "Unfolded, not decoded."}}}},
+            "headers_truncated": {"type": "boolean", "description": "More than 500 headers; the rest are not listed."},
+            "text": {"type": "string", "nullable": true}, "html": {"type": "string", "nullable": true},
+            "attachments": {"type": "array", "items": {"type": "object", "properties": {
+                "index": s("integer"), "name": {"type": "string", "nullable": true},
+                "content_type": s("string"), "size": {"type": "integer", "description": "Decoded octets."},
+                "content_id": {"type": "string", "nullable": true}}}}}},
+        "ParsedMailbox": {"type": "object", "properties": {
+            "name": {"type": "string", "nullable": true}, "email": {"type": "string", "nullable": true}}},
         "Event": {"type": "object", "required": ["seq", "type", "message_id", "at"], "properties": {
             "seq": s("integer"),
             "type": {"type": "string", "enum": ["accepted", "deferred", "delivered", "bounced", "suppressed", "expired"]},

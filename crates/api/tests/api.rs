@@ -443,6 +443,182 @@ async fn status_endpoint_reports_the_message() {
     assert_eq!(e["field"], "id");
 }
 
+/// `/raw`, `/content` and `/attachments/{n}`: the stored octets, the parsed view and a decoded
+/// attachment served as a download; 410 once the message finished; scope `read`.
+#[tokio::test]
+async fn message_content_endpoints() {
+    let (h, send_key, read_key, admin_key) = keyed(None);
+    let pdf = b"%PDF-1.4 \x00\x01 not really".to_vec();
+    let body = json!({
+        "from": "Shop <shop@example.com>",
+        "to": ["Ann <ann@dest.test>"],
+        "cc": "carl@other.test",
+        "subject": "Your <order>",
+        "text": "Plain text",
+        "html": "<p>Rich <b>text</b></p>",
+        "attachments": [{"filename": "invoice \"1\".pdf", "content_type": "application/pdf",
+                          "content": b64(&pdf)}],
+    });
+    let r = call(Method::POST, "/v1/messages")
+        .json(&body)
+        .key(&send_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id: MessageId = r.json["id"].as_str().unwrap().parse().unwrap();
+    let message_id = r.json["message_id"].as_str().unwrap().to_owned();
+
+    // A send-only key may not read content.
+    for path in ["raw", "content", "attachments/0"] {
+        let r = call(Method::GET, &format!("/v1/messages/{id}/{path}"))
+            .key(&send_key)
+            .send(&h.app)
+            .await;
+        assert_error(&r, StatusCode::FORBIDDEN, "insufficient_scope");
+    }
+
+    let r = call(Method::GET, &format!("/v1/messages/{id}/raw"))
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "message/rfc822");
+    assert_eq!(r.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert!(
+        r.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment;")
+    );
+    assert_eq!(r.text.as_bytes(), h.store.body(id).unwrap().unwrap());
+
+    let r = call(Method::GET, &format!("/v1/messages/{id}/content"))
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = &r.json;
+    assert_eq!(v["id"], id.to_string());
+    assert_eq!(v["subject"], "Your <order>");
+    assert_eq!(
+        v["from"],
+        json!([{"name": "Shop", "email": "shop@example.com"}])
+    );
+    assert_eq!(v["to"], json!([{"name": "Ann", "email": "ann@dest.test"}]));
+    assert_eq!(v["cc"], json!([{"name": null, "email": "carl@other.test"}]));
+    assert_eq!(
+        format!("<{}>", v["message_id"].as_str().unwrap()),
+        message_id
+    );
+    assert!(Timestamp::parse_rfc3339(v["date"].as_str().unwrap()).is_some());
+    assert!(
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "Subject" && h["value"] == "Your <order>")
+    );
+    assert_eq!(v["headers_truncated"], false);
+    assert_eq!(v["text"].as_str().unwrap().trim_end(), "Plain text");
+    assert_eq!(
+        v["html"].as_str().unwrap().trim_end(),
+        "<p>Rich <b>text</b></p>"
+    );
+    assert_eq!(
+        v["attachments"],
+        json!([{"index": 0, "name": "invoice \"1\".pdf", "content_type": "application/pdf",
+                "size": pdf.len(), "content_id": null}])
+    );
+
+    let r = call(Method::GET, &format!("/v1/messages/{id}/attachments/0"))
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/pdf");
+    assert_eq!(
+        r.headers[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"invoice _1_.pdf\"; filename*=UTF-8''invoice%20%221%22.pdf"
+    );
+    assert!(
+        r.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("sandbox")
+    );
+    assert_eq!(r.text.as_bytes(), pdf.as_slice());
+    let r = call(Method::GET, &format!("/v1/messages/{id}/attachments/1"))
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = call(Method::GET, &format!("/v1/messages/{id}/attachments/x"))
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_index");
+    let r = call(Method::GET, "/v1/messages/00000000deadbeef/content")
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = call(Method::GET, "/v1/messages/nope/raw")
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_id");
+
+    // Once finished, the body is gone: 410 with the JSON error shape.
+    let r = call(Method::POST, &format!("/v1/queue/{id}/bounce"))
+        .key(&admin_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    for path in ["raw", "content", "attachments/0"] {
+        let r = call(Method::GET, &format!("/v1/messages/{id}/{path}"))
+            .key(&read_key)
+            .send(&h.app)
+            .await;
+        assert_error(&r, StatusCode::GONE, "content_gone");
+    }
+}
+
+/// A stored message over `max_message_size` is served raw but not parsed (413).
+#[tokio::test]
+async fn oversized_messages_are_not_parsed() {
+    let h = harness(ApiSettings {
+        max_message_size: 200,
+        ..settings()
+    });
+    let body = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(400)).into_bytes();
+    let envelope = Envelope::new(
+        ReversePath::Address(Address::parse("a@example.com").unwrap()),
+        vec![RecipientRequest::new(
+            Address::parse("b@dest.test").unwrap(),
+        )],
+    )
+    .unwrap();
+    let id = h
+        .store
+        .enqueue(NewMessage::new(
+            envelope,
+            body.clone(),
+            Source::Smtp,
+            Timestamp::from_millis(now_ms()),
+        ))
+        .await
+        .unwrap();
+    let r = call(Method::GET, &format!("/v1/messages/{id}/content"))
+        .send(&h.app)
+        .await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "message_too_large");
+    let r = call(Method::GET, &format!("/v1/messages/{id}/raw"))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text.as_bytes(), body.as_slice());
+}
+
 #[tokio::test]
 async fn raw_message_is_normalised_and_traced() {
     let h = harness(settings());
