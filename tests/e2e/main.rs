@@ -15,4 +15,6 @@ mod features;
 mod http_api;
 mod journal_damage;
 mod lifecycle;
+mod reload;
+mod startup;
 mod storage;
