@@ -62,6 +62,8 @@ KNOWN = {
     "postrider_webhook_deliveries_total": {"result"},
     "postrider_webhook_outbox": set(),
     "postrider_webhook_dropped_total": set(),
+    "postrider_config_reloads_total": {"result"},
+    "postrider_config_last_reload_success_timestamp_seconds": set(),
     "postrider_delivery_status_codes_total": {"code"},
 }
 # Every metric is defined in lib.rs now; nothing is allowed on credit.

@@ -16,4 +16,6 @@ mod http_api;
 mod journal_damage;
 mod lifecycle;
 mod observability;
+mod reload;
+mod startup;
 mod storage;

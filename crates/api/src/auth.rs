@@ -190,6 +190,32 @@ impl KeyRing {
     }
 }
 
+/// The keys and rate limit in force; replaced as a whole on a configuration reload.
+#[derive(Debug)]
+pub(crate) struct Access {
+    keys: KeyRing,
+    /// Whether keys are configured, even ones whose hash is malformed (those never match, so
+    /// the API stays closed rather than falling back to loopback-only mode).
+    configured: bool,
+    rate_limit: Option<RateLimit>,
+}
+
+impl Access {
+    /// Decodes `keys` (see [`KeyRing::new`]).
+    pub(crate) fn new(keys: &[ApiKey], rate_limit: Option<RateLimit>) -> Access {
+        Access {
+            keys: KeyRing::new(keys),
+            configured: !keys.is_empty(),
+            rate_limit,
+        }
+    }
+
+    /// Whether any key is configured; without keys only loopback clients are served.
+    pub(crate) fn has_keys(&self) -> bool {
+        self.configured
+    }
+}
+
 /// Per-principal token buckets. Bounded: one bucket per configured key, plus one for loopback.
 #[derive(Debug, Default)]
 pub(crate) struct RateLimiter {
@@ -253,7 +279,8 @@ pub(crate) async fn require_scope(
 
 fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
     let state = &guard.state;
-    let principal = if state.settings.api_keys.is_empty() {
+    let access = state.access.load();
+    let principal = if !access.has_keys() {
         let client = ClientAddr::from_extensions(req.extensions());
         if !client.ip().is_some_and(|ip| ip.is_loopback()) {
             tracing::info!(client = %client.0.map_or_else(|| "unknown".to_owned(), |a| a.to_string()), "refused non-loopback client: no API keys are configured");
@@ -268,7 +295,7 @@ fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
         }
     } else {
         let presented = bearer_token(req)?;
-        let (name, scopes) = state
+        let (name, scopes) = access
             .keys
             .find(presented)
             .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
@@ -284,7 +311,7 @@ fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
             name: name.to_owned(),
         }
     };
-    if let Some(limit) = state.settings.rate_limit
+    if let Some(limit) = access.rate_limit
         && let Err(wait) = state.limiter.check(&principal.name, limit, Instant::now())
     {
         let mut e = ApiError::new(

@@ -30,7 +30,7 @@ pub(crate) async fn guard_browser_requests(
     req: Request,
     next: Next,
 ) -> Response {
-    match check_request(&req, state.settings.api_keys.is_empty()) {
+    match check_request(&req, !state.has_keys()) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }

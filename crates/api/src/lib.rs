@@ -182,7 +182,7 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// Limits and keys.
     pub settings: Arc<ApiSettings>,
-    keys: Arc<auth::KeyRing>,
+    access: Arc<arc_swap::ArcSwap<auth::Access>>,
     limiter: Arc<auth::RateLimiter>,
     /// Domain checks and address verification (`/v1/domains/{domain}/check`, `/v1/verify`);
     /// `None` (the default) answers them with 501. Set with [`ApiState::with_trust`].
@@ -223,7 +223,10 @@ impl ApiState {
     /// Builds the state; key hashes are decoded once here (malformed ones never match).
     pub fn new(store: Store, metrics: Metrics, settings: ApiSettings) -> Self {
         ApiState {
-            keys: Arc::new(auth::KeyRing::new(&settings.api_keys)),
+            access: Arc::new(arc_swap::ArcSwap::from_pointee(auth::Access::new(
+                &settings.api_keys,
+                settings.rate_limit,
+            ))),
             limiter: Arc::new(auth::RateLimiter::default()),
             store,
             metrics,
@@ -231,6 +234,26 @@ impl ApiState {
             trust: None,
             suspended: None,
         }
+    }
+
+    /// Replaces the API keys and the per-key rate limit of a running API (configuration
+    /// reload); the next request is checked against them. Refused, with nothing changed, when
+    /// a key is unusable (see [`ApiSettings::validate`]). `settings.api_keys` and
+    /// `settings.rate_limit` keep the values the state was built with.
+    pub fn replace_keys(
+        &self,
+        keys: &[ApiKey],
+        rate_limit: Option<RateLimit>,
+    ) -> Result<(), SettingsError> {
+        auth::validate_keys(keys)?;
+        self.access
+            .store(Arc::new(auth::Access::new(keys, rate_limit)));
+        Ok(())
+    }
+
+    /// Whether API keys are configured (otherwise only loopback clients are served).
+    pub(crate) fn has_keys(&self) -> bool {
+        self.access.load().has_keys()
     }
 
     /// Enables the trust endpoints with these services.

@@ -40,7 +40,7 @@ mod worker;
 
 pub use health::SuspendedDestination;
 pub use mx::{BoxFuture, HickoryMxResolver, MxError, MxHost, MxResolver, ResolverBuildError};
-pub use scheduler::{DeliveryHandle, DestinationHealth, spawn_delivery};
+pub use scheduler::{DeliveryHandle, DeliveryReloader, DestinationHealth, spawn_delivery};
 pub use settings::{
     BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, InvalidSettings, RelayTls,
     Relayhost, Route, SmtpTimeouts, TlsMode,

@@ -20,6 +20,7 @@ use crate::settings::{DeliverySettings, InvalidSettings};
 use crate::smtp::quit;
 use crate::tls::TlsTrust;
 use crate::worker::{Shared, clock_now, run_attempt};
+use arc_swap::ArcSwap;
 
 /// Pause after a store error before the scheduler tries again.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -48,7 +49,7 @@ impl DeliveryHandle {
         }
         // Idle pooled connections get a polite QUIT.
         let idle = self.shared.pool.drain();
-        let limit = self.shared.settings.timeouts.quit;
+        let limit = self.shared.settings().timeouts.quit;
         let quits = idle.into_iter().map(|mut s| async move {
             quit(&mut s.conn, limit).await;
         });
@@ -67,9 +68,35 @@ impl DeliveryHandle {
         }
     }
 
+    /// A handle that replaces the settings of the running delivery side; it outlives this
+    /// handle.
+    pub fn reloader(&self) -> DeliveryReloader {
+        DeliveryReloader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Attempts running right now.
     pub fn in_flight(&self) -> usize {
         self.shared.inflight_count()
+    }
+}
+
+/// Replaces the settings of the running delivery side (configuration reload).
+#[derive(Debug, Clone)]
+pub struct DeliveryReloader {
+    shared: Arc<Shared>,
+}
+
+impl DeliveryReloader {
+    /// Routes, the relay host, per-domain policies, timeouts, the lease, the retry schedule and
+    /// the DKIM signer apply from the next attempt on; what was sized at start (delivery slots,
+    /// the connection pool, the circuit breaker, TLS trust) stays until a restart. Refused, with
+    /// nothing changed, when `settings` do not pass [`DeliverySettings::validate`].
+    pub fn reload(&self, settings: DeliverySettings) -> Result<(), InvalidSettings> {
+        settings.validate()?;
+        self.shared.current.store(Arc::new(settings));
+        Ok(())
     }
 }
 
@@ -119,7 +146,7 @@ pub fn spawn_delivery(
         domain_limits: Mutex::new(HashMap::new()),
         tls: TlsTrust::new(extra_roots, settings.verify_certificates),
         metric_domains: Mutex::new(HashSet::new()),
-        settings,
+        current: ArcSwap::from_pointee(settings),
         metrics,
         inflight: Mutex::new(HashMap::new()),
     });
@@ -170,7 +197,7 @@ async fn futures_join<F: Future<Output = ()>>(futures: impl IntoIterator<Item = 
 /// Closes idle pooled connections past their idle timeout (with QUIT) and refreshes the
 /// suspended-destinations gauge, until shutdown.
 async fn reaper_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let every = (shared.settings.connection_idle_timeout / 2)
+    let every = (shared.settings().connection_idle_timeout / 2)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         tokio::select! {
@@ -178,7 +205,7 @@ async fn reaper_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
         }
         let expired = shared.pool.reap();
-        let limit = shared.settings.timeouts.quit;
+        let limit = shared.settings().timeouts.quit;
         for mut s in expired {
             tokio::spawn(async move { quit(&mut s.conn, limit).await });
         }
@@ -187,7 +214,7 @@ async fn reaper_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 async fn scheduler_loop(shared: Arc<Shared>, workers: TaskTracker, shutdown: CancellationToken) {
-    let settings = &shared.settings;
+    let settings = shared.settings();
     let slots = Arc::new(Semaphore::new(settings.max_concurrent_deliveries));
     tracing::info!(
         max_concurrent = settings.max_concurrent_deliveries,
@@ -213,7 +240,7 @@ async fn scheduler_loop(shared: Arc<Shared>, workers: TaskTracker, shutdown: Can
         }
         let wanted = permits.len();
         let now = clock_now();
-        let leases = match shared.store.lease_due(now, settings.lease, wanted) {
+        let leases = match shared.store.lease_due(now, shared.settings().lease, wanted) {
             Ok(leases) => leases,
             Err(e) => {
                 tracing::error!(error = %e, "cannot lease due messages");

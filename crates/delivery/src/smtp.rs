@@ -136,11 +136,11 @@ async fn fixed_target<'s>(
 
 /// The hosts for `domain`: a matching route, else the relay host, else its MX hosts.
 async fn targets<'s>(
-    shared: &'s Shared,
+    shared: &Shared,
+    s: &'s DeliverySettings,
     domain: &Domain,
     name: &str,
 ) -> Result<Vec<Target<'s>>, MxError> {
-    let s = &shared.settings;
     let mode = SessionMode::Mx(s.tls_for(name));
     if let Some(route) = s.routes.iter().find(|r| r.matches(name)) {
         return fixed_target(shared, &route.host, route.port, mode, None).await;
@@ -181,7 +181,7 @@ pub(crate) async fn deliver_to_domain(
     domain: &Domain,
     tx: &Transaction<'_>,
 ) -> DomainAttempt {
-    let settings = &shared.settings;
+    let settings = shared.settings();
     let name = domain.as_str().to_ascii_lowercase();
     let policy = settings.policy(&name);
     if let Some(per_minute) = policy.messages_per_minute
@@ -205,7 +205,7 @@ pub(crate) async fn deliver_to_domain(
         None => None,
     };
 
-    let resolved = targets(shared, domain, &name).await;
+    let resolved = targets(shared, &settings, domain, &name).await;
     if let Ok(m) = shared
         .metrics
         .dns_lookups
@@ -383,7 +383,7 @@ fn tls_parameters(
     sni: &str,
 ) -> Result<TlsParameters, lettre::transport::smtp::Error> {
     let mut builder = TlsParameters::builder(sni.to_owned());
-    if shared.settings.verify_certificates {
+    if shared.settings().verify_certificates {
         for der in &shared.tls.extra_roots {
             builder = builder.add_root_certificate(Certificate::from_der(der.to_vec())?);
         }
@@ -422,7 +422,7 @@ async fn connect(
     implicit: bool,
     helo: &ClientId,
 ) -> Result<(AsyncSmtpConnection, Wire), ConnectError> {
-    let settings = &shared.settings;
+    let settings = shared.settings();
     let tcp = connect_tcp(addr, settings.source_ip, settings.timeouts.connect)
         .await
         .map_err(ConnectError::Tcp)?;
@@ -451,7 +451,7 @@ async fn open_session(
     use_tls: bool,
     slot: ConnectionSlot,
 ) -> Result<Session, OpenError> {
-    let settings = &shared.settings;
+    let settings = shared.settings();
     let t = &settings.timeouts;
     let helo = ClientId::Domain(settings.helo().to_owned());
     let addr = SocketAddr::new(ip, target.port);
@@ -713,7 +713,7 @@ async fn try_address(
     ip: IpAddr,
     tx: &Transaction<'_>,
 ) -> HostOutcome {
-    let settings = &shared.settings;
+    let settings = shared.settings();
     let key = PoolKey {
         addr: SocketAddr::new(ip, target.port),
         mode: target.mode,
@@ -735,7 +735,7 @@ async fn try_address(
                 }
             },
         };
-        let (results, flow) = transaction(&mut session.conn, settings, &session.caps, tx).await;
+        let (results, flow) = transaction(&mut session.conn, &settings, &session.caps, tx).await;
         if reused && flow.broken && !flow.any_reply && round < 3 {
             // Its idle siblings are most likely closed too: drop them (politely), so the next
             // round opens a new connection instead of finding the next dead one.

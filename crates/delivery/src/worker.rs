@@ -25,12 +25,14 @@ use crate::rate::RateLimiter;
 use crate::settings::DeliverySettings;
 use crate::smtp::{Transaction, deliver_to_domain, relay_label};
 use crate::tls::TlsTrust;
+use arc_swap::ArcSwap;
 
 /// State shared by the scheduler and its workers.
 pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) resolver: Arc<dyn MxResolver>,
-    pub(crate) settings: DeliverySettings,
+    /// The settings in force; a reload replaces them (see [`Shared::settings`]).
+    pub(crate) current: ArcSwap<DeliverySettings>,
     pub(crate) metrics: Metrics,
     /// Messages with a running attempt, with the newest lease taken for each. If a lease expires
     /// while its attempt still runs and the scheduler leases the message again, no second attempt
@@ -43,7 +45,7 @@ pub(crate) struct Shared {
     /// Per-domain message rates.
     pub(crate) rate: Mutex<RateLimiter>,
     /// Per-domain session limits (only domains with `max_connections`).
-    pub(crate) domain_limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pub(crate) domain_limits: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     /// Outbound TLS trust.
     pub(crate) tls: TlsTrust,
     /// Domains with their own metric label (bounded by `metrics_max_domains`).
@@ -59,6 +61,12 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// The settings in force now. An attempt takes them once at its start, so a reload applies
+    /// from the next attempt on.
+    pub(crate) fn settings(&self) -> Arc<DeliverySettings> {
+        self.current.load_full()
+    }
+
     /// Registers a new lease. Returns `true` when no attempt of this message runs (start one),
     /// `false` when one does (its lease was refreshed instead).
     pub(crate) fn begin(&self, lease: Lease) -> bool {
@@ -96,10 +104,15 @@ impl Shared {
             .domain_limits
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            map.entry(domain.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(limit))),
-        )
+        let entry = map
+            .entry(domain.to_owned())
+            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
+        if entry.0 != limit {
+            // The limit was changed by a reload: sessions holding the old semaphore finish
+            // under it, new ones count against the new limit.
+            *entry = (limit, Arc::new(Semaphore::new(limit)));
+        }
+        Arc::clone(&entry.1)
     }
 
     /// `Some` when `host` is suspended now.
@@ -156,7 +169,7 @@ impl Shared {
         if set.contains(domain) {
             return domain.to_owned();
         }
-        if set.len() < self.settings.metrics_max_domains {
+        if set.len() < self.settings().metrics_max_domains {
             set.insert(domain.to_owned());
             return domain.to_owned();
         }
@@ -205,9 +218,10 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
     let Some(lease) = shared.current_lease(id) else {
         return;
     };
+    let settings = shared.settings();
     let message = &lease.message;
     let body = match shared.store.body(id) {
-        Ok(body) => body.map(|b| Arc::new(sign(shared.settings.signer.as_deref(), b))),
+        Ok(body) => body.map(|b| Arc::new(sign(settings.signer.as_deref(), b))),
         Err(e) => {
             // Nothing recorded: the lease expires and the message is tried again later.
             tracing::error!(message_id = %id, error = %e, "cannot read the message body; attempt abandoned");
@@ -243,7 +257,7 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
 
     let now = clock_now();
     let plain: Vec<RecipientOutcome> = outcomes.iter().map(|t| t.outcome.clone()).collect();
-    let mut applied = apply_attempt(message, &plain, now, &shared.settings.retry);
+    let mut applied = apply_attempt(message, &plain, now, &settings.retry);
     let (delivered, deferred, bounced) = applied.counts;
     for (result, n) in [
         ("delivered", delivered),
@@ -269,9 +283,9 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
     log_outcomes(message, &applied.message, &outcomes);
 
     let ctx = NoticeContext {
-        hostname: &shared.settings.hostname,
+        hostname: &settings.hostname,
         original: body.as_deref().map(Vec::as_slice),
-        max_returned_message: shared.settings.max_returned_message,
+        max_returned_message: settings.max_returned_message,
         now,
     };
     let mut notice: Vec<_> = failure_notice(
@@ -289,8 +303,8 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
     .collect();
     notice.extend(delay_notice(
         &mut applied.message,
-        shared.settings.delay_warning_after,
-        shared.settings.retry.max_age(),
+        settings.delay_warning_after,
+        settings.retry.max_age(),
         &ctx,
     ));
     let notifications: Vec<_> = notice.into_iter().collect();
@@ -428,8 +442,9 @@ async fn deliver_all(
             .or_default()
             .push((index, r.request.clone()));
     }
-    let deadline = tokio::time::Instant::now() + shared.settings.max_attempt_duration;
-    let limit = Arc::new(Semaphore::new(shared.settings.max_domains_per_message));
+    let settings = shared.settings();
+    let deadline = tokio::time::Instant::now() + settings.max_attempt_duration;
+    let limit = Arc::new(Semaphore::new(settings.max_domains_per_message));
     let mut tasks = JoinSet::new();
     let mut pending_domains: HashMap<tokio::task::Id, Vec<usize>> = HashMap::new();
     for (domain, recipients) in by_domain {

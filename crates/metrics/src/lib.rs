@@ -129,6 +129,14 @@ pub struct Metrics {
     /// `postrider_webhook_outbox`: webhook deliveries waiting in the durable outbox.
     pub webhook_outbox: IntGauge,
     // ---- end of webhook metrics ----
+
+    // ---- configuration reload metrics ----
+    /// `postrider_config_reloads_total{result}`: configuration reloads, `ok` or `refused` (an
+    /// invalid file; the running configuration stays).
+    pub config_reloads: IntCounterVec,
+    /// `postrider_config_last_reload_success_timestamp_seconds`: when the configuration in force
+    /// was loaded (start-up or the last successful reload), in Unix seconds.
+    pub config_last_reload_success: IntGauge,
 }
 
 impl Metrics {
@@ -442,6 +450,22 @@ impl Metrics {
             .expect("metric registered once");
         // ---- end of webhook metrics ----
         register_process_collector(&registry);
+        let config_reloads = counter_vec(
+            "postrider_config_reloads_total",
+            "Configuration reloads by result: ok, or refused (the running configuration stays).",
+            &["result"],
+        );
+        for r in ["ok", "refused"] {
+            config_reloads.with_label_values(&[r]);
+        }
+        let config_last_reload_success = IntGauge::new(
+            "postrider_config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded (start or last successful reload).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(config_last_reload_success.clone()))
+            .expect("metric registered once");
         Metrics {
             registry,
             messages_accepted,
@@ -478,6 +502,8 @@ impl Metrics {
             outbound_tls,
             webhook_deliveries,
             webhook_dropped,
+            config_reloads,
+            config_last_reload_success,
             webhook_outbox,
         }
     }

@@ -6,20 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use postrider_api::{ApiKey, ApiSettings, ApiState, RateLimit, Scope};
+use postrider_api::ApiState;
 use postrider_core::Timestamp;
-use postrider_delivery::{
-    BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, HickoryMxResolver, MxResolver,
-    RelayTls, Relayhost, Route, SmtpTimeouts, TlsMode,
-};
+use postrider_delivery::{DnsSettings, HickoryMxResolver, MxResolver};
 use postrider_metrics::Metrics;
-use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpServer, SmtpSettings, SmtpUser};
+use postrider_smtp::SmtpServer;
 use postrider_store::{OpenOptions, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BareNewlines, Config, DeliveryTls, RawFromPolicy, RelayTlsMode};
+use crate::config::Config;
+use crate::prepare::Prepared;
 
 /// How often finished messages past their retention are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
@@ -34,13 +32,37 @@ const RECOVERY_FREE_BYTES: u64 = 16 * 1024 * 1024;
 /// for reasons other than space cannot cause a restart loop.
 const MIN_UPTIME_BEFORE_RECOVERY: Duration = Duration::from_secs(30);
 
-/// Runs the relay until a shutdown signal, then drains and returns. `accept_journal_loss`:
-/// start even when journal records are missing ([`OpenOptions::accept_journal_loss`]).
-pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::Result<()> {
+/// How `serve` was started, beyond the configuration.
+pub(crate) struct StartOptions {
+    /// Start even when journal records are missing ([`OpenOptions::accept_journal_loss`]).
+    pub(crate) accept_journal_loss: bool,
+    /// The configuration file, read again on SIGHUP (`None`: the embedded defaults).
+    pub(crate) config_path: Option<std::path::PathBuf>,
+    /// Changes the log filter on a reload.
+    pub(crate) log: Option<crate::logging::LevelSetter>,
+}
+
+/// Runs the relay until a shutdown signal, then drains and returns; SIGHUP reloads the
+/// configuration ([`crate::reload`]).
+pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Result<()> {
+    let StartOptions {
+        accept_journal_loss,
+        config_path,
+        log,
+    } = start;
+    let Prepared {
+        config,
+        smtp: smtp_settings,
+        api: api_settings,
+        delivery: delivery_settings,
+        dkim,
+        webhooks: webhook_settings,
+    } = prepared;
     let metrics = Metrics::new();
     let raw = &config.raw;
     std::fs::create_dir_all(&raw.data_dir)
         .with_context(|| format!("cannot create data_dir {}", raw.data_dir.display()))?;
+    let _pid_lock = crate::pidfile::acquire(&raw.data_dir)?;
     let options = OpenOptions {
         accept_journal_loss,
         ..OpenOptions::default()
@@ -48,9 +70,6 @@ pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::
     let store = Store::open_with(&raw.data_dir, metrics.clone(), &options)
         .with_context(|| format!("cannot open the queue in {}", raw.data_dir.display()))?;
 
-    let smtp_settings = smtp_settings(&config)?;
-    let api_settings = api_settings(&config)?;
-    let delivery_settings = delivery_settings(&config)?;
     let mut dns = DnsSettings::default();
     if let Some(t) = raw.dns.timeout {
         dns.timeout = t.0;
@@ -67,10 +86,10 @@ pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::
         HickoryMxResolver::with_nameservers_and(&config.nameservers, &dns)
             .context("invalid [dns] settings")?
     };
-    let dkim = load_dkim(&config)?;
+    if let Some(d) = &dkim {
+        tracing::info!(keys = d.public_keys().len(), "DKIM signing enabled");
+    }
     let trust = trust_services(&config, hickory.resolver().clone(), dkim.as_ref());
-    let mut delivery_settings = delivery_settings;
-    delivery_settings.signer = dkim.map(|d| d as Arc<dyn postrider_core::MessageSigner>);
     let resolver: Arc<dyn MxResolver> = Arc::new(hickory);
 
     // Bind everything before serving anything, so a port conflict fails start-up cleanly.
@@ -87,9 +106,9 @@ pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::
     let tasks = TaskTracker::new();
     // Webhook subscriptions must be known to the store before the first message is accepted,
     // so their outbox entries are written with the events.
-    let webhooks = postrider_webhooks::spawn_webhooks(
+    let (webhooks, webhook_reloader) = postrider_webhooks::spawn_reloadable_webhooks(
         store.clone(),
-        webhook_settings(&config)?,
+        webhook_settings,
         metrics.clone(),
         shutdown.clone(),
     );
@@ -109,6 +128,7 @@ pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::
         });
     }
 
+    let signer = delivery_settings.signer.clone();
     let delivery = postrider_delivery::spawn_delivery(
         store.clone(),
         resolver,
@@ -130,11 +150,10 @@ pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::
             })
             .collect()
     });
-    let router = postrider_api::router(
-        ApiState::new(store.clone(), metrics.clone(), api_settings)
-            .with_trust(Arc::new(trust))
-            .with_suspended(suspended),
-    );
+    let api_state = ApiState::new(store.clone(), metrics.clone(), api_settings)
+        .with_trust(Arc::new(trust))
+        .with_suspended(suspended);
+    let router = postrider_api::router(api_state.clone());
     let http_shutdown = shutdown.clone();
     let http_addr = http_listener.local_addr().ok();
     let http = tokio::spawn(async move {
@@ -192,8 +211,20 @@ pub(crate) async fn serve(config: Config, accept_journal_loss: bool) -> anyhow::
         shutdown.clone(),
     ));
     spawn_storage_watchdog(store.clone(), raw.data_dir.clone())?;
-    wait_for_signal().await;
+    metrics.config_last_reload_success.set(unix_seconds());
     let grace = raw.shutdown.grace_period.0;
+    let reloader = crate::reload::Reloader {
+        path: config_path,
+        running: std::sync::Mutex::new(config),
+        api: api_state,
+        smtp: Arc::clone(&smtp),
+        delivery: delivery.reloader(),
+        signer,
+        webhooks: webhook_reloader,
+        log,
+        metrics: metrics.clone(),
+    };
+    wait_for_signal(&reloader).await;
     tracing::info!(
         grace_s = grace.as_secs(),
         "shutting down: no new connections, finishing in-flight work"
@@ -259,10 +290,52 @@ fn spawn_storage_watchdog(store: Store, data_dir: std::path::PathBuf) -> anyhow:
     Ok(())
 }
 
-async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+/// A listener that cannot be opened; the message names the key and says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: cannot listen on {addr}: {}", explain_bind_error(*.addr, .key, .error))]
+pub(crate) struct ListenError {
+    /// The configuration key of the address.
+    pub(crate) key: &'static str,
+    /// The address.
+    pub(crate) addr: SocketAddr,
+    /// What the OS said (part of the message, not a separate cause, so it is told once).
+    pub(crate) error: std::io::Error,
+}
+
+impl ListenError {
+    /// Whether only a change of configuration or privileges helps (not a restart).
+    pub(crate) fn is_configuration(&self) -> bool {
+        matches!(
+            self.error.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::AddrNotAvailable
+        )
+    }
+}
+
+/// What a failed bind means for the operator, and the fix.
+fn explain_bind_error(addr: SocketAddr, key: &str, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "permission denied: ports below 1024 need the CAP_NET_BIND_SERVICE capability; \
+             grant it with AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit or \
+             `setcap cap_net_bind_service=+ep` on the postrider binary, or set {key} to a port \
+             from 1024 up"
+        ),
+        std::io::ErrorKind::AddrInUse => format!(
+            "the address is already in use (another postrider or mail server listens there); \
+             stop it or change {key}"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("no local interface has this address; change {key}")
+        }
+        _ => error.to_string(),
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, ListenError> {
     TcpListener::bind(addr)
         .await
-        .with_context(|| format!("{key}: cannot listen on {addr}"))
+        .map_err(|error| ListenError { key, addr, error })
 }
 
 fn now_millis() -> u64 {
@@ -271,109 +344,32 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn wait_for_signal() {
+/// Seconds since the Unix epoch, for timestamp gauges.
+pub(crate) fn unix_seconds() -> i64 {
+    i64::try_from(now_millis() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Waits for SIGTERM or SIGINT; reloads the configuration on each SIGHUP meanwhile.
+async fn wait_for_signal(reloader: &crate::reload::Reloader) {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
+    let hup = signal(SignalKind::hangup());
+    match (term, int, hup) {
+        (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = term.recv() => return tracing::info!("SIGTERM received"),
+                _ = int.recv() => return tracing::info!("SIGINT received"),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    tokio::task::block_in_place(|| reloader.reload());
+                }
             }
-        }
+        },
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
-    let raw = &config.raw.smtp;
-    let tls = match &raw.tls {
-        Some(t) => Some(
-            postrider_smtp::load_tls_config(&t.cert, &t.key)
-                .context("smtp.tls: cannot load certificate or key")?,
-        ),
-        None => None,
-    };
-    Ok(SmtpSettings {
-        hostname: config.hostname.clone(),
-        max_message_size: usize::try_from(raw.limits.max_message_size.0).unwrap_or(usize::MAX),
-        max_recipients: raw.limits.max_recipients,
-        max_connections: raw.limits.max_connections,
-        max_connections_per_ip: raw.limits.max_connections_per_ip,
-        command_timeout: raw.limits.command_timeout.0,
-        data_timeout: raw.limits.command_timeout.0,
-        max_errors: raw.limits.max_errors,
-        bare_newlines: match raw.bare_newlines {
-            BareNewlines::Reject => BareNewlinePolicy::Reject,
-            BareNewlines::Normalize => BareNewlinePolicy::Normalize,
-        },
-        trusted_networks: raw.trusted_networks.clone(),
-        tls,
-        users: raw
-            .users
-            .iter()
-            .map(|u| SmtpUser {
-                name: u.name.clone(),
-                password_hash: u.password_hash.clone(),
-                allowed_senders: u.allowed_senders.clone(),
-                from_policy: match u.from_policy {
-                    RawFromPolicy::Reject => FromPolicy::Reject,
-                    RawFromPolicy::Rewrite => FromPolicy::Rewrite,
-                },
-            })
-            .collect(),
-        messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,
-        messages_per_minute_per_user: raw.limits.messages_per_minute_per_user,
-        auth_max_failures: raw.limits.auth_max_failures,
-        auth_failure_window: raw.limits.auth_failure_window.0,
-        auth_lockout: raw.limits.auth_lockout.0,
-        auth_failure_delay: raw.limits.auth_failure_delay.0,
-        overload_percent: raw.limits.overload_percent,
-        overload_timeout: raw.limits.overload_timeout.0,
-    })
-}
-
-fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
-    let raw = &config.raw;
-    let mut keys = Vec::new();
-    for k in &raw.http.api_keys {
-        let scopes = k
-            .scopes
-            .iter()
-            .map(|s| match s.as_str() {
-                "send" => Ok(Scope::Send),
-                "read" => Ok(Scope::Read),
-                "admin" => Ok(Scope::Admin),
-                other => Err(anyhow::anyhow!(
-                    "http.api_keys.scopes: unknown scope {other:?}"
-                )),
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        keys.push(ApiKey {
-            name: k.name.clone(),
-            key_hash: k.key_hash.to_ascii_lowercase(),
-            scopes,
-        });
-    }
-    let settings = ApiSettings {
-        hostname: config.hostname.clone(),
-        max_body_bytes: usize::try_from(raw.http.max_body_size.0).unwrap_or(usize::MAX),
-        max_recipients: raw.smtp.limits.max_recipients,
-        max_message_size: usize::try_from(raw.smtp.limits.max_message_size.0).unwrap_or(usize::MAX),
-        api_keys: keys,
-        rate_limit: raw.http.rate_limit_per_key.map(|r| RateLimit {
-            per_second: f64::from(r),
-            burst: r.max(1),
-        }),
-        idempotency_ttl: raw.http.idempotency_ttl.0,
-        metrics_auth: raw.http.metrics_auth,
-        ..ApiSettings::default()
-    };
-    settings.validate().context("invalid [http] settings")?;
-    Ok(settings)
 }
 
 /// Listener addresses for the log: `127.0.0.1:2525,[::1]:2525`, or `none`.
@@ -385,136 +381,6 @@ fn addresses(list: &[std::net::SocketAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
-}
-
-fn tls_mode(t: DeliveryTls) -> TlsMode {
-    match t {
-        DeliveryTls::Opportunistic => TlsMode::Opportunistic,
-        DeliveryTls::Required => TlsMode::Required,
-        DeliveryTls::Disabled => TlsMode::Disabled,
-    }
-}
-
-fn delivery_settings(config: &Config) -> anyhow::Result<DeliverySettings> {
-    let raw = &config.raw.delivery;
-    let command = raw.command_timeout.0;
-    let lease = raw.lease.0;
-    let defaults = DeliverySettings::default();
-    let routes = config
-        .raw
-        .routes
-        .iter()
-        .map(|r| {
-            Route::parse(&r.domain, &r.to)
-                .map_err(|e| anyhow::anyhow!("routes: {} → {}: {e}", r.domain, r.to))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let relayhost = raw.relayhost.as_ref().map(|r| {
-        let tls = match r.tls {
-            RelayTlsMode::Required => RelayTls::Required,
-            RelayTlsMode::Opportunistic => RelayTls::Opportunistic,
-            RelayTlsMode::Implicit => RelayTls::Implicit,
-        };
-        Relayhost {
-            host: r.host.clone(),
-            port: r
-                .port
-                .unwrap_or(if tls == RelayTls::Implicit { 465 } else { 587 }),
-            username: r.username.clone(),
-            password: r.password.clone(),
-            tls,
-            allow_plaintext_auth: r.allow_plaintext_auth,
-        }
-    });
-    let domains = raw
-        .domains
-        .iter()
-        .map(|(d, p)| {
-            (
-                d.to_ascii_lowercase(),
-                DomainPolicy {
-                    max_connections: p.max_connections,
-                    messages_per_minute: p.messages_per_minute,
-                    tls: p.tls.map(tls_mode),
-                },
-            )
-        })
-        .collect();
-    Ok(DeliverySettings {
-        hostname: config.hostname.clone(),
-        helo_name: raw.helo_name.clone(),
-        source_ip: raw.source_ip,
-        max_outbound_connections: raw
-            .max_connections
-            .unwrap_or(defaults.max_outbound_connections),
-        max_connections_per_host: raw
-            .max_connections_per_host
-            .unwrap_or(defaults.max_connections_per_host),
-        max_messages_per_connection: raw
-            .max_messages_per_connection
-            .map_or(defaults.max_messages_per_connection, |n| n as _),
-        connection_idle_timeout: raw
-            .connection_idle_timeout
-            .map_or(defaults.connection_idle_timeout, |d| d.0),
-        verify_certificates: raw.verify_certificates,
-        ca_file: raw.ca_file.clone(),
-        routes,
-        relayhost,
-        domains,
-        breaker: raw
-            .breaker
-            .as_ref()
-            .map_or(defaults.breaker, |b| BreakerSettings {
-                failure_threshold: b.failure_threshold,
-                initial_backoff: b.initial_backoff.0,
-                max_backoff: b.max_backoff.0,
-            }),
-        delay_warning_after: config.raw.retry.warn_after.0,
-        port: raw.port,
-        max_concurrent_deliveries: raw.max_concurrent,
-        lease,
-        max_attempt_duration: lease.mul_f64(0.9),
-        timeouts: SmtpTimeouts {
-            connect: raw.connect_timeout.0,
-            greeting: command,
-            ehlo: command,
-            mail: command,
-            rcpt: command,
-            data: command,
-            data_end: raw.data_timeout.0,
-            quit: command.min(Duration::from_secs(5)),
-        },
-        tls: tls_mode(raw.tls),
-        retry: config.retry.clone(),
-        ..defaults
-    })
-}
-
-fn load_dkim(config: &Config) -> anyhow::Result<Option<Arc<postrider_trust::DkimSigner>>> {
-    let raw = &config.raw.dkim;
-    if raw.keys.is_empty() {
-        return Ok(None);
-    }
-    let mut settings = postrider_trust::DkimSettings::default();
-    if let Some(h) = &raw.headers {
-        settings.headers = h.clone();
-    }
-    for k in &raw.keys {
-        settings.keys.push(postrider_trust::DkimKeyConfig {
-            domain: k.domain.clone(),
-            selector: k.selector.clone(),
-            key_file: k.key_file.clone(),
-            algorithm: match &k.algorithm {
-                Some(a) => a
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("dkim.keys.algorithm: {e}"))?,
-                None => postrider_trust::DkimAlgorithm::default(),
-            },
-        });
-    }
-    let signer = postrider_trust::DkimSigner::load(&settings).context("dkim.keys")?;
-    tracing::info!(keys = raw.keys.len(), "DKIM signing enabled");
-    Ok(Some(Arc::new(signer)))
 }
 
 fn trust_services(
@@ -556,37 +422,12 @@ fn trust_services(
     }
 }
 
-fn webhook_settings(config: &Config) -> anyhow::Result<postrider_webhooks::DispatcherSettings> {
-    let mut settings = postrider_webhooks::DispatcherSettings::default();
-    for w in &config.raw.webhooks {
-        let mut hook = postrider_webhooks::WebhookSettings::new(w.url.clone(), w.secret.clone());
-        hook.events = w
-            .events
-            .iter()
-            .filter_map(|e| postrider_store::EventKind::parse(e))
-            .collect();
-        if let Some(t) = w.timeout {
-            hook.timeout = t.0;
-        }
-        if let Some(a) = w.max_age {
-            hook.max_age = a.0;
-        }
-        settings.webhooks.push(hook);
-    }
-    settings.validate().context("invalid [[webhooks]]")?;
-    if let Some(longest) = settings.webhooks.iter().map(|w| w.max_age).max()
-        && longest >= config.raw.events.retention.0
-    {
-        anyhow::bail!("events.retention must be longer than every webhook max_age");
-    }
-    Ok(settings)
-}
-
 /// `postrider check-domain`: checks a sender domain with the configured DNS, keys and addresses.
 pub(crate) async fn check_domain(
-    config: &Config,
+    prepared: &Prepared,
     domain: &postrider_core::Domain,
 ) -> anyhow::Result<postrider_trust::DomainReport> {
+    let (config, dkim) = (&prepared.config, prepared.dkim.as_ref());
     let mut dns = DnsSettings::default();
     if let Some(t) = config.raw.dns.timeout {
         dns.timeout = t.0;
@@ -597,8 +438,7 @@ pub(crate) async fn check_domain(
         HickoryMxResolver::with_nameservers_and(&config.nameservers, &dns)
             .context("invalid [dns] settings")?
     };
-    let dkim = load_dkim(config)?;
-    let trust = trust_services(config, hickory.resolver().clone(), dkim.as_ref());
+    let trust = trust_services(config, hickory.resolver().clone(), dkim);
     let keys: Vec<_> = trust
         .dkim_keys
         .iter()

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::ConfigError;
+use crate::prepare::prepare;
 
 /// Exit status for a bad configuration (sysexits EX_CONFIG-style usage error).
 pub(crate) const EXIT_CONFIG: u8 = 64;
@@ -39,6 +40,14 @@ enum Command {
     /// Check a configuration file and print the effective settings summary.
     CheckConfig {
         /// TOML configuration file; without it the embedded defaults are checked.
+        #[arg(long, short, env = "POSTRIDER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file like check-config, then make the relay running on its
+    /// data_dir reload it (SIGHUP to the pid in data_dir/postrider.pid). Exit status 64: the
+    /// file is refused and the relay keeps its configuration.
+    Reload {
+        /// The configuration file the relay runs with.
         #[arg(long, short, env = "POSTRIDER_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -148,6 +157,55 @@ fn is_unusable_queue(error: &anyhow::Error) -> bool {
     })
 }
 
+/// Reports a configuration that cannot be used, once, on stderr: exit status 64 (EX_CONFIG).
+fn config_refused(error: &ConfigError) -> ExitCode {
+    eprintln!("postrider: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Sends SIGHUP (reload the configuration) to process `pid`.
+fn signal_reload(pid: u32) -> anyhow::Result<()> {
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .with_context(|| format!("{pid} is not a process id"))?;
+    rustix::process::kill_process(target, rustix::process::Signal::HUP)
+        .with_context(|| format!("cannot signal postrider (pid {pid})"))
+}
+
+/// The exit status of a `serve` that failed to start or run: 65 for a queue that cannot be
+/// opened as it is, 64 where only a change of configuration (or privileges) helps, 1 for the
+/// rest (which a restart may cure).
+fn serve_failure_status(error: &anyhow::Error) -> u8 {
+    if is_unusable_queue(error) {
+        return EXIT_DATA;
+    }
+    let needs_new_config = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<crate::app::ListenError>()
+            .is_some_and(crate::app::ListenError::is_configuration)
+            || matches!(
+                cause.downcast_ref::<crate::pidfile::PidFileError>(),
+                Some(crate::pidfile::PidFileError::InUse { .. })
+            )
+    });
+    if needs_new_config { EXIT_CONFIG } else { 1 }
+}
+
+/// The `[[http.api_keys]]` table of a new key: appended to a config file, it adds the key to
+/// the keys already there.
+fn api_key_block(name: &str, hash: &str, scopes: &[String]) -> String {
+    let scopes = scopes
+        .iter()
+        .map(|s| toml::Value::from(s.as_str()).to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[[http.api_keys]]\nname = {}\nkey_hash = \"{hash}\"\nscopes = [{scopes}]\n",
+        toml::Value::from(name)
+    )
+}
+
 /// Writes a new file readable by its owner only; refuses to overwrite.
 fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -170,30 +228,33 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             accept_journal_loss,
         } => {
-            let config = match Config::load(config.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("postrider: {e}");
-                    return Ok(ExitCode::from(EXIT_CONFIG));
-                }
+            let prepared = match prepare(config.as_deref()) {
+                Ok(p) => p,
+                Err(e) => return Ok(config_refused(&e)),
             };
-            crate::logging::init(config.raw.log.format, &config.raw.log.level);
+            let log = &prepared.config.raw.log;
+            let log = crate::logging::init(log.format, &log.level);
             crate::logging::install_panic_hook();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            match runtime.block_on(crate::app::serve(config, accept_journal_loss)) {
+            let start = crate::app::StartOptions {
+                accept_journal_loss,
+                config_path: config,
+                log,
+            };
+            match runtime.block_on(crate::app::serve(prepared, start)) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) if is_unusable_queue(&e) => {
+                Err(e) => {
                     eprintln!("postrider: {e:#}");
-                    Ok(ExitCode::from(EXIT_DATA))
+                    Ok(ExitCode::from(serve_failure_status(&e)))
                 }
-                Err(e) => Err(e),
             }
         }
-        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
-            Ok(c) => {
+        Command::CheckConfig { config } => match prepare(config.as_deref()) {
+            Ok(prepared) => {
+                let c = &prepared.config;
                 println!(
                     "configuration ok: hostname {}, data_dir {}, smtp {:?}, http {}, delivery port {}",
                     c.hostname,
@@ -204,11 +265,22 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
-                eprintln!("postrider: {e}");
-                Ok(ExitCode::from(EXIT_CONFIG))
-            }
+            Err(e) => Ok(config_refused(&e)),
         },
+        Command::Reload { config } => {
+            let prepared = match prepare(config.as_deref()) {
+                Ok(p) => p,
+                Err(e) => return Ok(config_refused(&e)),
+            };
+            let data_dir = &prepared.config.raw.data_dir;
+            let pid = crate::pidfile::running_pid(data_dir)?;
+            signal_reload(pid)?;
+            println!(
+                "configuration ok; reload signalled to postrider (pid {pid}); its log tells which \
+                 changed keys need a restart"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Passwd => {
             let mut line = String::new();
             std::io::stdin()
@@ -263,19 +335,16 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             json,
         } => {
-            let config = match Config::load(config.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("postrider: {e}");
-                    return Ok(ExitCode::from(EXIT_CONFIG));
-                }
+            let prepared = match prepare(config.as_deref()) {
+                Ok(p) => p,
+                Err(e) => return Ok(config_refused(&e)),
             };
             let domain = postrider_core::Domain::parse(&domain)
                 .map_err(|e| anyhow::anyhow!("domain: {e}"))?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let report = runtime.block_on(crate::app::check_domain(&config, &domain))?;
+            let report = runtime.block_on(crate::app::check_domain(&prepared, &domain))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -318,16 +387,39 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (key, hash) = postrider_api::generate_api_key();
             println!("key: {key}");
-            println!("Add to [http] in the config (the key itself is not stored anywhere):");
-            let scopes = scopes
-                .iter()
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ");
             println!(
-                "api_keys = [{{ name = {name:?}, key_hash = \"{hash}\", scopes = [{scopes}] }}]"
+                "Append this block to the config (the key itself is not stored anywhere), then \
+                 run `postrider reload`:\n"
             );
+            print!("{}", api_key_block(&name, &hash, &scopes));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_api_key_block_appends_to_an_existing_key_list() {
+        let existing = format!(
+            "[http]\nlisten = \"127.0.0.1:8025\"\n\n[[http.api_keys]]\nname = \"billing\"\nkey_hash = \"{}\"\nscopes = [\"send\"]\n",
+            "b".repeat(64)
+        );
+        let (_, hash) = postrider_api::generate_api_key();
+        let block = api_key_block(
+            "ops \"night\" shift",
+            &hash,
+            &["read".to_owned(), "admin".to_owned()],
+        );
+        let config = crate::config::Config::from_toml(&format!("{existing}\n{block}"))
+            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let keys = &config.raw.http.api_keys;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].name, "billing");
+        assert_eq!(keys[1].name, "ops \"night\" shift");
+        assert_eq!(keys[1].key_hash, hash);
+        assert_eq!(keys[1].scopes, ["read", "admin"]);
     }
 }

@@ -37,7 +37,8 @@ pub(crate) enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+/// A [`ConfigError::Invalid`] for `key`.
+pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         message: message.into(),
@@ -113,7 +114,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     /// EHLO name, `Received:` host and `MAILER-DAEMON@hostname`; default: the system host name.
@@ -168,7 +169,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// `[smtp]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSmtp {
     /// Plain listeners (STARTTLS offered when `[smtp.tls]` is set).
@@ -231,7 +232,7 @@ pub(crate) enum BareNewlines {
 }
 
 /// `[smtp.limits]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSmtpLimits {
     /// Largest message accepted; advertised in EHLO `SIZE`.
@@ -337,7 +338,7 @@ fn default_overload_timeout() -> HumanDuration {
 }
 
 /// `[smtp.tls]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTls {
     /// PEM certificate chain.
@@ -347,7 +348,7 @@ pub(crate) struct RawTls {
 }
 
 /// `[[smtp.users]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSmtpUser {
     /// Login name.
@@ -375,7 +376,7 @@ pub(crate) enum RawFromPolicy {
 }
 
 /// `[http]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp {
     /// REST API, `/metrics` and `/healthz`.
@@ -423,7 +424,7 @@ fn default_http_max_body() -> ByteSize {
 }
 
 /// `[[http.api_keys]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawApiKey {
     /// Label for logs.
@@ -435,7 +436,7 @@ pub(crate) struct RawApiKey {
 }
 
 /// `[dns]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDns {
     /// Name servers as `ip` or `ip:port`; default: the system resolver configuration.
@@ -453,7 +454,7 @@ pub(crate) struct RawDns {
 }
 
 /// `[delivery]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDelivery {
     /// Port used for every MX host.
@@ -518,7 +519,7 @@ pub(crate) struct RawDelivery {
 }
 
 /// `[delivery.relayhost]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRelayhost {
     /// Host name or IP address.
@@ -554,7 +555,7 @@ pub(crate) enum RelayTlsMode {
 }
 
 /// `[delivery.breaker]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBreaker {
     /// Consecutive failures (connection failures or 421s) that suspend a destination; 0 disables.
@@ -566,7 +567,7 @@ pub(crate) struct RawBreaker {
 }
 
 /// `[delivery.domains."example.com"]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDomainPolicy {
     /// Concurrent connections for this recipient domain.
@@ -581,7 +582,7 @@ pub(crate) struct RawDomainPolicy {
 }
 
 /// `[dkim]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDkim {
     /// Header fields to sign (default: From, To, Cc, Subject, Date, Message-ID, MIME and list headers).
@@ -593,7 +594,7 @@ pub(crate) struct RawDkim {
 }
 
 /// `[[dkim.keys]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDkimKey {
     /// Signing domain (`d=`); `*.example.com` also signs subdomains.
@@ -608,7 +609,7 @@ pub(crate) struct RawDkimKey {
 }
 
 /// `[verify]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawVerify {
     /// Offer `POST /v1/verify` (SMTP callouts to the recipient's MX).
@@ -641,7 +642,7 @@ fn default_true() -> bool {
 }
 
 /// `[events]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawEvents {
     /// How long events are kept; must exceed every webhook's `max_age`.
@@ -658,7 +659,7 @@ impl Default for RawEvents {
 }
 
 /// `[[webhooks]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawWebhook {
     /// `http://` or `https://` endpoint.
@@ -678,7 +679,7 @@ pub(crate) struct RawWebhook {
 }
 
 /// `[[routes]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
     /// Recipient domain: exact, or `*.example.com` for subdomains.
@@ -746,7 +747,7 @@ pub(crate) enum DeliveryTls {
 }
 
 /// `[retry]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetry {
     /// Attempt n waits `intervals[n-1]`; the last repeats.
@@ -787,7 +788,7 @@ fn default_max_age() -> HumanDuration {
 }
 
 /// `[queue]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawQueue {
     /// How long finished messages stay queryable via `GET /v1/messages/{id}`.
@@ -808,7 +809,7 @@ fn default_retention() -> HumanDuration {
 }
 
 /// `[shutdown]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawShutdown {
     /// How long in-flight deliveries and SMTP transactions may take to finish after SIGTERM.
@@ -829,7 +830,7 @@ fn default_grace() -> HumanDuration {
 }
 
 /// `[log]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLog {
     /// `text` (default) or `json`.
@@ -1078,6 +1079,8 @@ impl Config {
             return Err(invalid("retry.max_age", "must be longer than zero"));
         }
         for (i, r) in raw.routes.iter().enumerate() {
+            check_route_domain(&r.domain)
+                .map_err(|e| invalid("routes.domain", format!("route #{}: {e}", i + 1)))?;
             postrider_delivery::Route::parse(&r.domain, &r.to).map_err(|e| {
                 invalid(
                     "routes",
@@ -1138,6 +1141,16 @@ impl Config {
                 "must be at least 10s and should exceed the longest delivery attempt",
             ));
         }
+        check_lease(&raw.delivery)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter ({e}); write e.g. \"info\" or \"postrider_delivery=debug,info\"",
+                    raw.log.level
+                ),
+            ));
+        }
         Ok(Config {
             hostname,
             nameservers,
@@ -1145,6 +1158,47 @@ impl Config {
             raw,
         })
     }
+}
+
+/// A route's `domain` must be able to match a recipient domain: an exact domain
+/// (`example.com`) or `*.` and a domain (`*.example.com`, its subdomains). Anything else,
+/// such as a bare `*`, would silently match nothing.
+fn check_route_domain(pattern: &str) -> Result<(), String> {
+    let domain = pattern.strip_prefix("*.").unwrap_or(pattern);
+    if domain.contains('*') || Domain::parse(domain.trim_end_matches('.')).is_err() {
+        return Err(format!(
+            "{pattern:?} matches no recipient domain; write a domain (example.com) or \
+             *.example.com for all its subdomains"
+        ));
+    }
+    Ok(())
+}
+
+/// A delivery attempt is cut off at 90% of its lease; the lease must leave room for the
+/// longest single wait of an attempt (connect, a command reply, the reply after the data), or
+/// a slow but healthy server would see every attempt cut off and the message never delivered.
+fn check_lease(delivery: &RawDelivery) -> Result<(), ConfigError> {
+    let lease = delivery.lease.0;
+    let waits = [
+        ("delivery.connect_timeout", delivery.connect_timeout.0),
+        ("delivery.command_timeout", delivery.command_timeout.0),
+        ("delivery.data_timeout", delivery.data_timeout.0),
+    ];
+    for (key, wait) in waits {
+        if lease < wait {
+            return Err(invalid(
+                "delivery.lease",
+                format!(
+                    "{} is shorter than {key} ({}), so one delivery attempt can outlast its \
+                     lease; raise delivery.lease to at least {} or lower {key}",
+                    humantime::format_duration(lease),
+                    humantime::format_duration(wait),
+                    humantime::format_duration(wait),
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The machine's host name, or `localhost.localdomain` when it can't be read.
@@ -1318,6 +1372,35 @@ warn_after = "0s"
         assert!(!c.raw.http.metrics_auth);
         assert_eq!(c.raw.smtp.users.len(), 1);
         assert_eq!(c.raw.smtp.users[0].from_policy, RawFromPolicy::Reject);
+    }
+
+    #[test]
+    fn route_patterns_that_match_nothing_are_refused() {
+        for pattern in ["*", "*.", "a.*.example.com", "**.example.com", "bad domain"] {
+            let e = err(&format!(
+                "[[routes]]\ndomain = {pattern:?}\nto = \"10.0.0.5\""
+            ));
+            assert!(e.contains("routes.domain"), "{pattern}: {e}");
+        }
+        for pattern in ["example.com", "*.example.com", "example.com."] {
+            Config::from_toml(&format!(
+                "[[routes]]\ndomain = {pattern:?}\nto = \"10.0.0.5\""
+            ))
+            .unwrap_or_else(|e| panic!("{pattern}: {e}"));
+        }
+    }
+
+    #[test]
+    fn lease_shorter_than_an_attempt_is_refused() {
+        let e = err("[delivery]\nlease = \"1m\"");
+        assert!(
+            e.contains("delivery.lease") && e.contains("delivery.command_timeout"),
+            "{e}"
+        );
+        Config::from_toml(
+            "[delivery]\nlease = \"1m\"\ndata_timeout = \"1m\"\ncommand_timeout = \"1m\"",
+        )
+        .unwrap();
     }
 
     #[test]

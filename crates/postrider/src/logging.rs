@@ -1,16 +1,26 @@
 //! Logging setup: human-readable lines by default, JSON objects with `[log] format = "json"`.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::reload::Handle;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter.
-pub(crate) fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+/// Replaces the log filter of the running process (`log.level` on a configuration reload);
+/// the error says why the filter was not applied.
+pub(crate) type LevelSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter (and
+/// then the filter does not change on a reload). Returns the setter of the filter, `None` when a
+/// subscriber was installed already (tests).
+pub(crate) fn init(format: LogFormat, level: &str) -> Option<LevelSetter> {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let colour = wants_colour(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
@@ -19,15 +29,35 @@ pub(crate) fn init(format: LogFormat, level: &str) {
         .with_env_filter(filter)
         .with_ansi(colour)
         .with_writer(std::io::stderr);
-    // A second init (tests) is harmless: try_init reports it and we ignore it.
-    let _ = match format {
-        LogFormat::Text => builder.with_target(false).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-    };
+    match format {
+        LogFormat::Text => {
+            let builder = builder.with_target(false).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().ok()?;
+            Some(level_setter(handle, pinned))
+        }
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().ok()?;
+            Some(level_setter(handle, pinned))
+        }
+    }
+}
+
+/// A [`LevelSetter`] over `handle`; with `pinned` (`RUST_LOG` set) it keeps the filter.
+fn level_setter<S: 'static>(handle: Handle<EnvFilter, S>, pinned: bool) -> LevelSetter {
+    Arc::new(move |level: &str| {
+        if pinned {
+            return Err("RUST_LOG is set and wins over log.level".to_owned());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 /// Whether log lines may carry ANSI colour codes: only for a person at a terminal, never into a

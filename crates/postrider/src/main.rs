@@ -9,6 +9,9 @@ mod cli;
 mod config;
 mod gauges;
 mod logging;
+mod pidfile;
+mod prepare;
+mod reload;
 mod storage;
 
 use std::process::ExitCode;

@@ -158,6 +158,11 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         }
     }
 
+    /// The limit it applies.
+    pub(crate) fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
     fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
         let capacity = f64::from(self.per_minute);
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();

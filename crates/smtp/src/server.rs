@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use postrider_core::{NewMessage, Source, Timestamp};
 use postrider_metrics::Metrics;
 use postrider_store::Store;
@@ -26,7 +27,7 @@ use crate::message::{TraceInfo, logged_message_id, prepare_message};
 use crate::overload::{
     SessionEntry, SessionTable, command_deadline, high_water_mark, idle_timeout,
 };
-use crate::password::{validate_password_hash, verify_password};
+use crate::password::verify_password;
 use crate::proto::{
     Admission, AuthOutcome, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig,
     Rejection, Reply, Submission, SubmitOutcome,
@@ -63,75 +64,55 @@ struct Inner {
     store: Store,
     metrics: Metrics,
     tls: Option<TlsAcceptor>,
-    users: HashMap<String, SmtpUser>,
-    /// A real hash to verify unknown user names against, so they take as long as known ones.
-    decoy_hash: Option<String>,
+    /// The users; replaced as a whole by [`SmtpServer::reload`].
+    accounts: ArcSwap<Accounts>,
     connections: Arc<ConnectionLimiter>,
     open_sessions: Arc<SessionTable>,
-    ip_rates: Option<Mutex<RateLimiter<IpAddr>>>,
-    user_rates: Option<Mutex<RateLimiter<String>>>,
+    ip_rates: Mutex<Option<RateLimiter<IpAddr>>>,
+    user_rates: Mutex<Option<RateLimiter<String>>>,
     sessions: TaskTracker,
     auth_slots: Semaphore,
     auth_throttle: Mutex<AuthThrottle>,
     auth_lockout: Duration,
 }
 
+/// The users who may authenticate.
+struct Accounts {
+    users: HashMap<String, SmtpUser>,
+    /// A real hash to verify unknown user names against, so they take as long as known ones.
+    decoy_hash: Option<String>,
+}
+
+impl Accounts {
+    fn new(users: HashMap<String, SmtpUser>, in_order: &[SmtpUser]) -> Accounts {
+        Accounts {
+            users,
+            decoy_hash: in_order.first().map(|u| u.password_hash.clone()),
+        }
+    }
+}
+
+/// Sets a message rate limit to `per_minute` (`None`: unlimited); an unchanged limit keeps its
+/// buckets.
+fn replace_rate_limit<K: Eq + std::hash::Hash + Clone>(
+    limiter: &Mutex<Option<RateLimiter<K>>>,
+    per_minute: Option<u32>,
+) {
+    let mut current = limiter.lock().unwrap_or_else(PoisonError::into_inner);
+    if current.as_ref().map(RateLimiter::per_minute) != per_minute {
+        *current = per_minute.map(RateLimiter::new);
+    }
+}
+
 impl SmtpServer {
-    /// Builds a server; checks the settings (host name, limits, password hashes).
+    /// Builds a server; checks the settings first ([`SmtpSettings::validate`]).
     pub fn new(
         settings: SmtpSettings,
         store: Store,
         metrics: Metrics,
     ) -> Result<SmtpServer, SmtpError> {
-        let invalid = |what: &str| Err(SmtpError::InvalidSettings(what.to_owned()));
-        if settings.hostname.is_empty()
-            || settings.hostname.len() > 255
-            || !settings.hostname.chars().all(|c| {
-                c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':')
-            })
-        {
-            return invalid("hostname must be a non-empty domain name");
-        }
-        if settings.max_connections == 0 || settings.max_connections_per_ip == 0 {
-            return invalid("connection limits must be at least 1");
-        }
-        if settings.max_recipients == 0 || settings.max_message_size == 0 {
-            return invalid("max_recipients and max_message_size must be at least 1");
-        }
-        if settings.command_timeout.is_zero()
-            || settings.data_timeout.is_zero()
-            || settings.overload_timeout.is_zero()
-        {
-            return invalid("timeouts must be positive");
-        }
-        if !(1..=100).contains(&settings.overload_percent) {
-            return invalid("overload_percent must be between 1 and 100");
-        }
-        if settings.auth_max_failures == 0
-            || settings.auth_failure_window.is_zero()
-            || settings.auth_lockout.is_zero()
-        {
-            return invalid(
-                "auth_max_failures, auth_failure_window and auth_lockout must be positive",
-            );
-        }
-        if settings.messages_per_minute_per_ip == Some(0)
-            || settings.messages_per_minute_per_user == Some(0)
-        {
-            return invalid("message rate limits must be at least 1 per minute");
-        }
         metrics.init_smtp_rejections(Rejection::ALL.iter().map(|r| r.as_str()));
-        let mut users = HashMap::with_capacity(settings.users.len());
-        for user in &settings.users {
-            validate_password_hash(&user.password_hash)
-                .map_err(|e| SmtpError::InvalidSettings(format!("user {}: {e}", user.name)))?;
-            if users.insert(user.name.clone(), user.clone()).is_some() {
-                return Err(SmtpError::InvalidSettings(format!(
-                    "user {} is listed twice",
-                    user.name
-                )));
-            }
-        }
+        let users = settings.users_by_name()?;
         let protocol = Arc::new(ProtocolConfig {
             hostname: settings.hostname.clone(),
             max_message_size: settings.max_message_size,
@@ -153,18 +134,13 @@ impl SmtpServer {
             store,
             metrics,
             tls: settings.tls.clone().map(TlsAcceptor::from),
-            decoy_hash: settings.users.first().map(|u| u.password_hash.clone()),
-            users,
+            accounts: ArcSwap::from_pointee(Accounts::new(users, &settings.users)),
             connections: ConnectionLimiter::new(
                 settings.max_connections,
                 settings.max_connections_per_ip,
             ),
-            ip_rates: settings
-                .messages_per_minute_per_ip
-                .map(|n| Mutex::new(RateLimiter::new(n))),
-            user_rates: settings
-                .messages_per_minute_per_user
-                .map(|n| Mutex::new(RateLimiter::new(n))),
+            ip_rates: Mutex::new(settings.messages_per_minute_per_ip.map(RateLimiter::new)),
+            user_rates: Mutex::new(settings.messages_per_minute_per_user.map(RateLimiter::new)),
             sessions: TaskTracker::new(),
             auth_slots: Semaphore::new(AUTH_CONCURRENCY),
             auth_throttle: Mutex::new(AuthThrottle::new(ThrottlePolicy {
@@ -179,6 +155,23 @@ impl SmtpServer {
         Ok(SmtpServer {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Replaces the users and the message rate limits of a running server (configuration
+    /// reload): sessions check them from their next AUTH or MAIL on. The other settings stay
+    /// as they were built. Refused as a whole, with nothing changed, when `settings` do not
+    /// pass [`SmtpSettings::validate`].
+    pub fn reload(&self, settings: &SmtpSettings) -> Result<(), SmtpError> {
+        let users = settings.users_by_name()?;
+        self.inner
+            .accounts
+            .store(Arc::new(Accounts::new(users, &settings.users)));
+        replace_rate_limit(&self.inner.ip_rates, settings.messages_per_minute_per_ip);
+        replace_rate_limit(
+            &self.inner.user_rates,
+            settings.messages_per_minute_per_user,
+        );
+        Ok(())
     }
 
     /// Serves one bound listener until `shutdown` is cancelled. `implicit_tls` makes it an
@@ -679,11 +672,12 @@ impl Session {
         if let Some(scope) = self.lockout(username) {
             return self.refuse_locked_out(username, scope);
         }
-        let user = self.inner.users.get(username);
+        let accounts = self.inner.accounts.load_full();
+        let user = accounts.users.get(username);
         // Unknown users are checked against a real hash too, so they take as long as known ones.
         let hash = user
             .map(|u| u.password_hash.clone())
-            .or_else(|| self.inner.decoy_hash.clone());
+            .or_else(|| accounts.decoy_hash.clone());
         let matches = match hash {
             Some(hash) => {
                 let Some(_slot) = acquire_within(&self.inner.auth_slots, AUTH_SLOT_WAIT).await
@@ -785,19 +779,24 @@ impl Session {
             return Admission::StoreUnavailable(reason);
         }
         let now = Instant::now();
-        if let Some(limiter) = &self.inner.ip_rates
-            && !limiter
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .try_take(&self.client_ip, now)
+        if let Some(limiter) = self
+            .inner
+            .ip_rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            && !limiter.try_take(&self.client_ip, now)
         {
             return Admission::RateLimited;
         }
-        if let (Some(limiter), Some(user)) = (&self.inner.user_rates, user)
-            && !limiter
+        if let Some(user) = user
+            && let Some(limiter) = self
+                .inner
+                .user_rates
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .try_take(&user.to_owned(), now)
+                .as_mut()
+            && !limiter.try_take(&user.to_owned(), now)
         {
             return Admission::RateLimited;
         }

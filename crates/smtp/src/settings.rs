@@ -1,5 +1,6 @@
 //! Settings of the SMTP listener and loading of its TLS certificate.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::author::FromPolicy;
+use crate::error::SmtpError;
+use crate::password::validate_password_hash;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -128,6 +131,69 @@ impl Default for SmtpSettings {
             overload_percent: 80,
             overload_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl SmtpSettings {
+    /// Checks the settings a server cannot run with (host name, zero limits and timeouts,
+    /// password hashes, duplicate users), so a configuration check can refuse them before
+    /// anything is started.
+    pub fn validate(&self) -> Result<(), SmtpError> {
+        self.users_by_name().map(|_| ())
+    }
+
+    /// The users by login name, after every check of [`SmtpSettings::validate`].
+    pub(crate) fn users_by_name(&self) -> Result<HashMap<String, SmtpUser>, SmtpError> {
+        let invalid = |what: &str| Err(SmtpError::InvalidSettings(what.to_owned()));
+        let settings = self;
+        if settings.hostname.is_empty()
+            || settings.hostname.len() > 255
+            || !settings.hostname.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':')
+            })
+        {
+            return invalid("hostname must be a non-empty domain name");
+        }
+        if settings.max_connections == 0 || settings.max_connections_per_ip == 0 {
+            return invalid("connection limits must be at least 1");
+        }
+        if settings.max_recipients == 0 || settings.max_message_size == 0 {
+            return invalid("max_recipients and max_message_size must be at least 1");
+        }
+        if settings.command_timeout.is_zero()
+            || settings.data_timeout.is_zero()
+            || settings.overload_timeout.is_zero()
+        {
+            return invalid("timeouts must be positive");
+        }
+        if !(1..=100).contains(&settings.overload_percent) {
+            return invalid("overload_percent must be between 1 and 100");
+        }
+        if settings.auth_max_failures == 0
+            || settings.auth_failure_window.is_zero()
+            || settings.auth_lockout.is_zero()
+        {
+            return invalid(
+                "auth_max_failures, auth_failure_window and auth_lockout must be positive",
+            );
+        }
+        if settings.messages_per_minute_per_ip == Some(0)
+            || settings.messages_per_minute_per_user == Some(0)
+        {
+            return invalid("message rate limits must be at least 1 per minute");
+        }
+        let mut users = HashMap::with_capacity(settings.users.len());
+        for user in &settings.users {
+            validate_password_hash(&user.password_hash)
+                .map_err(|e| SmtpError::InvalidSettings(format!("user {}: {e}", user.name)))?;
+            if users.insert(user.name.clone(), user.clone()).is_some() {
+                return Err(SmtpError::InvalidSettings(format!(
+                    "user {} is listed twice",
+                    user.name
+                )));
+            }
+        }
+        Ok(users)
     }
 }
 

@@ -19,6 +19,8 @@ mod http;
 pub mod sign;
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use postrider_core::Timestamp;
@@ -138,6 +140,35 @@ pub fn spawn_webhooks(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    spawn_reloadable_webhooks(store, settings, metrics, shutdown).0
+}
+
+/// [`spawn_webhooks`], also returning the [`WebhookReloader`] that replaces the webhooks of
+/// the running dispatcher.
+pub fn spawn_reloadable_webhooks(
+    store: Store,
+    settings: DispatcherSettings,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> (JoinHandle<()>, WebhookReloader) {
+    subscribe(&store, &settings);
+    let current = Arc::new(ArcSwap::from_pointee(settings));
+    let reloader = WebhookReloader {
+        store: store.clone(),
+        current: Arc::clone(&current),
+    };
+    let dispatcher = Dispatcher {
+        store,
+        settings: current,
+        metrics,
+        client: http::Client::new(),
+    };
+    let task = tokio::spawn(async move { dispatcher.run(shutdown).await });
+    (task, reloader)
+}
+
+/// Tells the store which events go to the outbox of which webhook.
+fn subscribe(store: &Store, settings: &DispatcherSettings) {
     store.set_webhooks(
         settings
             .webhooks
@@ -148,18 +179,37 @@ pub fn spawn_webhooks(
             })
             .collect(),
     );
-    let dispatcher = Dispatcher {
-        store,
-        settings: Arc::new(settings),
-        metrics,
-        client: http::Client::new(),
-    };
-    tokio::spawn(async move { dispatcher.run(shutdown).await })
+}
+
+/// Replaces the webhooks of a running dispatcher (configuration reload).
+#[derive(Clone)]
+pub struct WebhookReloader {
+    store: Store,
+    current: Arc<ArcSwap<DispatcherSettings>>,
+}
+
+impl std::fmt::Debug for WebhookReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookReloader").finish_non_exhaustive()
+    }
+}
+
+impl WebhookReloader {
+    /// Events written from now on go to the new webhooks. Outbox entries of a webhook whose
+    /// position in the list now holds another URL are dropped when due (as after a restart
+    /// with a reordered list). Refused, with nothing changed, when `settings` do not pass
+    /// [`DispatcherSettings::validate`].
+    pub fn reload(&self, settings: DispatcherSettings) -> Result<(), WebhookConfigError> {
+        settings.validate()?;
+        subscribe(&self.store, &settings);
+        self.current.store(Arc::new(settings));
+        Ok(())
+    }
 }
 
 struct Dispatcher {
     store: Store,
-    settings: Arc<DispatcherSettings>,
+    settings: Arc<ArcSwap<DispatcherSettings>>,
     metrics: Metrics,
     client: http::Client,
 }
@@ -171,34 +221,33 @@ const MAX_IDLE: Duration = Duration::from_secs(30);
 
 impl Dispatcher {
     async fn run(self, shutdown: CancellationToken) {
-        let lease = self
-            .settings
-            .webhooks
-            .iter()
-            .map(|w| w.timeout)
-            .max()
-            .unwrap_or(Duration::from_secs(10))
-            .saturating_add(LEASE_MARGIN);
         tracing::info!(
-            webhooks = self.settings.webhooks.len(),
+            webhooks = self.settings.load().webhooks.len(),
             "webhook dispatcher started"
         );
         loop {
+            let settings = self.settings.load_full();
+            let lease = settings
+                .webhooks
+                .iter()
+                .map(|w| w.timeout)
+                .max()
+                .unwrap_or(Duration::from_secs(10))
+                .saturating_add(LEASE_MARGIN);
             self.metrics
                 .webhook_outbox
                 .set(i64::try_from(self.store.webhook_outbox_len()).unwrap_or(i64::MAX));
             let now = clock_now();
-            let due =
-                match self
-                    .store
-                    .lease_webhook_deliveries(now, lease, self.settings.concurrency)
-                {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!(error = %e, "webhook outbox unreadable; retrying later");
-                        Vec::new()
-                    }
-                };
+            let due = match self
+                .store
+                .lease_webhook_deliveries(now, lease, settings.concurrency)
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook outbox unreadable; retrying later");
+                    Vec::new()
+                }
+            };
             if due.is_empty() {
                 let wait = match self.store.next_webhook_due() {
                     Ok(Some(at)) => Duration::from_millis(
@@ -226,7 +275,7 @@ impl Dispatcher {
             for delivery in due {
                 let (store, settings, metrics, client) = (
                     self.store.clone(),
-                    Arc::clone(&self.settings),
+                    Arc::clone(&settings),
                     self.metrics.clone(),
                     self.client.clone(),
                 );

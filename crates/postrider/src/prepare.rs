@@ -1,0 +1,467 @@
+//! The one validation path of a configuration file: `check-config`, `serve` and a reload all
+//! call [`prepare`], which parses the file, checks it, loads every file it names (TLS
+//! certificate and key, DKIM keys) and builds the settings of every component, checking them
+//! as the components would. What passes here starts; what fails names its key.
+//!
+//! Nothing here binds a socket or opens the queue.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postrider_api::{ApiKey, ApiSettings, RateLimit, Scope};
+use postrider_delivery::{
+    BreakerSettings, DeliverySettings, DomainPolicy, RelayTls, Relayhost, Route, SmtpTimeouts,
+    TlsMode,
+};
+use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpSettings, SmtpUser};
+
+use crate::config::{
+    BareNewlines, Config, ConfigError, DeliveryTls, RawFromPolicy, RelayTlsMode, invalid,
+};
+
+/// A configuration that passed every check, with the settings of each component built from it.
+pub(crate) struct Prepared {
+    /// The validated configuration.
+    pub(crate) config: Config,
+    /// SMTP submission (TLS certificate loaded).
+    pub(crate) smtp: SmtpSettings,
+    /// The REST API.
+    pub(crate) api: ApiSettings,
+    /// Delivery; its `signer` is the loaded DKIM signer.
+    pub(crate) delivery: DeliverySettings,
+    /// The loaded DKIM keys, when any are configured.
+    pub(crate) dkim: Option<Arc<postrider_trust::DkimSigner>>,
+    /// The webhooks.
+    pub(crate) webhooks: postrider_webhooks::DispatcherSettings,
+}
+
+/// Reads, checks and loads the configuration at `path` (the embedded defaults without one).
+pub(crate) fn prepare(path: Option<&Path>) -> Result<Prepared, ConfigError> {
+    prepare_config(Config::load(path)?)
+}
+
+/// [`prepare`] for a configuration already parsed and checked on its own.
+pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
+    check_data_dir(&config.raw.data_dir)?;
+    let smtp = smtp_settings(&config)?;
+    let api = api_settings(&config)?;
+    let dkim = load_dkim(&config)?;
+    let mut delivery = delivery_settings(&config)?;
+    delivery.signer = dkim
+        .clone()
+        .map(|d| d as Arc<dyn postrider_core::MessageSigner>);
+    let webhooks = webhook_settings(&config)?;
+    Ok(Prepared {
+        config,
+        smtp,
+        api,
+        delivery,
+        dkim,
+        webhooks,
+    })
+}
+
+/// `data_dir` must be a directory, or not exist yet (it is created at start).
+fn check_data_dir(dir: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(invalid(
+            "data_dir",
+            format!(
+                "{} exists and is not a directory; point data_dir at a directory (or remove the file)",
+                dir.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn smtp_settings(config: &Config) -> Result<SmtpSettings, ConfigError> {
+    let raw = &config.raw.smtp;
+    let tls = match &raw.tls {
+        Some(t) => Some(
+            postrider_smtp::load_tls_config(&t.cert, &t.key).map_err(|e| {
+                invalid(
+                    "smtp.tls",
+                    format!(
+                        "cannot load the certificate {} or key {}: {e}; fix smtp.tls.cert and smtp.tls.key or remove [smtp.tls]",
+                        t.cert.display(),
+                        t.key.display()
+                    ),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let settings = SmtpSettings {
+        hostname: config.hostname.clone(),
+        max_message_size: usize::try_from(raw.limits.max_message_size.0).unwrap_or(usize::MAX),
+        max_recipients: raw.limits.max_recipients,
+        max_connections: raw.limits.max_connections,
+        max_connections_per_ip: raw.limits.max_connections_per_ip,
+        command_timeout: raw.limits.command_timeout.0,
+        data_timeout: raw.limits.command_timeout.0,
+        max_errors: raw.limits.max_errors,
+        bare_newlines: match raw.bare_newlines {
+            BareNewlines::Reject => BareNewlinePolicy::Reject,
+            BareNewlines::Normalize => BareNewlinePolicy::Normalize,
+        },
+        trusted_networks: raw.trusted_networks.clone(),
+        tls,
+        users: raw
+            .users
+            .iter()
+            .map(|u| SmtpUser {
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                allowed_senders: u.allowed_senders.clone(),
+                from_policy: match u.from_policy {
+                    RawFromPolicy::Reject => FromPolicy::Reject,
+                    RawFromPolicy::Rewrite => FromPolicy::Rewrite,
+                },
+            })
+            .collect(),
+        messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,
+        messages_per_minute_per_user: raw.limits.messages_per_minute_per_user,
+        auth_max_failures: raw.limits.auth_max_failures,
+        auth_failure_window: raw.limits.auth_failure_window.0,
+        auth_lockout: raw.limits.auth_lockout.0,
+        auth_failure_delay: raw.limits.auth_failure_delay.0,
+        overload_percent: raw.limits.overload_percent,
+        overload_timeout: raw.limits.overload_timeout.0,
+    };
+    settings
+        .validate()
+        .map_err(|e| invalid("smtp", format!("{e}; fix it in [smtp] or [[smtp.users]]")))?;
+    Ok(settings)
+}
+
+fn api_settings(config: &Config) -> Result<ApiSettings, ConfigError> {
+    let raw = &config.raw;
+    let keys = raw
+        .http
+        .api_keys
+        .iter()
+        .map(|k| ApiKey {
+            name: k.name.clone(),
+            key_hash: k.key_hash.to_ascii_lowercase(),
+            scopes: k
+                .scopes
+                .iter()
+                .filter_map(|s| match s.as_str() {
+                    "send" => Some(Scope::Send),
+                    "read" => Some(Scope::Read),
+                    "admin" => Some(Scope::Admin),
+                    _ => None,
+                })
+                .collect(),
+        })
+        .collect();
+    let settings = ApiSettings {
+        hostname: config.hostname.clone(),
+        max_body_bytes: usize::try_from(raw.http.max_body_size.0).unwrap_or(usize::MAX),
+        max_recipients: raw.smtp.limits.max_recipients,
+        max_message_size: usize::try_from(raw.smtp.limits.max_message_size.0).unwrap_or(usize::MAX),
+        api_keys: keys,
+        rate_limit: raw.http.rate_limit_per_key.map(|r| RateLimit {
+            per_second: f64::from(r),
+            burst: r.max(1),
+        }),
+        idempotency_ttl: raw.http.idempotency_ttl.0,
+        metrics_auth: raw.http.metrics_auth,
+        ..ApiSettings::default()
+    };
+    settings
+        .validate()
+        .map_err(|e| invalid("http.api_keys", format!("{e}; fix it in [http]")))?;
+    Ok(settings)
+}
+
+fn tls_mode(t: DeliveryTls) -> TlsMode {
+    match t {
+        DeliveryTls::Opportunistic => TlsMode::Opportunistic,
+        DeliveryTls::Required => TlsMode::Required,
+        DeliveryTls::Disabled => TlsMode::Disabled,
+    }
+}
+
+/// The routes of the configuration (checked by [`Config`] already).
+fn routes(config: &Config) -> Result<Vec<Route>, ConfigError> {
+    config
+        .raw
+        .routes
+        .iter()
+        .map(|r| {
+            Route::parse(&r.domain, &r.to)
+                .map_err(|e| invalid("routes", format!("{} → {}: {e}", r.domain, r.to)))
+        })
+        .collect()
+}
+
+fn delivery_settings(config: &Config) -> Result<DeliverySettings, ConfigError> {
+    let raw = &config.raw.delivery;
+    let command = raw.command_timeout.0;
+    let lease = raw.lease.0;
+    let defaults = DeliverySettings::default();
+    let relayhost = raw.relayhost.as_ref().map(|r| {
+        let tls = match r.tls {
+            RelayTlsMode::Required => RelayTls::Required,
+            RelayTlsMode::Opportunistic => RelayTls::Opportunistic,
+            RelayTlsMode::Implicit => RelayTls::Implicit,
+        };
+        Relayhost {
+            host: r.host.clone(),
+            port: r
+                .port
+                .unwrap_or(if tls == RelayTls::Implicit { 465 } else { 587 }),
+            username: r.username.clone(),
+            password: r.password.clone(),
+            tls,
+            allow_plaintext_auth: r.allow_plaintext_auth,
+        }
+    });
+    let domains = raw
+        .domains
+        .iter()
+        .map(|(d, p)| {
+            (
+                d.to_ascii_lowercase(),
+                DomainPolicy {
+                    max_connections: p.max_connections,
+                    messages_per_minute: p.messages_per_minute,
+                    tls: p.tls.map(tls_mode),
+                },
+            )
+        })
+        .collect();
+    let settings = DeliverySettings {
+        hostname: config.hostname.clone(),
+        helo_name: raw.helo_name.clone(),
+        source_ip: raw.source_ip,
+        max_outbound_connections: raw
+            .max_connections
+            .unwrap_or(defaults.max_outbound_connections),
+        max_connections_per_host: raw
+            .max_connections_per_host
+            .unwrap_or(defaults.max_connections_per_host),
+        max_messages_per_connection: raw
+            .max_messages_per_connection
+            .map_or(defaults.max_messages_per_connection, |n| n as _),
+        connection_idle_timeout: raw
+            .connection_idle_timeout
+            .map_or(defaults.connection_idle_timeout, |d| d.0),
+        verify_certificates: raw.verify_certificates,
+        ca_file: raw.ca_file.clone(),
+        routes: routes(config)?,
+        relayhost,
+        domains,
+        breaker: raw
+            .breaker
+            .as_ref()
+            .map_or(defaults.breaker, |b| BreakerSettings {
+                failure_threshold: b.failure_threshold,
+                initial_backoff: b.initial_backoff.0,
+                max_backoff: b.max_backoff.0,
+            }),
+        delay_warning_after: config.raw.retry.warn_after.0,
+        port: raw.port,
+        max_concurrent_deliveries: raw.max_concurrent,
+        lease,
+        max_attempt_duration: lease.mul_f64(0.9),
+        timeouts: SmtpTimeouts {
+            connect: raw.connect_timeout.0,
+            greeting: command,
+            ehlo: command,
+            mail: command,
+            rcpt: command,
+            data: command,
+            data_end: raw.data_timeout.0,
+            quit: command.min(Duration::from_secs(5)),
+        },
+        tls: tls_mode(raw.tls),
+        retry: config.retry.clone(),
+        ..defaults
+    };
+    settings.validate().map_err(|e| {
+        invalid(
+            "delivery",
+            format!("{e}; fix it in [delivery] (or [[routes]])"),
+        )
+    })?;
+    if let Some(ca) = &raw.ca_file
+        && let Err(e) = std::fs::File::open(ca)
+    {
+        return Err(invalid(
+            "delivery.ca_file",
+            format!(
+                "cannot read {}: {e}; fix the path or remove delivery.ca_file",
+                ca.display()
+            ),
+        ));
+    }
+    Ok(settings)
+}
+
+fn load_dkim(config: &Config) -> Result<Option<Arc<postrider_trust::DkimSigner>>, ConfigError> {
+    let raw = &config.raw.dkim;
+    if raw.keys.is_empty() {
+        return Ok(None);
+    }
+    let mut settings = postrider_trust::DkimSettings::default();
+    if let Some(h) = &raw.headers {
+        settings.headers = h.clone();
+    }
+    for k in &raw.keys {
+        settings.keys.push(postrider_trust::DkimKeyConfig {
+            domain: k.domain.clone(),
+            selector: k.selector.clone(),
+            key_file: k.key_file.clone(),
+            algorithm: match &k.algorithm {
+                Some(a) => a
+                    .parse::<postrider_trust::DkimAlgorithm>()
+                    .map_err(|e| invalid("dkim.keys.algorithm", e))?,
+                None => postrider_trust::DkimAlgorithm::default(),
+            },
+        });
+    }
+    let signer = postrider_trust::DkimSigner::load(&settings).map_err(|e| {
+        invalid(
+            "dkim.keys.key_file",
+            format!(
+                "{e}; fix the path (the file must be readable by postrider) or create the key with `postrider dkim keygen`"
+            ),
+        )
+    })?;
+    Ok(Some(Arc::new(signer)))
+}
+
+fn webhook_settings(
+    config: &Config,
+) -> Result<postrider_webhooks::DispatcherSettings, ConfigError> {
+    let mut settings = postrider_webhooks::DispatcherSettings::default();
+    for w in &config.raw.webhooks {
+        let mut hook = postrider_webhooks::WebhookSettings::new(w.url.clone(), w.secret.clone());
+        hook.events = w
+            .events
+            .iter()
+            .filter_map(|e| postrider_store::EventKind::parse(e))
+            .collect();
+        if let Some(t) = w.timeout {
+            hook.timeout = t.0;
+        }
+        if let Some(a) = w.max_age {
+            hook.max_age = a.0;
+        }
+        settings.webhooks.push(hook);
+    }
+    settings.validate().map_err(|e| {
+        let key = match e {
+            postrider_webhooks::WebhookConfigError::Url(_) => "webhooks.url",
+            postrider_webhooks::WebhookConfigError::Secret(_) => "webhooks.secret",
+            postrider_webhooks::WebhookConfigError::Zero(_) => "webhooks",
+        };
+        invalid(key, format!("{e}; fix it in [[webhooks]]"))
+    })?;
+    if let Some(longest) = settings.webhooks.iter().map(|w| w.max_age).max()
+        && longest >= config.raw.events.retention.0
+    {
+        return Err(invalid(
+            "events.retention",
+            format!(
+                "must be longer than every webhook max_age (the longest is {}); raise events.retention or lower webhooks.max_age",
+                humantime::format_duration(longest)
+            ),
+        ));
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of preparing `text` as a config file, or `None` when it passes.
+    fn refusal(text: &str) -> Option<String> {
+        let config = Config::from_toml(text).map_err(|e| e.to_string());
+        match config {
+            Err(e) => Some(e),
+            Ok(c) => prepare_config(c).err().map(|e| e.to_string()),
+        }
+    }
+
+    fn refused(text: &str, key: &str) {
+        let e = refusal(text).unwrap_or_else(|| panic!("accepted:\n{text}"));
+        assert!(e.contains(key), "{key} not named in: {e}");
+    }
+
+    #[test]
+    fn missing_tls_files_are_refused() {
+        refused(
+            "[smtp.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"",
+            "smtp.tls",
+        );
+    }
+
+    #[test]
+    fn missing_dkim_key_file_is_refused() {
+        refused(
+            "[[dkim.keys]]\ndomain = \"example.com\"\nselector = \"s1\"\nkey_file = \"/nonexistent/dkim.pem\"",
+            "dkim.keys.key_file",
+        );
+    }
+
+    #[test]
+    fn unusable_webhooks_are_refused() {
+        refused(
+            "[[webhooks]]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"",
+            "webhooks.url",
+        );
+        refused(
+            "[[webhooks]]\nurl = \"https://hooks.example.com/p\"\nsecret = \"short\"",
+            "webhooks.secret",
+        );
+    }
+
+    #[test]
+    fn data_dir_that_is_a_file_is_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        refused(
+            &format!("data_dir = {:?}", file.path().display().to_string()),
+            "data_dir",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            refusal(&format!(
+                "data_dir = {:?}",
+                dir.path().join("new").display().to_string()
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_password_hash_is_refused() {
+        refused(
+            "[[smtp.users]]\nname = \"app\"\npassword_hash = \"$argon2id$nonsense\"",
+            "smtp",
+        );
+    }
+
+    #[test]
+    fn duplicate_api_key_names_are_refused() {
+        let hash = "a".repeat(64);
+        refused(
+            &format!(
+                "[[http.api_keys]]\nname = \"k\"\nkey_hash = \"{hash}\"\nscopes = [\"send\"]\n[[http.api_keys]]\nname = \"k\"\nkey_hash = \"{hash}\"\nscopes = [\"read\"]"
+            ),
+            "http.api_keys",
+        );
+    }
+
+    #[test]
+    fn the_embedded_defaults_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("data_dir = {:?}", dir.path().display().to_string());
+        assert_eq!(refusal(&text), None);
+    }
+}
