@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod gauges;
 mod logging;
+mod sendmail;
 mod storage;
 
 use std::process::ExitCode;
@@ -43,6 +44,12 @@ fn configure_allocator() {
 
 fn main() -> ExitCode {
     configure_allocator();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some((argv0, rest)) = argv.split_first()
+        && sendmail::invoked_as_sendmail(argv0)
+    {
+        return sendmail::main("sendmail", rest);
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
