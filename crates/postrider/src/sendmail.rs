@@ -36,9 +36,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Sending the content and waiting for the relay's verdict (it syncs to disk first).
 const DATA_TIMEOUT: Duration = Duration::from_secs(600);
-/// Most recipients one invocation accepts (command line and headers together).
-const MAX_RECIPIENTS: usize = 1000;
-
 /// `sysexits.h` statuses this command exits with.
 mod sysexits {
     pub(super) const USAGE: u8 = 64;
@@ -328,13 +325,16 @@ pub(crate) fn read_message(
     Ok(message)
 }
 
-/// Who is sending, for the defaults of the envelope sender and `From:`.
+/// Who is sending and the relay settings applied before connecting.
 #[derive(Debug, Clone)]
-pub(crate) struct LocalIdentity {
-    /// The calling user's login name.
+pub(crate) struct Context {
+    /// The calling user's login name, for the default envelope sender and `From:`.
     pub(crate) user: String,
     /// The relay's host name: the domain of unqualified addresses and of new `Message-ID:`s.
     pub(crate) hostname: String,
+    /// The relay's `smtp.limits.max_recipients`: more is refused here, as the relay would
+    /// answer the extra ones with a 4xx again and again.
+    pub(crate) max_recipients: usize,
 }
 
 /// A message ready for submission.
@@ -407,17 +407,21 @@ fn argument_addresses(argument: &str) -> Result<Vec<String>, SendmailError> {
     Ok(addresses)
 }
 
-/// The envelope sender: `-f` when given (`""`/`<>` is the null sender), else `user@hostname`.
+/// The envelope sender: `-f` when given (`""`/`<>` is the null sender; `Name <a@b>` gives
+/// `a@b`), else `user@hostname`.
 fn envelope_sender(
     given: Option<&str>,
-    me: &LocalIdentity,
+    ctx: &Context,
 ) -> Result<Option<SmtpAddress>, SendmailError> {
     let raw = match given.map(str::trim) {
         Some("" | "<>") => return Ok(None),
-        Some(s) => s.trim_start_matches('<').trim_end_matches('>').to_owned(),
-        None => me.user.clone(),
+        Some(s) => argument_addresses(s)
+            .ok()
+            .and_then(|list| list.into_iter().next())
+            .ok_or_else(|| SendmailError::Usage(format!("sender: no address in {s:?}")))?,
+        None => ctx.user.clone(),
     };
-    envelope_address(&raw, &me.hostname)
+    envelope_address(&raw, &ctx.hostname)
         .map(Some)
         .map_err(|e| SendmailError::Usage(format!("sender: {e}")))
 }
@@ -452,7 +456,7 @@ fn missing_headers(
 pub(crate) fn prepare(
     message: &[u8],
     inv: &Invocation,
-    me: &LocalIdentity,
+    ctx: &Context,
 ) -> Result<Prepared, SendmailError> {
     let parsed = MessageParser::new().parse_headers(message);
     let headers = parsed.as_ref().map(|m| m.headers()).unwrap_or_default();
@@ -477,25 +481,26 @@ pub(crate) fn prepare(
     }
     let mut recipients: Vec<SmtpAddress> = Vec::new();
     for address in &wanted {
-        let address = envelope_address(address, &me.hostname).map_err(SendmailError::NoUser)?;
+        let address = envelope_address(address, &ctx.hostname).map_err(SendmailError::NoUser)?;
         if !recipients.contains(&address) {
             recipients.push(address);
         }
     }
-    if recipients.len() > MAX_RECIPIENTS {
+    if recipients.len() > ctx.max_recipients {
         return Err(SendmailError::Usage(format!(
-            "{} recipients: at most {MAX_RECIPIENTS} per message",
-            recipients.len()
+            "{} recipients: the relay accepts at most {} per message",
+            recipients.len(),
+            ctx.max_recipients
         )));
     }
 
-    let sender = envelope_sender(inv.sender.as_deref(), me)?;
+    let sender = envelope_sender(inv.sender.as_deref(), ctx)?;
     let from = match &sender {
         Some(a) => a.to_string(),
-        None => qualify(&me.user, &me.hostname),
+        None => qualify(&ctx.user, &ctx.hostname),
     };
     let present: Vec<HeaderName<'_>> = headers.iter().map(|h| h.name.clone()).collect();
-    let mut content = missing_headers(&present, &from, inv.full_name.as_deref(), &me.hostname);
+    let mut content = missing_headers(&present, &from, inv.full_name.as_deref(), &ctx.hostname);
     let mut copied = 0usize;
     for h in headers.iter().filter(|h| h.name == HeaderName::Bcc) {
         let (start, end) = (h.offset_field as usize, h.offset_end as usize);
@@ -741,15 +746,16 @@ fn login_name() -> Result<String, SendmailError> {
 fn send(inv: &Invocation) -> Result<Submitted, SendmailError> {
     let path = config_path(inv.config.as_deref());
     let config = Config::load(path.as_deref()).map_err(|e| SendmailError::Config(e.to_string()))?;
-    let me = LocalIdentity {
+    let ctx = Context {
         user: login_name()?,
         hostname: config.hostname.clone(),
+        max_recipients: config.raw.smtp.limits.max_recipients,
     };
     let relay = submission_address(&config.raw.smtp.listen)?;
     let limit = config.raw.smtp.limits.max_message_size.0;
     let stdin = std::io::stdin();
     let message = read_message(stdin.lock(), inv.dot_ends_input, limit)?;
-    let prepared = prepare(&message, inv, &me)?;
+    let prepared = prepare(&message, inv, &ctx)?;
     if prepared.content.len() as u64 > limit {
         return Err(SendmailError::Data(format!(
             "message too large: the relay accepts {limit} bytes"
@@ -844,10 +850,11 @@ mod tests {
         }
     }
 
-    fn me() -> LocalIdentity {
-        LocalIdentity {
+    fn me() -> Context {
+        Context {
             user: "www-data".into(),
             hostname: "relay.example.com".into(),
+            max_recipients: 10,
         }
     }
 
@@ -998,6 +1005,15 @@ mod tests {
             p.sender.map(|s| s.to_string()).as_deref(),
             Some("app@x.test")
         );
+        let inv = Invocation {
+            sender: Some("App Server <app@x.test>".into()),
+            ..inv
+        };
+        let p = prepare(b"\r\nbody\r\n", &inv, &me()).expect("prepare");
+        assert_eq!(
+            p.sender.map(|s| s.to_string()).as_deref(),
+            Some("app@x.test")
+        );
     }
 
     #[test]
@@ -1008,6 +1024,13 @@ mod tests {
         };
         let err = prepare(b"Subject: s\r\n\r\nx\r\n", &inv, &me()).expect_err("none");
         assert_eq!(err.exit_status(), 64);
+        inv.recipients = vec!["a@x.test, b@x.test, c@x.test".into()];
+        let few = Context {
+            max_recipients: 2,
+            ..me()
+        };
+        let err = prepare(b"\r\nx\r\n", &inv, &few).expect_err("too many");
+        assert_eq!(err.exit_status(), 64, "{err}");
         inv.recipients = vec!["not an address@@".into()];
         let err = prepare(b"Subject: s\r\n\r\nx\r\n", &inv, &me()).expect_err("bad");
         assert_eq!(err.exit_status(), 67, "{err}");
