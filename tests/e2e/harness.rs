@@ -266,9 +266,14 @@ pub async fn run_postrider<S: AsRef<std::ffi::OsStr>>(
         .kill_on_drop(true)
         .spawn()
         .expect("spawn postrider");
+    finish(child).await
+}
+
+/// Waits for a spawned child with piped output to end (killed after [`PATIENCE`]).
+pub async fn finish(child: tokio::process::Child) -> Finished {
     match tokio::time::timeout(PATIENCE, child.wait_with_output()).await {
         Ok(output) => {
-            let output = output.expect("wait for postrider");
+            let output = output.expect("wait for the child");
             Finished {
                 code: output.status.code(),
                 stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

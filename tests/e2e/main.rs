@@ -18,4 +18,5 @@ mod lifecycle;
 mod observability;
 mod reload;
 mod startup;
+mod sendmail;
 mod storage;

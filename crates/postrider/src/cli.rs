@@ -87,6 +87,14 @@ enum Command {
         #[command(subcommand)]
         action: ApikeyAction,
     },
+    /// Submit a message from standard input to the running relay, like `/usr/sbin/sendmail`
+    /// (also what the binary does when run under the name `sendmail`); `--help` lists the flags.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail flags and recipients (`-t`, `-i`, `-f sender`, `-F name`, `-v`, ...).
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Check or rebuild the queue's data directory offline (for a damaged database).
     Store {
         #[command(subcommand)]
@@ -376,6 +384,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Store { action } => crate::storage::run(action),
+        Command::Sendmail { args } => Ok(crate::sendmail::main("postrider sendmail", &args)),
         Command::Apikey {
             action: ApikeyAction::New { name, scopes },
         } => {

@@ -12,6 +12,7 @@ mod logging;
 mod pidfile;
 mod prepare;
 mod reload;
+mod sendmail;
 mod storage;
 
 use std::process::ExitCode;
@@ -46,6 +47,12 @@ fn configure_allocator() {
 
 fn main() -> ExitCode {
     configure_allocator();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some((argv0, rest)) = argv.split_first()
+        && sendmail::invoked_as_sendmail(argv0)
+    {
+        return sendmail::main("sendmail", rest);
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
