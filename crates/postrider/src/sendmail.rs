@@ -426,8 +426,8 @@ fn envelope_sender(
         .map_err(|e| SendmailError::Usage(format!("sender: {e}")))
 }
 
-/// The header lines to add in front of `headers`' message: `Date:`, `Message-ID:` and `From:`
-/// when missing.
+/// The header fields to put in front of a message whose fields are named in `present`:
+/// `Date:`, `Message-ID:` and `From:`, each only when missing.
 fn missing_headers(
     present: &[HeaderName<'_>],
     from: &str,
