@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# The web console's end-to-end test drives a real headless Chromium.
+bash tests/install-chromium.sh
 cargo test --workspace --locked --no-fail-fast
 
 for extra in tests/check-*.sh; do

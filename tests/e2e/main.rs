@@ -4,10 +4,12 @@
 
 mod harness;
 mod smtp_client;
+mod webdriver;
 mod world;
 
 mod admin;
 mod bounces;
+mod console;
 mod crash;
 mod damage;
 mod delivery;

@@ -100,7 +100,13 @@ fn from_hex(s: &str) -> Option<[u8; 32]> {
 }
 
 /// Equality that takes the same time whichever byte differs.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+/// The SHA-256 of a presented key, as compared against the configured hashes.
+pub(crate) fn key_digest(presented: &str) -> [u8; 32] {
+    Sha256::digest(presented.as_bytes()).into()
+}
+
+/// Compares two digests in time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }
@@ -179,10 +185,15 @@ impl KeyRing {
     /// Finds the key whose hash matches, comparing against every key so the time does not
     /// reveal which one matched.
     fn find(&self, presented: &str) -> Option<(&str, &[Scope])> {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.find_digest(&key_digest(presented))
+    }
+
+    /// Like `find`, given the SHA-256 of the presented key (what a console session keeps, so
+    /// a key removed from the configuration also ends the sessions opened with it).
+    pub(crate) fn find_digest(&self, digest: &[u8; 32]) -> Option<(&str, &[Scope])> {
         let mut found = None;
         for (name, hash, scopes) in &self.keys {
-            if constant_time_eq(&digest, hash) && found.is_none() {
+            if constant_time_eq(digest, hash) && found.is_none() {
                 found = Some((name.as_str(), scopes.as_slice()));
             }
         }
@@ -213,6 +224,11 @@ impl Access {
     /// Whether any key is configured; without keys only loopback clients are served.
     pub(crate) fn has_keys(&self) -> bool {
         self.configured
+    }
+
+    /// The keys in force (console sessions check theirs on every request).
+    pub(crate) fn keys(&self) -> &KeyRing {
+        &self.keys
     }
 }
 

@@ -20,6 +20,8 @@
 //!   [`ApiSettings::metrics_auth`]. Web pages cannot drive the API through a browser: bodies
 //!   must be declared JSON, JSON objects must not repeat a key, and without keys only loopback
 //!   host names and same-site origins are served (`browser.rs`).
+//! - The web console under `/ui/` (`console`): server-rendered pages over the same store and
+//!   keys, with server-side sessions and CSRF tokens.
 //! - Every error is `{"error": {"code", "message", "field"?}}` ([`ErrorBody`]).
 //!
 //! The binary serves the router with connect info so the loopback check and the `Received`
@@ -29,6 +31,7 @@
 mod auth;
 mod browser;
 mod compose;
+mod console;
 mod content;
 mod error;
 mod events;
@@ -183,6 +186,7 @@ pub struct ApiState {
     /// Limits and keys.
     pub settings: Arc<ApiSettings>,
     access: Arc<arc_swap::ArcSwap<auth::Access>>,
+    console: Arc<console::session::Sessions>,
     limiter: Arc<auth::RateLimiter>,
     /// Domain checks and address verification (`/v1/domains/{domain}/check`, `/v1/verify`);
     /// `None` (the default) answers them with 501. Set with [`ApiState::with_trust`].
@@ -227,6 +231,7 @@ impl ApiState {
                 &settings.api_keys,
                 settings.rate_limit,
             ))),
+            console: Arc::new(console::session::Sessions::default()),
             limiter: Arc::new(auth::RateLimiter::default()),
             store,
             metrics,
@@ -305,6 +310,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(open)
         .merge(trust_read)
         .merge(trust_send)
+        .merge(console::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))

@@ -22,7 +22,8 @@ const MAX_PAGE: usize = 1000;
 /// Most domains in `GET /v1/queue/stats`.
 const MAX_TOP: usize = 100;
 
-const STATES: [MessageState; 7] = [
+/// Every message state, in lifecycle order (also the console's state filters).
+pub(crate) const STATES: [MessageState; 7] = [
     MessageState::Queued,
     MessageState::Scheduled,
     MessageState::Deferred,
@@ -378,13 +379,13 @@ fn bounce_update(m: &QueuedMessage, body: &[u8], hostname: &str, now: Timestamp)
     }
 }
 
-/// `POST /v1/queue/{id}/bounce`: bounce every pending recipient now, with a DSN to the sender.
-pub(crate) async fn bounce(
-    State(state): State<ApiState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = path_id(path)?;
-    let current = load(&state, id)?;
+/// Bounces every pending recipient of `id` now, with a DSN to the sender; returns how many
+/// recipients were bounced and the DSN's id, if one was queued.
+pub(crate) async fn bounce_now(
+    state: &ApiState,
+    id: MessageId,
+) -> Result<(usize, Option<MessageId>), ApiError> {
+    let current = load(state, id)?;
     if current.is_finished() {
         return Err(store_error(
             StoreError::InvalidState {
@@ -412,7 +413,17 @@ pub(crate) async fn bounce(
         state.metrics.bounces_generated.inc_by(dsn_ids.len() as u64);
     }
     tracing::info!(%id, recipients = pending, dsn = %dsn_ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "operator bounce");
+    Ok((pending, dsn_ids.first().copied()))
+}
+
+/// `POST /v1/queue/{id}/bounce`: bounce every pending recipient now, with a DSN to the sender.
+pub(crate) async fn bounce(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = path_id(path)?;
+    let (pending, dsn_id) = bounce_now(&state, id).await?;
     Ok(Json(
-        json!({ "id": id, "bounced": pending, "dsn_id": dsn_ids.first() }),
+        json!({ "id": id, "bounced": pending, "dsn_id": dsn_id }),
     ))
 }
