@@ -19,7 +19,10 @@
 //!   [`ApiSettings::metrics_auth`]. Web pages cannot drive the API through a browser: bodies
 //!   must be declared JSON, JSON objects must not repeat a key, and without keys only loopback
 //!   host names and same-site origins are served (`browser.rs`).
-//! - Every error is `{"error": {"code", "message", "field"?}}` ([`ErrorBody`]).
+//! - Every error is `{"error": {"code", "message", "field"?}}` ([`ErrorBody`]), except on the
+//!   Postmark- and Resend-compatible endpoints (`POST /email`, `/email/batch`, `POST /emails`,
+//!   `/emails/batch`, `GET /emails/{id}`), which answer in those services' shapes so their SDKs
+//!   work unchanged (`compat/`). Postmark clients may send the key as `X-Postmark-Server-Token`.
 //!
 //! The binary serves the router with connect info so the loopback check and the `Received`
 //! header see the client address:
@@ -27,6 +30,7 @@
 
 mod auth;
 mod browser;
+mod compat;
 mod compose;
 mod error;
 mod events;
@@ -273,6 +277,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(open)
         .merge(trust_read)
         .merge(trust_send)
+        .merge(compat::router(&state))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
