@@ -8,6 +8,7 @@ mod world;
 
 mod admin;
 mod bounces;
+mod compat;
 mod crash;
 mod damage;
 mod delivery;
