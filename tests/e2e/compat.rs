@@ -87,7 +87,11 @@ fn sdk_python() -> PathBuf {
     );
     // Scripts of a venv name its directory, so it is used where it was made: renaming it
     // afterwards would break pip but not `python`, which is all the tests run.
-    std::fs::rename(&partial, &venv).expect("publish the virtual environment");
+    if let Err(e) = std::fs::rename(&partial, &venv) {
+        // Another test process may have published the same environment first.
+        let _ = std::fs::remove_dir_all(&partial);
+        assert!(python.exists(), "publish the virtual environment: {e}");
+    }
     python
 }
 
