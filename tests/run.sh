@@ -10,6 +10,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # The web console's end-to-end test drives a real headless Chromium.
 bash tests/install-chromium.sh
+
+# The compatibility tests (tests/e2e/compat.rs) run the Postmark and Resend Python SDKs from a
+# virtual environment they create: python3 must be able to make one with pip.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "== installing python3 with venv and pip"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+fi
 cargo test --workspace --locked --no-fail-fast
 
 for extra in tests/check-*.sh; do

@@ -10,6 +10,7 @@ mod world;
 mod admin;
 mod bounces;
 mod console;
+mod compat;
 mod crash;
 mod damage;
 mod delivery;

@@ -293,7 +293,9 @@ pub(crate) async fn require_scope(
     }
 }
 
-fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
+/// Authenticates the request and checks `guard.scope` and the rate limit; the error is in the
+/// API's own shape (the compatibility endpoints translate it).
+pub(crate) fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
     let state = &guard.state;
     let access = state.access.load();
     let principal = if !access.has_keys() {
@@ -310,7 +312,10 @@ fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
             name: "loopback".to_owned(),
         }
     } else {
-        let presented = bearer_token(req)?;
+        let presented = match postmark_server_token(req) {
+            Some(token) => token,
+            None => bearer_token(req)?,
+        };
         let (name, scopes) = access
             .keys
             .find(presented)
@@ -339,6 +344,21 @@ fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
         return Err(e);
     }
     Ok(principal)
+}
+
+/// Header in which Postmark clients send their server token.
+pub(crate) const POSTMARK_SERVER_TOKEN: &str = "x-postmark-server-token";
+
+/// The key of a Postmark client (`X-Postmark-Server-Token: <key>`), so Postmark SDKs can use a
+/// Postrider API key unchanged; `None` when the header is absent or blank.
+fn postmark_server_token(req: &Request) -> Option<&str> {
+    let token = req
+        .headers()
+        .get(POSTMARK_SERVER_TOKEN)?
+        .to_str()
+        .ok()?
+        .trim();
+    (!token.is_empty()).then_some(token)
 }
 
 fn bearer_token(req: &Request) -> Result<&str, ApiError> {

@@ -22,7 +22,10 @@
 //!   host names and same-site origins are served (`browser.rs`).
 //! - The web console under `/ui/` (`console`): server-rendered pages over the same store and
 //!   keys, with server-side sessions and CSRF tokens.
-//! - Every error is `{"error": {"code", "message", "field"?}}` ([`ErrorBody`]).
+//! - Every error is `{"error": {"code", "message", "field"?}}` ([`ErrorBody`]), except on the
+//!   Postmark- and Resend-compatible endpoints (`POST /email`, `/email/batch`, `POST /emails`,
+//!   `/emails/batch`, `GET /emails/{id}`), which answer in those services' shapes so their SDKs
+//!   work unchanged (`compat/`). Postmark clients may send the key as `X-Postmark-Server-Token`.
 //!
 //! The binary serves the router with connect info so the loopback check and the `Received`
 //! header see the client address:
@@ -30,6 +33,7 @@
 
 mod auth;
 mod browser;
+mod compat;
 mod compose;
 mod console;
 mod content;
@@ -311,6 +315,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(trust_read)
         .merge(trust_send)
         .merge(console::routes())
+        .merge(compat::router(&state))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))

@@ -25,15 +25,16 @@ use crate::extract::{ClientAddr, JsonBody, RawJsonBody, decode};
 #[derive(Debug, Serialize)]
 pub(crate) struct Accepted {
     /// Queue id (16 hex digits).
-    id: MessageId,
+    pub(crate) id: MessageId,
     /// `queued` or `scheduled`.
-    state: &'static str,
+    pub(crate) state: &'static str,
     /// The message's `Message-ID` header (with angle brackets), for correlating replies.
     #[serde(skip_serializing_if = "Option::is_none")]
-    message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
 }
 
-fn context<'a>(state: &'a ApiState, client: ClientAddr) -> ComposeContext<'a> {
+/// The compose context of a request from `client`, arriving now.
+pub(crate) fn context<'a>(state: &'a ApiState, client: ClientAddr) -> ComposeContext<'a> {
     ComposeContext {
         settings: &state.settings,
         now: crate::now(),
@@ -69,7 +70,7 @@ pub(crate) fn store_error(e: StoreError, action: &'static str) -> ApiError {
 }
 
 /// Enqueues a composed message; `Ok` only once it is durable.
-async fn enqueue(state: &ApiState, composed: Composed) -> Result<Accepted, ApiError> {
+pub(crate) async fn enqueue(state: &ApiState, composed: Composed) -> Result<Accepted, ApiError> {
     let label = composed.state();
     let recipients = composed.message.envelope.recipients().len();
     let size = composed.message.body.len();
@@ -106,7 +107,7 @@ struct StoredReply {
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters; `None` when absent.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -154,9 +155,35 @@ pub(crate) async fn send_message(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let composed = compose(value, &context(&state, client))?;
+    let submitted = submit(&state, principal, key, &bytes, composed).await?;
+    Ok(accepted_response(&submitted.accepted, submitted.replayed))
+}
+
+/// The outcome of [`submit`]: the accepted message and whether the answer replays an earlier
+/// submission with the same idempotency key.
+pub(crate) struct Submitted {
+    /// What was queued (or, on a replay, what had been queued the first time).
+    pub(crate) accepted: Accepted,
+    /// Whether nothing was queued because the idempotency key was already used for this body.
+    pub(crate) replayed: bool,
+}
+
+/// Queues a composed message, honouring an optional idempotency key scoped to the principal
+/// (`body` is the raw request, hashed to tell a retry from a reuse of the key). Every HTTP
+/// submission endpoint ends here, so they share durability, idempotency, events and metrics.
+pub(crate) async fn submit(
+    state: &ApiState,
+    principal: Option<Extension<Principal>>,
+    key: Option<String>,
+    body: &[u8],
+    composed: Composed,
+) -> Result<Submitted, ApiError> {
     let Some(key) = key else {
-        let accepted = enqueue(&state, composed).await?;
-        return Ok(accepted_response(&accepted, false));
+        let accepted = enqueue(state, composed).await?;
+        return Ok(Submitted {
+            accepted,
+            replayed: false,
+        });
     };
     let label = composed.state();
     let message_id = composed.message_id;
@@ -171,7 +198,7 @@ pub(crate) async fn send_message(
     let request = IdempotencyKey {
         scope,
         key,
-        body_sha256: Sha256::digest(&bytes).into(),
+        body_sha256: Sha256::digest(body).into(),
         reply,
         valid_after: Timestamp::from_millis(now.as_millis().saturating_sub(
             u64::try_from(state.settings.idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
@@ -190,14 +217,14 @@ pub(crate) async fn send_message(
                 .with_label_values(&["http"])
                 .inc();
             tracing::info!(%id, recipients, state = label, "message accepted over http (idempotency key)");
-            Ok(accepted_response(
-                &Accepted {
+            Ok(Submitted {
+                accepted: Accepted {
                     id,
                     state: label,
                     message_id,
                 },
-                false,
-            ))
+                replayed: false,
+            })
         }
         EnqueueResult::Replayed { id, reply } => {
             let stored: Option<StoredReply> = serde_json::from_str(&reply).ok();
@@ -206,14 +233,14 @@ pub(crate) async fn send_message(
                 _ => "queued",
             };
             tracing::info!(%id, "idempotent submission replayed");
-            Ok(accepted_response(
-                &Accepted {
+            Ok(Submitted {
+                accepted: Accepted {
                     id,
                     state: state_label,
                     message_id: stored.and_then(|r| r.message_id),
                 },
-                true,
-            ))
+                replayed: true,
+            })
         }
         EnqueueResult::Conflict => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -265,47 +292,59 @@ pub(crate) async fn send_batch(
         ));
     }
     let ctx = context(&state, client);
-    let mut results: Vec<Option<BatchItem>> = Vec::with_capacity(batch.messages.len());
+    let composed = batch
+        .messages
+        .into_iter()
+        .map(|item| compose(item, &ctx.for_next_message()))
+        .collect();
+    let results: Vec<BatchItem> = enqueue_all(&state, composed)
+        .await
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(accepted) => BatchItem::Accepted(accepted),
+            Err(e) => BatchItem::Failed { error: e.body },
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "results": results })))
+}
+
+/// Enqueues the composed items of a batch concurrently (the store commits concurrent enqueues
+/// together) and returns each item's outcome in request order; items that failed to compose
+/// keep their error. The caller bounds the count (`max_batch`).
+pub(crate) async fn enqueue_all(
+    state: &ApiState,
+    items: Vec<Result<Composed, ApiError>>,
+) -> Vec<Result<Accepted, ApiError>> {
+    let mut results: Vec<Option<Result<Accepted, ApiError>>> = Vec::with_capacity(items.len());
     let mut tasks = JoinSet::new();
-    for (index, item) in batch.messages.into_iter().enumerate() {
-        let item_ctx = ComposeContext {
-            unique: rand::random(),
-            ..ctx.clone()
-        };
-        match compose(item, &item_ctx) {
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
             Ok(composed) => {
                 results.push(None);
                 let state = state.clone();
-                // The store commits concurrent enqueues together; bounded by max_batch.
                 tasks.spawn(async move { (index, enqueue(&state, composed).await) });
             }
-            Err(e) => results.push(Some(BatchItem::Failed { error: e.body })),
+            Err(e) => results.push(Some(Err(e))),
         }
     }
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((index, outcome)) => {
-                results[index] = Some(match outcome {
-                    Ok(accepted) => BatchItem::Accepted(accepted),
-                    Err(e) => BatchItem::Failed { error: e.body },
-                });
-            }
+            Ok((index, outcome)) => results[index] = Some(outcome),
             Err(e) => tracing::error!(error = %e, "batch enqueue task failed"),
         }
     }
-    let results: Vec<BatchItem> = results
+    results
         .into_iter()
         .map(|r| {
-            r.unwrap_or_else(|| BatchItem::Failed {
-                error: ErrorBody {
-                    code: "internal_error",
-                    message: "the message was not accepted".to_owned(),
-                    field: None,
-                },
+            r.unwrap_or_else(|| {
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "the message was not accepted",
+                ))
             })
         })
-        .collect();
-    Ok(Json(serde_json::json!({ "results": results })))
+        .collect()
 }
 
 /// A reply as shown by the API.

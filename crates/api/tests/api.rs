@@ -1777,3 +1777,205 @@ async fn bounce_of_null_sender_makes_no_dsn() {
         .unwrap()
         .unwrap();
 }
+
+// -------------------------------------------------------------------------------------------
+// Postmark- and Resend-compatible endpoints
+// -------------------------------------------------------------------------------------------
+
+fn postmark_email(subject: &str) -> Value {
+    json!({"From": "App <app@sender.test>", "To": "\"Lee, Ann\" <ann@example.test>, bob@example.test",
+           "Subject": subject, "TextBody": "hi", "TrackLinks": "None", "Cc": null})
+}
+
+#[tokio::test]
+async fn postmark_token_header_scopes_and_error_shape() {
+    let (h, send_key, read_key, _) = keyed(None);
+    let email = postmark_email("token");
+    // The key in Postmark's header; the answer in Postmark's shape.
+    let r = call(Method::POST, "/email")
+        .json(&email)
+        .header("X-Postmark-Server-Token", &send_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["ErrorCode"], 0);
+    assert_eq!(r.json["To"], email["To"]);
+    let id: MessageId = r.json["MessageID"].as_str().unwrap().parse().unwrap();
+    let m = h.store.message(id).unwrap().unwrap();
+    assert_eq!(m.recipients.len(), 2);
+    // Missing or wrong token: 401 with ErrorCode 10; a key without `send`: 403 with 405.
+    for token in [None, Some("pr_wrong")] {
+        let mut c = call(Method::POST, "/email").json(&email);
+        if let Some(t) = token {
+            c = c.header("X-Postmark-Server-Token", t);
+        }
+        let r = c.send(&h.app).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+        assert_eq!(r.json["ErrorCode"], 10, "{}", r.text);
+        assert!(r.json["Message"].is_string());
+    }
+    let r = call(Method::POST, "/email")
+        .json(&email)
+        .header("X-Postmark-Server-Token", &read_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(
+        (r.status, &r.json["ErrorCode"]),
+        (StatusCode::FORBIDDEN, &json!(405))
+    );
+    // Invalid request: 422 with ErrorCode 300 naming the Postmark field.
+    let r = call(Method::POST, "/email")
+        .json(&json!({"From": "app@sender.test", "To": "ann@example.test, not an address", "TextBody": "x"}))
+        .key(&send_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.json["ErrorCode"], 300);
+    assert!(
+        r.json["Message"].as_str().unwrap().contains("To[1]"),
+        "{}",
+        r.text
+    );
+    // Templates are refused clearly.
+    let r = call(Method::POST, "/email/withTemplate/")
+        .json(&json!({"TemplateId": 1}))
+        .key(&send_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(
+        (r.status, &r.json["ErrorCode"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!(1101))
+    );
+}
+
+#[tokio::test]
+async fn postmark_idempotency_and_suppressed_recipients() {
+    let h = harness(settings());
+    let email = postmark_email("idem");
+    let first = call(Method::POST, "/email")
+        .json(&email)
+        .header("Idempotency-Key", "pm-1")
+        .send(&h.app)
+        .await;
+    let again = call(Method::POST, "/email")
+        .json(&email)
+        .header("Idempotency-Key", "pm-1")
+        .send(&h.app)
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.json["MessageID"], again.json["MessageID"]);
+    assert_eq!(h.store.pending_count(), 1);
+
+    let r = call(Method::POST, "/v1/suppressions")
+        .json(&json!({"address": "gone@example.test"}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let gone = json!({"From": "app@sender.test", "To": "gone@example.test", "TextBody": "x"});
+    let r = call(Method::POST, "/email").json(&gone).send(&h.app).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.json["ErrorCode"], 406);
+    // Partly suppressed: accepted for the others.
+    let partly = json!({"From": "app@sender.test", "To": "gone@example.test, ann@example.test", "TextBody": "x"});
+    let r = call(Method::POST, "/email")
+        .json(&partly)
+        .send(&h.app)
+        .await;
+    assert_eq!(
+        (r.status, &r.json["ErrorCode"]),
+        (StatusCode::OK, &json!(0)),
+        "{}",
+        r.text
+    );
+    // In a batch, per message, in order.
+    let r = call(Method::POST, "/email/batch")
+        .json(&json!([postmark_email("b1"), gone, {"From": "app@sender.test", "TextBody": "x"}]))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let codes: Vec<&Value> = r
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["ErrorCode"])
+        .collect();
+    assert_eq!(codes, [&json!(0), &json!(406), &json!(300)]);
+}
+
+#[tokio::test]
+async fn resend_keys_batches_and_status() {
+    let (h, send_key, read_key, _) = keyed(None);
+    let email =
+        json!({"from": "app@sender.test", "to": "ann@example.test", "subject": "s", "text": "t"});
+    let r = call(Method::POST, "/emails")
+        .json(&email)
+        .send(&h.app)
+        .await;
+    assert_eq!(
+        (r.status, &r.json["name"]),
+        (StatusCode::UNAUTHORIZED, &json!("missing_api_key"))
+    );
+    assert_eq!(r.json["statusCode"], 401);
+    let r = call(Method::POST, "/emails")
+        .json(&email)
+        .key("pr_wrong")
+        .send(&h.app)
+        .await;
+    assert_eq!(
+        (r.status, &r.json["name"]),
+        (StatusCode::FORBIDDEN, &json!("invalid_api_key"))
+    );
+    let r = call(Method::POST, "/emails")
+        .json(&email)
+        .key(&send_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+
+    // Strict batch: one bad email refuses all; permissive: the good ones are queued.
+    let before = h.store.pending_count();
+    let bad = json!({"from": "app@sender.test", "to": "nope", "text": "t"});
+    let r = call(Method::POST, "/emails/batch")
+        .json(&json!([email, bad]))
+        .key(&send_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(
+        (r.status, &r.json["name"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("validation_error"))
+    );
+    assert_eq!(h.store.pending_count(), before);
+    let r = call(Method::POST, "/emails/batch")
+        .json(&json!([email, bad]))
+        .key(&send_key)
+        .header("x-batch-validation", "permissive")
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["data"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json["errors"][0]["index"], 1);
+
+    // Status in Resend's shape with the read scope; the send key is restricted.
+    let r = call(Method::GET, &format!("/emails/{id}"))
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["last_event"], "queued");
+    assert_eq!(r.json["to"], json!(["ann@example.test"]));
+    let r = call(Method::GET, &format!("/emails/{id}"))
+        .key(&send_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["name"], "restricted_api_key", "{}", r.text);
+    let r = call(Method::GET, "/emails/zz")
+        .key(&read_key)
+        .send(&h.app)
+        .await;
+    assert_eq!(
+        (r.status, &r.json["name"]),
+        (StatusCode::NOT_FOUND, &json!("not_found"))
+    );
+}

@@ -47,6 +47,17 @@ pub(crate) struct ComposeContext<'a> {
     pub(crate) unique: u64,
 }
 
+impl ComposeContext<'_> {
+    /// The same context with fresh random bits, for the next message of a batch (each message
+    /// needs its own `Message-ID`).
+    pub(crate) fn for_next_message(&self) -> Self {
+        ComposeContext {
+            unique: rand::random(),
+            ..self.clone()
+        }
+    }
+}
+
 /// A validated, rendered message ready for the store.
 #[derive(Debug, Clone)]
 pub(crate) struct Composed {
