@@ -203,23 +203,20 @@ async fn webhooks_events_and_idempotency_through_the_binary() {
     // subscribed kinds (the bounce DSN's own delivery may be posted too).
     let posts = wait_until("two webhook posts for the message", async || {
         let s = seen.lock().expect("seen").clone();
-        let about = s
-            .iter()
-            .filter(|(_, v)| v["message_id"] == id.as_str())
-            .count();
+        let about = s.iter().filter(|(_, v)| v["id"] == id.as_str()).count();
         (about >= 2).then_some(s)
     })
     .await;
     let mut kinds: Vec<String> = posts
         .iter()
-        .filter(|(_, v)| v["message_id"] == id.as_str())
+        .filter(|(_, v)| v["id"] == id.as_str())
         .map(|(_, v)| v["type"].as_str().unwrap_or("").to_owned())
         .collect();
     kinds.sort();
     assert_eq!(kinds, vec!["bounced", "delivered"], "{posts:?}");
     for (h, v) in &posts {
         assert!(
-            v["message_id"] == id.as_str()
+            v["id"] == id.as_str()
                 || (v["type"] == "delivered" && v["metadata"]["dsn_for"] == id.as_str()),
             "{v}"
         );
@@ -239,7 +236,7 @@ async fn webhooks_events_and_idempotency_through_the_binary() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["message_id"] == id.as_str())
+        .filter(|e| e["id"] == id.as_str())
         .filter_map(|e| e["type"].as_str())
         .collect();
     for t in ["accepted", "delivered", "bounced"] {

@@ -16,7 +16,7 @@ fn lines_with(log: &str, needle: &str) -> Vec<String> {
 async fn log_lines_are_plain_text_and_name_the_message_and_the_relay() {
     let world = World::start().await;
     let relay = world.relay().await;
-    submit(
+    let id = submit(
         relay.smtp,
         "app@sender.test",
         &["user@example.test"],
@@ -48,10 +48,20 @@ async fn log_lines_are_plain_text_and_name_the_message_and_the_relay() {
         "the acceptance line carries the Message-ID header: {}",
         accepted[0]
     );
+    assert!(
+        accepted[0].contains(&format!(" id={id} ")),
+        "the queue id is named id: {}",
+        accepted[0]
+    );
     let attempts = lines_with(&log, "delivery attempt");
     assert!(
         attempts[0].contains(&expected_relay),
         "the attempt names host and address ({expected_relay}): {}",
+        attempts[0]
+    );
+    assert!(
+        attempts[0].contains(&format!(" id={id} ")) && !attempts[0].contains("message_id="),
+        "the queue id is named id, never message_id: {}",
         attempts[0]
     );
 }

@@ -579,10 +579,11 @@ fn schemas() -> Value {
                 "content_id": {"type": "string", "nullable": true}}}}}},
         "ParsedMailbox": {"type": "object", "properties": {
             "name": {"type": "string", "nullable": true}, "email": {"type": "string", "nullable": true}}},
-        "Event": {"type": "object", "required": ["seq", "type", "message_id", "at"], "properties": {
+        "Event": {"type": "object", "required": ["seq", "type", "id", "at"], "properties": {
             "seq": s("integer"),
             "type": {"type": "string", "enum": ["accepted", "deferred", "delivered", "bounced", "suppressed", "expired"]},
-            "message_id": s("string"), "recipient": s("string"),
+            "id": {"type": "string", "description": "The queue id of the message (as in /v1/messages/{id})."},
+            "recipient": s("string"),
             "reply": {"$ref": "#/components/schemas/Reply"}, "mx_host": s("string"),
             "source": {"type": "string", "enum": ["smtp", "http", "dsn"]},
             "tags": {"type": "array", "items": s("string")},

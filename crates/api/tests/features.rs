@@ -233,7 +233,7 @@ async fn events_page_with_a_durable_cursor() {
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["type"], "accepted");
     assert_eq!(events[0]["seq"], 1);
-    assert_eq!(events[0]["message_id"], ids[0].to_string());
+    assert_eq!(events[0]["id"], ids[0].to_string());
     assert_eq!(events[0]["tags"], json!(["t1"]));
     assert_eq!(events[0]["metadata"], json!({"k": "v"}));
     assert_eq!(events[0]["source"], "http");
@@ -242,7 +242,7 @@ async fn events_page_with_a_durable_cursor() {
     let rest = send(&api, Method::GET, "/v1/events?after=2&limit=10", None, &[]).await;
     let events = rest.json["events"].as_array().unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["message_id"], ids[2].to_string());
+    assert_eq!(events[0]["id"], ids[2].to_string());
     assert_eq!(rest.json["next_cursor"], 3);
     let empty = send(&api, Method::GET, "/v1/events?after=3", None, &[]).await;
     assert_eq!(empty.json["events"], json!([]));

@@ -255,7 +255,7 @@ async fn scheduler_loop(shared: Arc<Shared>, workers: TaskTracker, shutdown: Can
         for lease in leases {
             let id = lease.message.id;
             if !shared.begin(lease) {
-                tracing::warn!(message_id = %id, "lease expired while the attempt still runs; lease refreshed, no second attempt");
+                tracing::warn!(id = %id, "lease expired while the attempt still runs; lease refreshed, no second attempt");
                 continue;
             }
             let Some(permit) = permits.pop() else {

@@ -224,7 +224,7 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
         Ok(body) => body.map(|b| Arc::new(sign(settings.signer.as_deref(), b))),
         Err(e) => {
             // Nothing recorded: the lease expires and the message is tried again later.
-            tracing::error!(message_id = %id, error = %e, "cannot read the message body; attempt abandoned");
+            tracing::error!(id = %id, error = %e, "cannot read the message body; attempt abandoned");
             return;
         }
     };
@@ -234,7 +234,7 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
             // The record exists but its content does not: nothing can ever be delivered. Bounce
             // (5.3.0, local error) so the sender learns it must send again, rather than retry for
             // the whole queue lifetime.
-            tracing::error!(message_id = %id, "message body missing from the store; bouncing the pending recipients");
+            tracing::error!(id = %id, "message body missing from the store; bouncing the pending recipients");
             let reply = SmtpReply::synthetic(
                 554,
                 EnhancedStatus::new(5, 3, 0),
@@ -320,15 +320,15 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
         Ok(RecordOutcome::Recorded { notification_ids }) => {
             shared.metrics.bounces_generated.inc_by(notices);
             for dsn_id in notification_ids {
-                tracing::info!(message_id = %id, dsn_id = %dsn_id, "failure notice queued for the sender");
+                tracing::info!(id = %id, dsn_id = %dsn_id, "failure notice queued for the sender");
             }
-            tracing::debug!(message_id = %id, next_attempt_at = %applied.next_attempt_at.map_or_else(|| "none".to_owned(), |t| t.to_rfc3339()), "attempt recorded");
+            tracing::debug!(id = %id, next_attempt_at = %applied.next_attempt_at.map_or_else(|| "none".to_owned(), |t| t.to_rfc3339()), "attempt recorded");
         }
         Ok(RecordOutcome::LeaseLost) => {
-            tracing::warn!(message_id = %id, "lease lost before the attempt was recorded (message deleted or re-leased); outcome dropped");
+            tracing::warn!(id = %id, "lease lost before the attempt was recorded (message deleted or re-leased); outcome dropped");
         }
         Err(e) => {
-            tracing::error!(message_id = %id, error = %e, "cannot record the attempt; the message will be tried again after its lease");
+            tracing::error!(id = %id, error = %e, "cannot record the attempt; the message will be tried again after its lease");
         }
     }
 }
@@ -406,7 +406,7 @@ fn log_outcomes(before: &QueuedMessage, after: &QueuedMessage, outcomes: &[Timed
             continue;
         }
         tracing::info!(
-            message_id = %after.id,
+            id = %after.id,
             recipient = %r.request.address,
             result = r.state.as_str(),
             relay = %relay_label(t.outcome.mx_host.as_deref(), t.outcome.mx_addr),
@@ -469,7 +469,7 @@ async fn deliver_all(
                     t
                 }).collect(),
                 Err(_) => {
-                    tracing::warn!(message_id = %id, domain = %domain, "domain attempt cut off by max_attempt_duration");
+                    tracing::warn!(id = %id, domain = %domain, "domain attempt cut off by max_attempt_duration");
                     let reply = SmtpReply::synthetic(
                         451,
                         EnhancedStatus::new(4, 4, 7),
@@ -496,7 +496,7 @@ async fn deliver_all(
             }
             Err(e) => {
                 // A panicking domain task must not lose its recipients: they are retried.
-                tracing::error!(message_id = %message.id, error = %e, "domain delivery task failed");
+                tracing::error!(id = %message.id, error = %e, "domain delivery task failed");
                 let reply = SmtpReply::synthetic(
                     451,
                     EnhancedStatus::new(4, 3, 0),

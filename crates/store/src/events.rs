@@ -136,13 +136,14 @@ impl Event {
     }
 
     /// The JSON shown by `GET /v1/events` and POSTed to webhooks:
-    /// `{seq, type, message_id, recipient?, reply?: {code, enhanced?, text}, mx_host?, source,
-    /// tags, metadata, at (RFC 3339)}`.
+    /// `{seq, type, id, recipient?, reply?: {code, enhanced?, text}, mx_host?, source, tags,
+    /// metadata, at (RFC 3339)}`. `id` is the queue id, as everywhere in the API (`message_id`
+    /// names only the `Message-ID` header).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "seq": self.seq,
             "type": self.kind.as_str(),
-            "message_id": self.message_id.to_string(),
+            "id": self.message_id.to_string(),
             "source": self.source.as_str(),
             "tags": self.tags,
             "metadata": self.metadata,

@@ -261,7 +261,11 @@ async fn events_follow_the_message_lifecycle() {
     let json = delivered.to_json();
     assert_eq!(json["type"], "delivered");
     assert_eq!(json["seq"], 2);
-    assert_eq!(json["message_id"], id.to_string());
+    assert_eq!(json["id"], id.to_string());
+    assert!(
+        json.get("message_id").is_none(),
+        "message_id names only the Message-ID header: {json}"
+    );
     assert_eq!(json["reply"]["enhanced"], "2.0.0");
 
     // Retention: events before the cut-off go, oldest first.

@@ -148,7 +148,7 @@ async fn signed_posts_are_retried_after_500_and_filtered_by_event() {
         let event: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(event["type"], "accepted");
         assert_eq!(event["seq"], 1);
-        assert_eq!(event["message_id"], id.to_string());
+        assert_eq!(event["id"], id.to_string());
     }
     // The `delivered`-only webhook got nothing for an `accepted` event (and nothing is queued for it).
     assert!(only_delivered.requests.lock().unwrap().is_empty());
@@ -199,7 +199,7 @@ async fn events_are_posted_only_once_durable() {
     let requests = rx.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 1, "only the durable one so far");
     let event: serde_json::Value = serde_json::from_slice(&requests[0].1).unwrap();
-    assert_eq!(event["message_id"], id.to_string());
+    assert_eq!(event["id"], id.to_string());
     shutdown.cancel();
     task.await.unwrap();
 }
