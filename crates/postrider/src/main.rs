@@ -4,11 +4,13 @@
 //! runs the chosen command. Everything long-running lives in [`app`].
 
 mod admin;
+mod api_client;
 mod app;
 mod cli;
 mod config;
 mod gauges;
 mod logging;
+mod mailq;
 mod storage;
 
 use std::process::ExitCode;
