@@ -230,8 +230,10 @@ fn events(
     json: bool,
 ) -> anyhow::Result<()> {
     let mut printed = 0usize;
-    let mut collected = Vec::new();
-    let mut header = !json;
+    let mut output = PagedOutput::new(
+        json,
+        fixed_row(&EVENT_HEADER.map(str::to_owned), &EVENT_WIDTHS),
+    );
     loop {
         let page_size = wanted.map_or(API_PAGE, |w| w.saturating_sub(printed).min(API_PAGE));
         if page_size == 0 {
@@ -245,26 +247,14 @@ fn events(
         let page = client.get(&path, "read")?;
         let items = page["events"].as_array().map_or(&[][..], Vec::as_slice);
         printed += items.len();
-        if json {
-            collected.extend_from_slice(items);
-        } else {
-            let mut out = String::new();
-            if header {
-                out.push_str(&fixed_row(&EVENT_HEADER.map(str::to_owned), &EVENT_WIDTHS));
-                header = false;
-            }
-            for e in items {
-                out.push_str(&event_row(e));
-            }
-            print!("{out}");
-        }
+        output.page(items, event_row);
         let next = page["next_cursor"].as_u64().unwrap_or(after);
         if next <= after {
-            return finish_events(json, &collected, None);
+            return finish_events(json, &output.collected, None);
         }
         after = next;
     }
-    finish_events(json, &collected, Some(after))
+    finish_events(json, &output.collected, Some(after))
 }
 
 /// Prints the collected events (`--json`) or the cursor to continue from.
@@ -532,31 +522,53 @@ fn list(
     json: bool,
 ) -> anyhow::Result<()> {
     let now = now();
-    let mut collected = Vec::new();
-    let mut header = !json;
+    let mut output = PagedOutput::new(
+        json,
+        fixed_row(&LIST_HEADER.map(str::to_owned), &LIST_WIDTHS),
+    );
     let rest = for_each_page(client, filter, after, wanted, |messages| {
-        if json {
-            collected.extend_from_slice(messages);
-        } else {
-            let mut out = String::new();
-            if header {
-                out.push_str(&fixed_row(&LIST_HEADER.map(str::to_owned), &LIST_WIDTHS));
-                header = false;
-            }
-            for m in messages {
-                out.push_str(&list_entry(m, now));
-            }
-            print!("{out}");
-        }
+        output.page(messages, |m| list_entry(m, now));
         Ok(())
     })?;
     if json {
-        let doc = serde_json::json!({ "messages": collected, "next_after": rest });
+        let doc = serde_json::json!({ "messages": output.collected, "next_after": rest });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else if let Some(next) = rest {
         println!("(more: continue with --after {next})");
     }
     Ok(())
+}
+
+/// A table printed page by page as the pages arrive (its header first), or with `--json` the
+/// items kept for one document at the end.
+struct PagedOutput {
+    json: bool,
+    header: Option<String>,
+    collected: Vec<Value>,
+}
+
+impl PagedOutput {
+    /// Output with `header` above the first page of a table (unused with `json`).
+    fn new(json: bool, header: String) -> PagedOutput {
+        PagedOutput {
+            json,
+            header: (!json).then_some(header),
+            collected: Vec::new(),
+        }
+    }
+
+    /// Prints `items`, one `row` each (or keeps them for the JSON document).
+    fn page(&mut self, items: &[Value], row: impl Fn(&Value) -> String) {
+        if self.json {
+            self.collected.extend_from_slice(items);
+            return;
+        }
+        let mut out = self.header.take().unwrap_or_default();
+        for item in items {
+            out.push_str(&row(item));
+        }
+        print!("{out}");
+    }
 }
 
 /// Column titles of `queue list`.
