@@ -22,4 +22,5 @@ mod observability;
 mod reload;
 mod startup;
 mod sendmail;
+mod queue_cli;
 mod storage;

@@ -244,7 +244,7 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/v1/events",
         scope: Some(Scope::Read),
         operation_id: "listEvents",
-        summary: "Events with `seq > after`, oldest first. Pass `next_cursor` as `after` to continue.",
+        summary: "Events with `seq > after` that match every given filter, oldest first. Pass `next_cursor` (the last `seq` examined) as `after` to continue. One call examines at most 10000 events, so a filtered page can be short or empty while later events still match: go on until `next_cursor` stops moving.",
         params: &[
             q(
                 "after",
@@ -252,6 +252,24 @@ pub(crate) const ROUTES: &[Route] = &[
                 "Cursor: the last `seq` seen (default 0).",
             ),
             q("limit", "integer", "Page size, 1 to 1000 (default 100)."),
+            q("id", "string", "Only events of this message (its queue id)."),
+            q(
+                "recipient",
+                "string",
+                "Only events of this recipient address (any case).",
+            ),
+            q(
+                "type",
+                "string",
+                "Only these types, comma-separated (accepted, deferred, delivered, bounced, suppressed, expired).",
+            ),
+            q("tag", "string", "Only events of messages with this tag."),
+            q(
+                "since",
+                "string",
+                "Only events at or after this RFC 3339 time.",
+            ),
+            q("until", "string", "Only events before this RFC 3339 time."),
         ],
         request: None,
         responses: &[r(200, "A page of events.", Some("EventPage")), E400],
@@ -370,6 +388,29 @@ pub(crate) const ROUTES: &[Route] = &[
         request: Some(("RetryRequest", r#"{"domain": "example.net"}"#, 200)),
         responses: &[r(200, "How many were moved.", Some("Object")), E400],
         handler: || post(queue::retry_many),
+    },
+    Route {
+        method: "post",
+        path: "/v1/queue/bulk",
+        scope: Some(Scope::Admin),
+        operation_id: "bulkQueueAction",
+        summary: "One page of a filtered bulk operation (like postsuper): `action` (`retry`, `hold`, `release`, `delete` or `bounce`) on every pending message matching `state`, `domain` and `older_than` (or every pending one with `all: true`), one transaction per message. A call handles at most `limit` matches (default 500, at most 1000) and reads a bounded number of records; pass `next_after` back as `after` until it is `null`. `dry_run: true` only counts. Retry leaves scheduled messages for their send time (`scheduled_left`).",
+        params: &[],
+        request: Some((
+            "BulkRequest",
+            r#"{"action": "delete", "state": "deferred", "domain": "example.net", "older_than": "2h", "dry_run": true}"#,
+            200,
+        )),
+        responses: &[
+            r(
+                200,
+                "What this page matched and changed.",
+                Some("BulkResult"),
+            ),
+            E400,
+            E503,
+        ],
+        handler: || post(queue::bulk),
     },
     Route {
         method: "get",
@@ -605,6 +646,22 @@ fn schemas() -> Value {
             "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
             "next_after": {"type": "string", "nullable": true}}},
         "QueueStats": {"type": "object"},
+        "BulkRequest": {"type": "object", "required": ["action"], "properties": {
+            "action": {"type": "string", "enum": ["retry", "hold", "release", "delete", "bounce"]},
+            "state": {"type": "string", "description": "Only messages in this state (queued, scheduled, deferred, held; a finished state selects finished messages)."},
+            "domain": {"type": "string", "description": "Only messages with a recipient in this domain."},
+            "older_than": {"type": "string", "description": "Only messages that arrived longer ago than this duration (`30m`, `2h`, `3d`)."},
+            "all": {"type": "boolean", "description": "Every pending message; needed when no other filter is given."},
+            "dry_run": {"type": "boolean", "description": "Only count the matches."},
+            "after": {"type": "string", "description": "Cursor: the `next_after` of the previous page."},
+            "limit": {"type": "integer", "description": "Most messages matched by this call, 1 to 1000 (default 500)."}}},
+        "BulkResult": {"type": "object", "properties": {
+            "action": s("string"), "dry_run": s("boolean"),
+            "matched": {"type": "integer", "description": "Messages of this page that match the filter."},
+            "changed": s("integer"),
+            "skipped": {"type": "integer", "description": "Matches left as they were (finished or changed meanwhile, already so, in flight)."},
+            "scheduled_left": {"type": "integer", "description": "Retry: messages left for their later send time."},
+            "next_after": {"type": "string", "nullable": true, "description": "Cursor of the next page; `null` at the end."}}},
         "RetryRequest": {"type": "object", "properties": {"domain": s("string"), "all": s("boolean")}},
         "Health": {"type": "object", "required": ["status", "store"], "properties": {
             "status": {"type": "string", "enum": ["ok"]},

@@ -8,7 +8,7 @@ use postrider_core::{
     Domain, DsnRet, EnhancedStatus, Envelope, MessageId, MessageState, NewMessage, QueuedMessage,
     RecipientRequest, RecipientState, ReversePath, SmtpReply, Source, Timestamp,
 };
-use postrider_store::{AttemptUpdate, ListFilter, StoreError};
+use postrider_store::{AttemptUpdate, BulkAction, BulkOutcome, ListFilter, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -41,6 +41,46 @@ fn query_error(e: QueryRejection) -> ApiError {
     )
 }
 
+/// A `state` filter (empty: none); `code` is the error code for a bad one.
+fn parse_state(state: Option<&str>, code: &'static str) -> Result<Option<MessageState>, ApiError> {
+    let Some(s) = state.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    STATES
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .map(Some)
+        .ok_or_else(|| {
+            let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(
+                code,
+                "state",
+                format!("state is one of {}", names.join(", ")),
+            )
+        })
+}
+
+/// A `domain` filter (empty: none); `code` is the error code for a bad one.
+fn parse_domain(domain: Option<&str>, code: &'static str) -> Result<Option<Domain>, ApiError> {
+    match domain.filter(|d| !d.is_empty()) {
+        None => Ok(None),
+        Some(d) => Domain::parse(d)
+            .map(Some)
+            .map_err(|e| ApiError::invalid(code, "domain", format!("invalid domain: {e}"))),
+    }
+}
+
+/// An `after` cursor (empty: from the start); `code` is the error code for a bad one.
+fn parse_after(after: Option<&str>, code: &'static str) -> Result<Option<MessageId>, ApiError> {
+    match after.filter(|a| !a.is_empty()) {
+        None => Ok(None),
+        Some(a) => a
+            .parse::<MessageId>()
+            .map(Some)
+            .map_err(|_| ApiError::invalid(code, "after", "after is a message id (16 hex digits)")),
+    }
+}
+
 /// Query of `GET /v1/queue`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,28 +99,8 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(query_error)?;
-    let wanted_state = match q.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(
-            STATES
-                .into_iter()
-                .find(|st| st.as_str() == s)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
-                    ApiError::invalid(
-                        "invalid_query",
-                        "state",
-                        format!("state is one of {}", names.join(", ")),
-                    )
-                })?,
-        ),
-    };
-    let domain = match q.domain.as_deref() {
-        None | Some("") => None,
-        Some(d) => Some(Domain::parse(d).map_err(|e| {
-            ApiError::invalid("invalid_query", "domain", format!("invalid domain: {e}"))
-        })?),
-    };
+    let wanted_state = parse_state(q.state.as_deref(), "invalid_query")?;
+    let domain = parse_domain(q.domain.as_deref(), "invalid_query")?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::invalid(
@@ -89,20 +109,12 @@ pub(crate) async fn list(
             format!("limit is 1 to {MAX_PAGE}"),
         ));
     }
-    let after = match q.after.as_deref() {
-        None | Some("") => None,
-        Some(a) => Some(a.parse::<MessageId>().map_err(|_| {
-            ApiError::invalid(
-                "invalid_query",
-                "after",
-                "after is a message id (16 hex digits)",
-            )
-        })?),
-    };
+    let after = parse_after(q.after.as_deref(), "invalid_query")?;
     let filter = ListFilter {
         state: wanted_state,
         recipient_domain: domain,
         include_finished: q.include_finished,
+        received_before: None,
         after,
         limit,
     };
@@ -379,43 +391,6 @@ fn bounce_update(m: &QueuedMessage, body: &[u8], hostname: &str, now: Timestamp)
     }
 }
 
-/// Bounces every pending recipient of `id` now, with a DSN to the sender; returns how many
-/// recipients were bounced and the DSN's id, if one was queued.
-pub(crate) async fn bounce_now(
-    state: &ApiState,
-    id: MessageId,
-) -> Result<(usize, Option<MessageId>), ApiError> {
-    let current = load(state, id)?;
-    if current.is_finished() {
-        return Err(store_error(
-            StoreError::InvalidState {
-                id,
-                state: current.state(crate::now()).as_str(),
-                operation: "bounce",
-            },
-            "bounce",
-        ));
-    }
-    let body = state
-        .store
-        .body(id)
-        .map_err(|e| store_error(e, "read body"))?
-        .unwrap_or_default();
-    let now = crate::now();
-    let hostname = state.settings.hostname.clone();
-    let pending = current.pending().count();
-    let dsn_ids = state
-        .store
-        .complete_without_lease(id, |m| bounce_update(m, &body, &hostname, now))
-        .await
-        .map_err(|e| store_error(e, "bounce"))?;
-    if !dsn_ids.is_empty() {
-        state.metrics.bounces_generated.inc_by(dsn_ids.len() as u64);
-    }
-    tracing::info!(%id, recipients = pending, dsn = %dsn_ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "operator bounce");
-    Ok((pending, dsn_ids.first().copied()))
-}
-
 /// `POST /v1/queue/{id}/bounce`: bounce every pending recipient now, with a DSN to the sender.
 pub(crate) async fn bounce(
     State(state): State<ApiState>,
@@ -426,4 +401,196 @@ pub(crate) async fn bounce(
     Ok(Json(
         json!({ "id": id, "bounced": pending, "dsn_id": dsn_id }),
     ))
+}
+
+/// Bounces every pending recipient of `id` now (the API and the console's button): how many
+/// recipients were bounced and the DSN's id, if one was queued.
+pub(crate) async fn bounce_now(
+    state: &ApiState,
+    id: MessageId,
+) -> Result<(usize, Option<MessageId>), ApiError> {
+    let (pending, dsn_ids) = bounce_message(state, id)
+        .await
+        .map_err(|e| store_error(e, "bounce"))?;
+    Ok((pending, dsn_ids.first().copied()))
+}
+
+/// Bounces every pending recipient of `id` now, with a DSN to the sender. Returns how many
+/// recipients were bounced and the DSN ids.
+async fn bounce_message(
+    state: &ApiState,
+    id: MessageId,
+) -> Result<(usize, Vec<MessageId>), StoreError> {
+    let current = state.store.message(id)?.ok_or(StoreError::NotFound(id))?;
+    if current.is_finished() {
+        return Err(StoreError::InvalidState {
+            id,
+            state: current.state(crate::now()).as_str(),
+            operation: "bounce",
+        });
+    }
+    let body = state.store.body(id)?.unwrap_or_default();
+    let now = crate::now();
+    let hostname = state.settings.hostname.clone();
+    let pending = current.pending().count();
+    let dsn_ids = state
+        .store
+        .complete_without_lease(id, |m| bounce_update(m, &body, &hostname, now))
+        .await?;
+    if !dsn_ids.is_empty() {
+        state.metrics.bounces_generated.inc_by(dsn_ids.len() as u64);
+    }
+    tracing::info!(%id, recipients = pending, dsn = %dsn_ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "operator bounce");
+    Ok((pending, dsn_ids))
+}
+
+/// Default page of a bulk operation (messages matched per call).
+const DEFAULT_BULK_PAGE: usize = 500;
+
+/// The actions of `POST /v1/queue/bulk`.
+pub(crate) const BULK_ACTIONS: [&str; 5] = ["retry", "hold", "release", "delete", "bounce"];
+
+/// Body of `POST /v1/queue/bulk`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkRequest {
+    /// One of [`BULK_ACTIONS`].
+    action: String,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    /// A duration such as `2h` or `3d 12h`: only messages that arrived longer ago.
+    #[serde(default)]
+    older_than: Option<String>,
+    /// Every pending message: required when no other filter is given.
+    #[serde(default)]
+    all: bool,
+    /// Only count the matching messages.
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `POST /v1/queue/bulk`: one page of a filtered bulk operation. Looks at the
+/// messages after `after` (at most `limit` matches, and a bounded number of records read),
+/// applies the action to each match (one transaction per message) unless `dry_run`, and
+/// answers the counts with `next_after`, the cursor of the next page (`null` at the end).
+pub(crate) async fn bulk(
+    State(state): State<ApiState>,
+    JsonBody(value): JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: BulkRequest = decode(value)?;
+    let action = BULK_ACTIONS
+        .into_iter()
+        .find(|b| *b == req.action)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_field",
+                "action",
+                format!("action is one of {}", BULK_ACTIONS.join(", ")),
+            )
+        })?;
+    let now = crate::now();
+    let filter = bulk_filter(&req, now)?;
+    let page = state
+        .store
+        .list(&filter, now)
+        .map_err(|e| store_error(e, "list"))?;
+    let ids: Vec<MessageId> = page.messages.iter().map(|m| m.id).collect();
+    let mut outcome = BulkOutcome::default();
+    if !req.dry_run {
+        outcome = match store_action(action) {
+            Some(a) => state
+                .store
+                .apply_bulk(&ids, a, now)
+                .await
+                .map_err(|e| store_error(e, "bulk"))?,
+            None => bounce_many(&state, &ids).await?,
+        };
+    }
+    Ok(Json(json!({
+        "action": action,
+        "dry_run": req.dry_run,
+        "matched": ids.len(),
+        "changed": outcome.changed,
+        "skipped": outcome.skipped,
+        "scheduled_left": outcome.scheduled_left,
+        "next_after": page.next_after,
+    })))
+}
+
+/// The store's action for a bulk action name (`None`: bounce, done here).
+fn store_action(action: &str) -> Option<BulkAction> {
+    match action {
+        "retry" => Some(BulkAction::Retry),
+        "hold" => Some(BulkAction::Hold),
+        "release" => Some(BulkAction::Release),
+        "delete" => Some(BulkAction::Delete),
+        _ => None,
+    }
+}
+
+/// The listing filter of a bulk request: at least one of state, domain, older_than, or
+/// `all: true`, so that an empty body never acts on the whole queue.
+fn bulk_filter(req: &BulkRequest, now: Timestamp) -> Result<ListFilter, ApiError> {
+    let state = parse_state(req.state.as_deref(), "invalid_field")?;
+    let domain = parse_domain(req.domain.as_deref(), "invalid_field")?;
+    let received_before = match req.older_than.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => {
+            let age = humantime::parse_duration(text.trim()).map_err(|e| {
+                ApiError::invalid(
+                    "invalid_field",
+                    "older_than",
+                    format!("older_than is a duration such as 2h or 3d: {e}"),
+                )
+            })?;
+            Some(Timestamp::from_millis(now.as_millis().saturating_sub(
+                u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            )))
+        }
+    };
+    if state.is_none() && domain.is_none() && received_before.is_none() && !req.all {
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "all",
+            "give a filter (state, domain, older_than) or all: true",
+        ));
+    }
+    let limit = req.limit.unwrap_or(DEFAULT_BULK_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "limit",
+            format!("limit is 1 to {MAX_PAGE}"),
+        ));
+    }
+    Ok(ListFilter {
+        state,
+        recipient_domain: domain,
+        include_finished: false,
+        received_before,
+        after: parse_after(req.after.as_deref(), "invalid_field")?,
+        limit,
+    })
+}
+
+/// Bounces each of `ids` ([`bounce_message`]); finished, vanished and concurrently changed
+/// messages are skipped.
+async fn bounce_many(state: &ApiState, ids: &[MessageId]) -> Result<BulkOutcome, ApiError> {
+    let mut outcome = BulkOutcome::default();
+    for &id in ids {
+        match bounce_message(state, id).await {
+            Ok(_) => outcome.changed += 1,
+            Err(
+                StoreError::NotFound(_) | StoreError::InvalidState { .. } | StoreError::Conflict(_),
+            ) => outcome.skipped += 1,
+            Err(e) => return Err(store_error(e, "bounce")),
+        }
+    }
+    Ok(outcome)
 }

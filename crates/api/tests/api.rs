@@ -1979,3 +1979,60 @@ async fn resend_keys_batches_and_status() {
         (StatusCode::NOT_FOUND, &json!("not_found"))
     );
 }
+
+#[tokio::test]
+async fn bulk_queue_actions_page_and_validate_their_filter() {
+    let h = harness(settings());
+    let a = submit(&h, &simple("x@alpha.test")).await;
+    let b = submit(&h, &simple("y@beta.test")).await;
+    let c = submit(&h, &simple("z@beta.test")).await;
+
+    let bulk = |body: serde_json::Value| call(Method::POST, "/v1/queue/bulk").json(&body);
+    let r = bulk(json!({"action": "hold", "domain": "beta.test", "dry_run": true}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["matched"], 2);
+    assert_eq!(r.json["changed"], 0);
+    // One match per page: the cursor leads to the next one.
+    let r = bulk(json!({"action": "hold", "domain": "beta.test", "limit": 1}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (r.json["matched"].as_u64(), r.json["changed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(r.json["next_after"], b.to_string());
+    let r =
+        bulk(json!({"action": "hold", "domain": "beta.test", "limit": 1, "after": b.to_string()}))
+            .send(&h.app)
+            .await;
+    assert_eq!(r.json["changed"], 1, "{}", r.text);
+    let r = call(Method::GET, "/v1/queue?state=held").send(&h.app).await;
+    assert_eq!(r.json["messages"].as_array().map(Vec::len), Some(2));
+    assert_eq!(r.json["messages"][1]["id"], c.to_string());
+
+    // Nothing arrived two hours ago; then every pending message goes.
+    let r = bulk(json!({"action": "delete", "all": true, "older_than": "2h"}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["matched"], 0, "{}", r.text);
+    let r = bulk(json!({"action": "delete", "all": true}))
+        .send(&h.app)
+        .await;
+    assert_eq!(r.json["changed"], 3, "{}", r.text);
+    assert!(h.store.message(a).unwrap().is_none());
+
+    for bad in [
+        json!({"action": "delete"}),
+        json!({"action": "explode", "all": true}),
+        json!({"action": "hold", "older_than": "soon"}),
+        json!({"action": "hold", "state": "sleeping"}),
+        json!({"action": "hold", "all": true, "limit": 0}),
+        json!({"action": "hold", "all": true, "bogus": 1}),
+    ] {
+        let r = bulk(bad.clone()).send(&h.app).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_field");
+    }
+}

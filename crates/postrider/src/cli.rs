@@ -56,9 +56,14 @@ enum Command {
     /// Inspect and act on the running relay's queue (through its HTTP API).
     Queue {
         #[command(flatten)]
-        target: crate::admin::ApiTarget,
+        target: crate::api_client::ApiTarget,
         #[command(subcommand)]
         action: crate::admin::QueueAction,
+    },
+    /// The pending queue in the layout of Postfix's `mailq` (through the relay's HTTP API).
+    Mailq {
+        #[command(flatten)]
+        target: crate::api_client::ApiTarget,
     },
     /// DKIM key management.
     Dkim {
@@ -303,6 +308,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queue { target, action } => {
             crate::admin::run(&target, action)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mailq { target } => {
+            crate::mailq::run(&target)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dkim {

@@ -4,6 +4,7 @@
 //! runs the chosen command. Everything long-running lives in [`app`].
 
 mod admin;
+mod api_client;
 mod app;
 mod cli;
 mod config;
@@ -13,6 +14,7 @@ mod pidfile;
 mod prepare;
 mod reload;
 mod sendmail;
+mod mailq;
 mod storage;
 
 use std::process::ExitCode;

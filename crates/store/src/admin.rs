@@ -32,6 +32,8 @@ pub struct ListFilter {
     pub recipient_domain: Option<Domain>,
     /// Also list finished messages (kept until the retention purge); default: pending only.
     pub include_finished: bool,
+    /// Only messages that arrived before this time (`--older-than`).
+    pub received_before: Option<Timestamp>,
     /// Cursor: start after this id (ids ascend in arrival order).
     pub after: Option<MessageId>,
     /// Page size, capped at [`MAX_LIST_LIMIT`]. Default 100.
@@ -44,6 +46,7 @@ impl Default for ListFilter {
             state: None,
             recipient_domain: None,
             include_finished: false,
+            received_before: None,
             after: None,
             limit: 100,
         }
@@ -159,6 +162,9 @@ impl Store {
                     .recipient_domain
                     .as_ref()
                     .is_some_and(|d| !has_domain(&rec.message, d))
+                || filter
+                    .received_before
+                    .is_some_and(|t| rec.message.received_at >= t)
             {
                 continue;
             }
@@ -407,57 +413,13 @@ impl Store {
     /// Puts a pending message on hold: it gets no attempts until released. An attempt already
     /// in flight may still record its result. `Ok(false)` when already held.
     pub async fn hold(&self, id: MessageId) -> Result<bool, StoreError> {
-        self.modify_durably(id, &|rec, plan| {
-            if rec.message.is_finished() {
-                return Err(invalid(rec, "hold"));
-            }
-            if rec.message.held {
-                return Ok(None);
-            }
-            let mut new = rec.clone();
-            new.message.held = true;
-            new.message.next_attempt_at = None;
-            plan.held.insert(&id_key(id)[..], &[][..]);
-            if !rec.is_leased() {
-                if let Some(at) = rec.schedule_at {
-                    plan.schedule.remove(&TimeKey::new(at, id).to_bytes()[..]);
-                }
-                new.schedule_at = None;
-                new.lease_until = None;
-            }
-            Ok(Some(new))
-        })
-        .await
+        self.modify_durably(id, &plan_hold).await
     }
 
     /// Releases a held message; it becomes due at `now`. `Ok(false)` when not held.
     pub async fn release(&self, id: MessageId, now: Timestamp) -> Result<bool, StoreError> {
-        self.modify_durably(id, &|rec, plan| {
-            if rec.message.is_finished() {
-                return Err(invalid(rec, "release"));
-            }
-            if !rec.message.held {
-                return Ok(None);
-            }
-            let mut new = rec.clone();
-            new.message.held = false;
-            plan.held.remove(&id_key(id)[..]);
-            if rec.is_leased() {
-                new.message.next_attempt_at = rec.schedule_at;
-            } else {
-                if let Some(at) = rec.schedule_at {
-                    plan.schedule.remove(&TimeKey::new(at, id).to_bytes()[..]);
-                }
-                plan.schedule
-                    .insert(&TimeKey::new(now, id).to_bytes()[..], &[][..]);
-                plan.wakes = true;
-                new.schedule_at = Some(now);
-                new.lease_until = None;
-                new.message.next_attempt_at = Some(now);
-            }
-            Ok(Some(new))
-        })
-        .await
+        self.modify_durably(id, &|rec, plan| plan_release(rec, plan, now))
+            .await
     }
 
     /// Removes a message and everything about it (record, body, schedule, hold and finished
@@ -465,6 +427,14 @@ impl Store {
     /// Works on unreadable records too (then it searches the schedule for the id).
     pub async fn delete(&self, id: MessageId) -> Result<(), StoreError> {
         self.check_writable()?;
+        self.delete_unsynced(id)?;
+        self.durable().await?;
+        tracing::info!(%id, "message deleted");
+        Ok(())
+    }
+
+    /// [`Store::delete`] without the flush.
+    fn delete_unsynced(&self, id: MessageId) -> Result<()> {
         let id_bytes = id_key(id);
         for _ in 0..MAX_RETRIES {
             let Some(bytes) = self.inner.trees.messages.get(id_bytes)? else {
@@ -512,15 +482,74 @@ impl Store {
                 }
             }
             match self.apply_plan(&mut plan)? {
-                Verdict::Applied => {
-                    self.durable().await?;
-                    tracing::info!(%id, "message deleted");
-                    return Ok(());
-                }
+                Verdict::Applied => return Ok(()),
                 Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
             }
         }
         Err(StoreError::Conflict(id))
+    }
+
+    /// Applies `action` to each of `ids` (at most [`MAX_LIST_LIMIT`]; the rest are ignored), one
+    /// transaction per message, and makes the lot durable with one flush. Messages gone
+    /// meanwhile, finished, already in the wanted state, in flight (retry) or scheduled for a
+    /// later first attempt (retry: never sent early) are skipped and counted. Callers page
+    /// through the queue with [`Store::list`] and call this per page, so no call holds more
+    /// than one page.
+    pub async fn apply_bulk(
+        &self,
+        ids: &[MessageId],
+        action: BulkAction,
+        now: Timestamp,
+    ) -> Result<BulkOutcome, StoreError> {
+        self.check_writable()?;
+        let mut outcome = BulkOutcome::default();
+        let mut wakes = false;
+        for &id in ids.iter().take(MAX_LIST_LIMIT) {
+            let result = match action {
+                BulkAction::Delete => self.delete_unsynced(id).map(|()| true),
+                BulkAction::Hold => self.modify(id, &plan_hold).map(|p| p.is_some()),
+                BulkAction::Release => self
+                    .modify(id, &|rec, plan| plan_release(rec, plan, now))
+                    .map(|p| p.is_some()),
+                BulkAction::Retry => self
+                    .modify(id, &|rec, plan| plan_retry(rec, plan, now, None, false))
+                    .map(|p| p.is_some()),
+            };
+            match result {
+                Ok(true) => {
+                    outcome.changed += 1;
+                    wakes |= matches!(action, BulkAction::Release | BulkAction::Retry);
+                }
+                Err(StoreError::InvalidState {
+                    state: "scheduled", ..
+                }) => outcome.scheduled_left += 1,
+                Ok(false)
+                | Err(
+                    StoreError::NotFound(_)
+                    | StoreError::InvalidState { .. }
+                    | StoreError::Conflict(_),
+                ) => outcome.skipped += 1,
+                Err(StoreError::Corrupt { .. } | StoreError::UnknownFormat { .. }) => {
+                    tracing::warn!(%id, "unreadable message skipped by a bulk operation");
+                    outcome.skipped += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if outcome.changed > 0 {
+            self.durable().await?;
+            if wakes {
+                self.inner.work.notify_one();
+            }
+        }
+        tracing::info!(
+            action = action.as_str(),
+            changed = outcome.changed,
+            skipped = outcome.skipped,
+            scheduled_left = outcome.scheduled_left,
+            "bulk queue operation"
+        );
+        Ok(outcome)
     }
 
     /// Applies an operator's final (or any) update to a pending message wherever its schedule
@@ -650,6 +679,97 @@ pub struct RetryAllOutcome {
     pub moved: u64,
     /// Messages scheduled for a later first attempt, left as they are.
     pub scheduled_left: u64,
+}
+
+/// What [`Store::apply_bulk`] does to each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    /// Make deferred messages due now ([`Store::retry_now`], scheduled ones keep their time).
+    Retry,
+    /// Put on hold ([`Store::hold`]).
+    Hold,
+    /// Release from hold ([`Store::release`]).
+    Release,
+    /// Remove without notification ([`Store::delete`]).
+    Delete,
+}
+
+impl BulkAction {
+    /// Lower-case name, as in the API path and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BulkAction::Retry => "retry",
+            BulkAction::Hold => "hold",
+            BulkAction::Release => "release",
+            BulkAction::Delete => "delete",
+        }
+    }
+}
+
+/// What [`Store::apply_bulk`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BulkOutcome {
+    /// Messages changed.
+    pub changed: u64,
+    /// Messages left as they were (gone, finished, already so, in flight).
+    pub skipped: u64,
+    /// Messages scheduled for a later first attempt that a retry left for their time.
+    pub scheduled_left: u64,
+}
+
+/// The hold change: no attempts until released (an attempt in flight may still finish).
+fn plan_hold(rec: &StoredMessage, plan: &mut Plan) -> Result<Option<StoredMessage>> {
+    if rec.message.is_finished() {
+        return Err(invalid(rec, "hold"));
+    }
+    if rec.message.held {
+        return Ok(None);
+    }
+    let id = rec.message.id;
+    let mut new = rec.clone();
+    new.message.held = true;
+    new.message.next_attempt_at = None;
+    plan.held.insert(&id_key(id)[..], &[][..]);
+    if !rec.is_leased() {
+        if let Some(at) = rec.schedule_at {
+            plan.schedule.remove(&TimeKey::new(at, id).to_bytes()[..]);
+        }
+        new.schedule_at = None;
+        new.lease_until = None;
+    }
+    Ok(Some(new))
+}
+
+/// The release change: a held message becomes due at `now`.
+fn plan_release(
+    rec: &StoredMessage,
+    plan: &mut Plan,
+    now: Timestamp,
+) -> Result<Option<StoredMessage>> {
+    if rec.message.is_finished() {
+        return Err(invalid(rec, "release"));
+    }
+    if !rec.message.held {
+        return Ok(None);
+    }
+    let id = rec.message.id;
+    let mut new = rec.clone();
+    new.message.held = false;
+    plan.held.remove(&id_key(id)[..]);
+    if rec.is_leased() {
+        new.message.next_attempt_at = rec.schedule_at;
+    } else {
+        if let Some(at) = rec.schedule_at {
+            plan.schedule.remove(&TimeKey::new(at, id).to_bytes()[..]);
+        }
+        plan.schedule
+            .insert(&TimeKey::new(now, id).to_bytes()[..], &[][..]);
+        plan.wakes = true;
+        new.schedule_at = Some(now);
+        new.lease_until = None;
+        new.message.next_attempt_at = Some(now);
+    }
+    Ok(Some(new))
 }
 
 fn plan_retry(

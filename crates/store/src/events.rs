@@ -24,6 +24,9 @@ pub(crate) const EVENT_RECORD_VERSION: u8 = 1;
 pub(crate) const EVENT_SEQ_KEY: &[u8] = b"event_seq";
 /// Most events returned by one [`Store::events_after`] call.
 pub const MAX_EVENTS_PAGE: usize = 1000;
+/// Most events examined by one [`Store::events_matching`] call: a filter that matches little
+/// returns a short (or empty) page and a cursor to go on from, never a scan of the whole log.
+pub const MAX_EVENTS_SCAN: usize = 10_000;
 /// Events examined per purge round.
 const PURGE_BATCH: usize = 1024;
 
@@ -166,6 +169,52 @@ impl Event {
         }
         v
     }
+}
+
+/// Which events [`Store::events_matching`] returns; every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only events of this message.
+    pub message_id: Option<MessageId>,
+    /// Only events of this recipient address (compared without regard to case).
+    pub recipient: Option<String>,
+    /// Only events of these kinds; empty: every kind.
+    pub kinds: Vec<EventKind>,
+    /// Only events of messages carrying this tag.
+    pub tag: Option<String>,
+    /// Only events that happened at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only events that happened before this time.
+    pub until: Option<Timestamp>,
+}
+
+impl EventFilter {
+    /// Whether `e` passes every condition.
+    pub fn matches(&self, e: &Event) -> bool {
+        self.message_id.is_none_or(|id| e.message_id == id)
+            && self.recipient.as_deref().is_none_or(|want| {
+                e.recipient
+                    .as_deref()
+                    .is_some_and(|r| r.eq_ignore_ascii_case(want))
+            })
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && self
+                .tag
+                .as_deref()
+                .is_none_or(|t| e.tags.iter().any(|have| have == t))
+            && self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+    }
+}
+
+/// One page of [`Store::events_matching`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    /// Matching events, oldest first.
+    pub events: Vec<Event>,
+    /// The last sequence number examined (or the `after` given when none was): pass it as
+    /// `after` to go on.
+    pub next_cursor: u64,
 }
 
 /// An event planned outside a transaction: its kind (for webhook routing) and encoded value.
@@ -324,6 +373,44 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Events with `seq > after` that match `filter`, oldest first: at most `limit` (capped
+    /// at [`MAX_EVENTS_PAGE`]) of them, examining at most [`MAX_EVENTS_SCAN`] events.
+    /// Unreadable records are skipped (and logged).
+    pub fn events_matching(
+        &self,
+        after: u64,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<EventPage, StoreError> {
+        let limit = limit.clamp(1, MAX_EVENTS_PAGE);
+        let mut page = EventPage {
+            events: Vec::new(),
+            next_cursor: after,
+        };
+        if after == u64::MAX {
+            return Ok(page);
+        }
+        let start = after.saturating_add(1).to_be_bytes();
+        for item in self.inner.trees.events.range(start..).take(MAX_EVENTS_SCAN) {
+            let (key, value) = item?;
+            let Some(seq) = seq_of(&key) else { continue };
+            page.next_cursor = seq;
+            match decode_event(&key, &value) {
+                Ok(r) => {
+                    let event = Event::from_record(seq, r);
+                    if filter.matches(&event) {
+                        page.events.push(event);
+                        if page.events.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(seq, error = %e, "unreadable event skipped"),
+            }
+        }
+        Ok(page)
     }
 
     /// One event by sequence number.

@@ -66,13 +66,15 @@ use postrider_metrics::Metrics;
 use tokio::sync::Notify;
 
 pub use admin::{
-    ListFilter, ListPage, MAX_LIST_LIMIT, MAX_LIST_SCAN, MAX_TOP_DOMAINS, PendingSummary,
-    QueueStats, RetryAllOutcome,
+    BulkAction, BulkOutcome, ListFilter, ListPage, MAX_LIST_LIMIT, MAX_LIST_SCAN, MAX_TOP_DOMAINS,
+    PendingSummary, QueueStats, RetryAllOutcome,
 };
 pub use check::{ConsistencyReport, MAX_PROBLEMS, Problem};
 pub use damage::panic_is_contained;
 pub use error::StoreError;
-pub use events::{Event, EventKind, MAX_EVENTS_PAGE, WebhookSubscription};
+pub use events::{
+    Event, EventFilter, EventKind, EventPage, MAX_EVENTS_PAGE, MAX_EVENTS_SCAN, WebhookSubscription,
+};
 pub use idempotency::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
 pub use journal::{DamageKind, JournalDamage, JournalReport, inspect_journal};
 pub use outbox::{MAX_OUTBOX_LEASE, WebhookDelivery};

@@ -7,7 +7,9 @@ use std::time::Duration;
 use common::*;
 use postrider_core::{Domain, MessageId, MessageState};
 use postrider_metrics::Metrics;
-use postrider_store::{ListFilter, PendingSummary, RecordOutcome, Store, StoreError};
+use postrider_store::{
+    BulkAction, BulkOutcome, ListFilter, PendingSummary, RecordOutcome, Store, StoreError,
+};
 
 #[tokio::test]
 async fn hold_and_release() {
@@ -579,4 +581,108 @@ async fn pending_count_survives_reopen_with_held_and_leased_messages() {
     }
     let store = open_retrying(dir.path(), Metrics::new()).await;
     assert_eq!(store.pending_count(), 4);
+}
+
+#[tokio::test]
+async fn bulk_actions_page_by_filter_and_keep_scheduled_messages() {
+    let store = temp_store();
+    let hour = 3_600_000;
+    let old = store.enqueue(new_message(&["a@x.test"], T0)).await.unwrap();
+    let young = store
+        .enqueue(new_message(&["b@x.test"], T0 + hour))
+        .await
+        .unwrap();
+    let other = store
+        .enqueue(new_message(&["c@y.test"], T0 + hour))
+        .await
+        .unwrap();
+    let mut later = new_message(&["d@x.test"], T0 + hour);
+    later.not_before = Some(ts(T0 + 5 * hour));
+    let scheduled = store.enqueue(later).await.unwrap();
+    let now = ts(T0 + 2 * hour);
+    let x = Domain::parse("x.test").unwrap();
+
+    // Arrival filter: only the message older than 90 minutes.
+    let old_ones = store
+        .list(
+            &ListFilter {
+                received_before: Some(ts(T0 + 2 * hour - 90 * 60_000)),
+                ..ListFilter::default()
+            },
+            now,
+        )
+        .unwrap();
+    assert_eq!(
+        old_ones.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![old]
+    );
+
+    // Hold every x.test message, page by page (two per page).
+    let mut filter = ListFilter {
+        recipient_domain: Some(x.clone()),
+        limit: 2,
+        ..ListFilter::default()
+    };
+    let mut total = BulkOutcome::default();
+    loop {
+        let page = store.list(&filter, now).unwrap();
+        let page_ids: Vec<MessageId> = page.messages.iter().map(|m| m.id).collect();
+        let o = store
+            .apply_bulk(&page_ids, BulkAction::Hold, now)
+            .await
+            .unwrap();
+        total.changed += o.changed;
+        total.skipped += o.skipped;
+        match page.next_after {
+            Some(a) => filter.after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!((total.changed, total.skipped), (3, 0));
+    for id in [old, young, scheduled] {
+        assert!(store.message(id).unwrap().unwrap().held);
+    }
+    assert!(!store.message(other).unwrap().unwrap().held);
+    // Again: already held, skipped.
+    let o = store
+        .apply_bulk(&[old, young], BulkAction::Hold, now)
+        .await
+        .unwrap();
+    assert_eq!((o.changed, o.skipped), (0, 2));
+
+    let o = store
+        .apply_bulk(&[old, young, scheduled], BulkAction::Release, now)
+        .await
+        .unwrap();
+    assert_eq!(o.changed, 3);
+    // Released messages are due now; retry leaves the scheduled one for its time.
+    let o = store
+        .apply_bulk(&[scheduled, other], BulkAction::Retry, now)
+        .await
+        .unwrap();
+    assert_eq!(o.scheduled_left, 0, "a released message is due now");
+    let mut later = new_message(&["e@x.test"], T0 + hour);
+    later.not_before = Some(ts(T0 + 5 * hour));
+    let kept = store.enqueue(later).await.unwrap();
+    let o = store
+        .apply_bulk(&[kept], BulkAction::Retry, now)
+        .await
+        .unwrap();
+    assert_eq!((o.changed, o.scheduled_left), (0, 1));
+    assert_eq!(
+        store.message(kept).unwrap().unwrap().next_attempt_at,
+        Some(ts(T0 + 5 * hour))
+    );
+
+    let o = store
+        .apply_bulk(
+            &[old, young, MessageId::from_u64(999_999)],
+            BulkAction::Delete,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!((o.changed, o.skipped), (2, 1));
+    assert!(store.message(old).unwrap().is_none());
+    assert_eq!(store.pending_count(), 3);
 }

@@ -8,7 +8,8 @@ use common::*;
 use postrider_core::{NotifyFlags, RecipientState, ReversePath, SmtpReply, Source, Timestamp};
 use postrider_metrics::Metrics;
 use postrider_store::{
-    EnqueueResult, EventKind, IdempotencyKey, Suppression, SuppressionReason, WebhookSubscription,
+    EnqueueResult, EventFilter, EventKind, IdempotencyKey, Suppression, SuppressionReason,
+    WebhookSubscription,
 };
 
 fn idem(key: &str, body: u8) -> IdempotencyKey {
@@ -255,6 +256,50 @@ async fn events_follow_the_message_lifecycle() {
     let page = store.events_after(2, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
     assert!(store.events_after(5, 10).unwrap().is_empty());
+    // Filters: the page holds only matches; the cursor is the last event examined.
+    let only = |filter: EventFilter| {
+        let page = store.events_matching(0, 100, &filter).unwrap();
+        (
+            page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            page.next_cursor,
+        )
+    };
+    assert_eq!(only(EventFilter::default()), (vec![1, 2, 3, 4, 5], 5));
+    assert_eq!(
+        only(EventFilter {
+            recipient: Some("B@Y.test".into()),
+            ..EventFilter::default()
+        }),
+        (vec![3, 4], 5)
+    );
+    assert_eq!(
+        only(EventFilter {
+            kinds: vec![EventKind::Delivered, EventKind::Expired],
+            message_id: Some(id),
+            ..EventFilter::default()
+        }),
+        (vec![2, 4], 5)
+    );
+    let (window, _) = only(EventFilter {
+        since: Some(events[2].at),
+        until: Some(events[3].at),
+        ..EventFilter::default()
+    });
+    assert!(
+        window.contains(&3) && !window.contains(&1) && !window.contains(&4),
+        "{window:?}"
+    );
+    assert_eq!(
+        only(EventFilter {
+            tag: Some("no-such-tag".into()),
+            ..EventFilter::default()
+        }),
+        (vec![], 5)
+    );
+    let page = store
+        .events_matching(0, 1, &EventFilter::default())
+        .unwrap();
+    assert_eq!(page.next_cursor, 1, "a full page ends at its last event");
     let delivered = &events[1];
     assert_eq!(delivered.mx_host.as_deref(), Some("mx.x.test"));
     assert_eq!(delivered.reply.as_ref().map(|r| r.code), Some(250));

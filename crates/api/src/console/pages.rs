@@ -512,6 +512,7 @@ fn search(
             include_finished: true,
             after,
             limit: 1000,
+            received_before: None,
         };
         let page = state
             .store
