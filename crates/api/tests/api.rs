@@ -2036,3 +2036,58 @@ async fn bulk_queue_actions_page_and_validate_their_filter() {
         assert_error(&r, StatusCode::BAD_REQUEST, "invalid_field");
     }
 }
+#[tokio::test]
+async fn replaced_keys_apply_to_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("queue"), Metrics::new()).unwrap();
+    let (old_key, old_hash) = generate_api_key();
+    let (new_key, new_hash) = generate_api_key();
+    let key = |name: &str, key_hash: String| ApiKey {
+        name: name.into(),
+        key_hash,
+        scopes: vec![Scope::Read],
+    };
+    let state = ApiState::new(
+        store,
+        Metrics::new(),
+        ApiSettings {
+            api_keys: vec![key("old", old_hash.clone())],
+            ..settings()
+        },
+    );
+    let app = router(state.clone());
+    let events = |k| call(Method::GET, "/v1/events").key(k);
+    assert_eq!(events(&old_key).send(&app).await.status, StatusCode::OK);
+    assert_eq!(
+        events(&new_key).send(&app).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    state
+        .replace_keys(&[key("new", new_hash.clone())], None)
+        .unwrap();
+    assert_eq!(events(&new_key).send(&app).await.status, StatusCode::OK);
+    assert_eq!(
+        events(&old_key).send(&app).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // An unusable list is refused whole; the keys in force stay.
+    let refused = state.replace_keys(&[key("new", new_hash.clone()), key("new", old_hash)], None);
+    assert!(refused.is_err());
+    assert_eq!(events(&new_key).send(&app).await.status, StatusCode::OK);
+
+    // The rate limit changes with the keys.
+    let limit = RateLimit {
+        per_second: 0.001,
+        burst: 1,
+    };
+    state
+        .replace_keys(&[key("new", new_hash)], Some(limit))
+        .unwrap();
+    assert_eq!(events(&new_key).send(&app).await.status, StatusCode::OK);
+    assert_eq!(
+        events(&new_key).send(&app).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -24,6 +24,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 struct TestServer {
     addr: SocketAddr,
+    server: Arc<SmtpServer>,
     store: Store,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -73,14 +74,16 @@ async fn start(mut settings: SmtpSettings, implicit_tls: bool) -> TestServer {
     }
     let metrics = Metrics::new();
     let store = Store::temporary(metrics.clone()).unwrap();
-    let server = SmtpServer::new(settings, store.clone(), metrics.clone()).unwrap();
+    let server = Arc::new(SmtpServer::new(settings, store.clone(), metrics.clone()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
-    let handle = tokio::spawn(async move { server.serve(listener, implicit_tls, token).await });
+    let serving = Arc::clone(&server);
+    let handle = tokio::spawn(async move { serving.serve(listener, implicit_tls, token).await });
     TestServer {
         addr,
+        server,
         store,
         metrics,
         shutdown,
@@ -1224,4 +1227,41 @@ async fn in_overload_idle_sessions_get_the_short_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_message_rate_limit_and_refuses_bad_users() {
+    let server = start(settings(), false).await;
+    let mut client = greeted(server.addr).await;
+    client.cmd("EHLO c").await;
+    for _ in 0..2 {
+        assert_eq!(client.cmd("MAIL FROM:<s@a.test>").await, "250 2.1.0 Ok\r\n");
+        assert!(client.cmd("RSET").await.starts_with("250"));
+    }
+    let limited = SmtpSettings {
+        messages_per_minute_per_ip: Some(1),
+        ..settings()
+    };
+    server.server.reload(&limited).unwrap();
+    assert_eq!(client.cmd("MAIL FROM:<s@a.test>").await, "250 2.1.0 Ok\r\n");
+    assert!(client.cmd("RSET").await.starts_with("250"));
+    assert_eq!(
+        client.cmd("MAIL FROM:<s@a.test>").await,
+        "450 4.7.1 Rate limit exceeded, try again later\r\n"
+    );
+    // A user with an unusable hash: refused whole, the limit in force stays.
+    let broken = SmtpSettings {
+        users: vec![SmtpUser {
+            name: "app".into(),
+            password_hash: "not a hash".into(),
+            allowed_senders: Vec::new(),
+            from_policy: FromPolicy::Reject,
+        }],
+        ..settings()
+    };
+    assert!(server.server.reload(&broken).is_err());
+    assert_eq!(
+        client.cmd("MAIL FROM:<s@a.test>").await,
+        "450 4.7.1 Rate limit exceeded, try again later\r\n"
+    );
 }
