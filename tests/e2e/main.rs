@@ -15,4 +15,5 @@ mod features;
 mod http_api;
 mod journal_damage;
 mod lifecycle;
+mod sandbox;
 mod storage;

@@ -48,6 +48,10 @@ pub struct ApiKey {
     pub key_hash: String,
     /// What the key may do.
     pub scopes: Vec<Scope>,
+    /// Messages submitted with this key are captured, never sent (a test key, like Postmark's
+    /// test token): stored, shown and evented like real ones, with simulated outcomes.
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 /// Token-bucket rate limit applied per API key (or once for all loopback clients in
@@ -156,7 +160,16 @@ pub(crate) fn validate_keys(keys: &[ApiKey]) -> Result<(), KeyConfigError> {
 /// Keys decoded once at start-up.
 #[derive(Debug)]
 pub(crate) struct KeyRing {
-    keys: Vec<(String, [u8; 32], Vec<Scope>)>,
+    keys: Vec<RingKey>,
+}
+
+/// One decoded key of a [`KeyRing`].
+#[derive(Debug)]
+struct RingKey {
+    name: String,
+    hash: [u8; 32],
+    scopes: Vec<Scope>,
+    sandbox: bool,
 }
 
 impl KeyRing {
@@ -166,7 +179,12 @@ impl KeyRing {
         let keys = keys
             .iter()
             .filter_map(|k| match from_hex(&k.key_hash) {
-                Some(h) => Some((k.name.clone(), h, k.scopes.clone())),
+                Some(hash) => Some(RingKey {
+                    name: k.name.clone(),
+                    hash,
+                    scopes: k.scopes.clone(),
+                    sandbox: k.sandbox,
+                }),
                 None => {
                     tracing::warn!(key = %k.name, "api key has a malformed key_hash and is ignored");
                     None
@@ -178,12 +196,12 @@ impl KeyRing {
 
     /// Finds the key whose hash matches, comparing against every key so the time does not
     /// reveal which one matched.
-    fn find(&self, presented: &str) -> Option<(&str, &[Scope])> {
+    fn find(&self, presented: &str) -> Option<&RingKey> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
-        for (name, hash, scopes) in &self.keys {
-            if constant_time_eq(&digest, hash) && found.is_none() {
-                found = Some((name.as_str(), scopes.as_slice()));
+        for key in &self.keys {
+            if constant_time_eq(&digest, &key.hash) && found.is_none() {
+                found = Some(key);
             }
         }
         found
@@ -227,6 +245,8 @@ impl RateLimiter {
 pub(crate) struct Principal {
     /// The key's name, or `loopback` in loopback-only mode.
     pub(crate) name: String,
+    /// Whether the key is a sandbox key: what it submits is captured, never sent.
+    pub(crate) sandbox: bool,
 }
 
 /// Route-layer state: the API state plus the scope a group of routes needs.
@@ -265,15 +285,16 @@ fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
         }
         Principal {
             name: "loopback".to_owned(),
+            sandbox: false,
         }
     } else {
         let presented = bearer_token(req)?;
-        let (name, scopes) = state
+        let key = state
             .keys
             .find(presented)
             .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
-        if !scopes.contains(&guard.scope) {
-            tracing::info!(key = %name, needed = guard.scope.as_str(), "api key lacks scope");
+        if !key.scopes.contains(&guard.scope) {
+            tracing::info!(key = %key.name, needed = guard.scope.as_str(), "api key lacks scope");
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
@@ -281,7 +302,8 @@ fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, ApiError> {
             ));
         }
         Principal {
-            name: name.to_owned(),
+            name: key.name.clone(),
+            sandbox: key.sandbox,
         }
     };
     if let Some(limit) = state.settings.rate_limit
@@ -331,8 +353,9 @@ mod tests {
             name: "a".into(),
             key_hash: hash,
             scopes: vec![Scope::Send],
+            sandbox: false,
         }]);
-        assert_eq!(ring.find(&key).map(|(n, _)| n), Some("a"));
+        assert_eq!(ring.find(&key).map(|k| k.name.as_str()), Some("a"));
         assert!(ring.find("pr_wrong").is_none());
         let (other, _) = generate_api_key();
         assert_ne!(key, other);
@@ -352,6 +375,7 @@ mod tests {
             name: "a".into(),
             key_hash: hash_api_key("k"),
             scopes: vec![Scope::Read],
+            sandbox: false,
         };
         assert_eq!(validate_keys(std::slice::from_ref(&good)), Ok(()));
         let bad = ApiKey {

@@ -483,10 +483,11 @@ fn schemas() -> Value {
             "finished_at": {"type": "string", "format": "date-time", "nullable": true},
             "size": s("integer"), "tags": {"type": "array", "items": s("string")},
             "metadata": {"type": "object", "additionalProperties": s("string")},
+            "sandbox": {"type": "boolean", "description": "Present (true) when the message is captured, not sent: submitted with a sandbox key, or while the relay captures everything."},
             "recipients": {"type": "array", "items": {"$ref": "#/components/schemas/Recipient"}}}},
         "Event": {"type": "object", "required": ["seq", "type", "message_id", "at"], "properties": {
             "seq": s("integer"),
-            "type": {"type": "string", "enum": ["accepted", "deferred", "delivered", "bounced", "suppressed", "expired"]},
+            "type": {"type": "string", "enum": ["accepted", "deferred", "delivered", "bounced", "suppressed", "expired", "complained"]},
             "message_id": s("string"), "recipient": s("string"),
             "reply": {"$ref": "#/components/schemas/Reply"}, "mx_host": s("string"),
             "source": {"type": "string", "enum": ["smtp", "http", "dsn"]},

@@ -68,6 +68,12 @@ pub(crate) fn store_error(e: StoreError, action: &'static str) -> ApiError {
     }
 }
 
+/// Whether what `principal` submits is captured rather than sent: always while the relay
+/// captures everything, else when the key is a sandbox key.
+fn is_sandboxed(state: &ApiState, principal: Option<&Principal>) -> bool {
+    state.settings.capture_all || principal.is_some_and(|p| p.sandbox)
+}
+
 /// Enqueues a composed message; `Ok` only once it is durable.
 async fn enqueue(state: &ApiState, composed: Composed) -> Result<Accepted, ApiError> {
     let label = composed.state();
@@ -153,7 +159,8 @@ pub(crate) async fn send_message(
     RawJsonBody { value, bytes }: RawJsonBody,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let composed = compose(value, &context(&state, client))?;
+    let mut composed = compose(value, &context(&state, client))?;
+    composed.message.sandbox = is_sandboxed(&state, principal.as_deref());
     let Some(key) = key else {
         let accepted = enqueue(&state, composed).await?;
         return Ok(accepted_response(&accepted, false));
@@ -243,9 +250,11 @@ enum BatchItem {
 pub(crate) async fn send_batch(
     State(state): State<ApiState>,
     client: ClientAddr,
+    principal: Option<Extension<Principal>>,
     JsonBody(value): JsonBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let batch: BatchRequest = decode(value)?;
+    let sandbox = is_sandboxed(&state, principal.as_deref());
     if batch.messages.is_empty() {
         return Err(ApiError::invalid(
             "empty_batch",
@@ -273,7 +282,8 @@ pub(crate) async fn send_batch(
             ..ctx.clone()
         };
         match compose(item, &item_ctx) {
-            Ok(composed) => {
+            Ok(mut composed) => {
+                composed.message.sandbox = sandbox;
                 results.push(None);
                 let state = state.clone();
                 // The store commits concurrent enqueues together; bounded by max_batch.
@@ -368,6 +378,9 @@ pub(crate) struct MessageView {
     size: u64,
     tags: Vec<String>,
     metadata: BTreeMap<String, String>,
+    /// Captured, not sent (present only when true).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    sandbox: bool,
     recipients: Vec<RecipientView>,
 }
 
@@ -386,6 +399,7 @@ impl MessageView {
             size: m.size,
             tags: m.tags.clone(),
             metadata: m.metadata.clone(),
+            sandbox: m.sandbox,
             recipients: m.recipients.iter().map(RecipientView::from).collect(),
         }
     }

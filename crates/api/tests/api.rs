@@ -1106,16 +1106,19 @@ fn keyed_with(base: ApiSettings) -> (Harness, String, String, String) {
                 name: "app".into(),
                 key_hash: send_hash,
                 scopes: vec![Scope::Send],
+                sandbox: false,
             },
             ApiKey {
                 name: "dash".into(),
                 key_hash: read_hash,
                 scopes: vec![Scope::Read],
+                sandbox: false,
             },
             ApiKey {
                 name: "ops".into(),
                 key_hash: admin_hash,
                 scopes: vec![Scope::Admin],
+                sandbox: false,
             },
         ],
         ..base

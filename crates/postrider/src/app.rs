@@ -321,6 +321,7 @@ fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
                     RawFromPolicy::Reject => FromPolicy::Reject,
                     RawFromPolicy::Rewrite => FromPolicy::Rewrite,
                 },
+                sandbox: u.sandbox,
             })
             .collect(),
         messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,
@@ -331,6 +332,7 @@ fn smtp_settings(config: &Config) -> anyhow::Result<SmtpSettings> {
         auth_failure_delay: raw.limits.auth_failure_delay.0,
         overload_percent: raw.limits.overload_percent,
         overload_timeout: raw.limits.overload_timeout.0,
+        capture_all: captures_all(config),
     })
 }
 
@@ -354,6 +356,7 @@ fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
             name: k.name.clone(),
             key_hash: k.key_hash.to_ascii_lowercase(),
             scopes,
+            sandbox: k.sandbox,
         });
     }
     let settings = ApiSettings {
@@ -368,10 +371,16 @@ fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
         }),
         idempotency_ttl: raw.http.idempotency_ttl.0,
         metrics_auth: raw.http.metrics_auth,
+        capture_all: captures_all(config),
         ..ApiSettings::default()
     };
     settings.validate().context("invalid [http] settings")?;
     Ok(settings)
+}
+
+/// Whether `delivery.mode = "capture"`: every message is captured, none sent.
+fn captures_all(config: &Config) -> bool {
+    config.raw.delivery.mode == crate::config::DeliveryMode::Capture
 }
 
 fn tls_mode(t: DeliveryTls) -> TlsMode {
@@ -473,6 +482,7 @@ fn delivery_settings(config: &Config) -> anyhow::Result<DeliverySettings> {
         },
         tls: tls_mode(raw.tls),
         retry: config.retry.clone(),
+        capture_all: captures_all(config),
         ..defaults
     })
 }

@@ -74,6 +74,8 @@ struct Inner {
     auth_slots: Semaphore,
     auth_throttle: Mutex<AuthThrottle>,
     auth_lockout: Duration,
+    /// Mark every accepted message sandbox ([`SmtpSettings::capture_all`]).
+    capture_all: bool,
 }
 
 impl SmtpServer {
@@ -153,6 +155,7 @@ impl SmtpServer {
             metrics,
             tls: settings.tls.clone().map(TlsAcceptor::from),
             decoy_hash: settings.users.first().map(|u| u.password_hash.clone()),
+            capture_all: settings.capture_all,
             users,
             connections: ConnectionLimiter::new(
                 settings.max_connections,
@@ -800,7 +803,13 @@ impl Session {
         let size = body.len();
         let sender = submission.envelope.sender().to_string();
         let recipients = submission.envelope.recipients().len();
-        let message = NewMessage::new(submission.envelope, body, Source::Smtp, now);
+        let mut message = NewMessage::new(submission.envelope, body, Source::Smtp, now);
+        message.sandbox = self.inner.capture_all
+            || submission
+                .user
+                .as_deref()
+                .and_then(|name| self.inner.users.get(name))
+                .is_some_and(|u| u.sandbox);
         match self.inner.store.enqueue(message).await {
             Ok(id) => {
                 self.messages += 1;

@@ -669,6 +669,7 @@ fn user(name: &str, password: &str, allowed: &[&str]) -> SmtpUser {
         password_hash: hash_password(password).unwrap(),
         allowed_senders: allowed.iter().map(|s| s.to_string()).collect(),
         from_policy: FromPolicy::Reject,
+        sandbox: false,
     }
 }
 
