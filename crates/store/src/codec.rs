@@ -340,35 +340,46 @@ mod tests {
         );
     }
 
+    /// The golden fixtures directory `migrations-free-data/<version_dir>`: writes those of
+    /// `files` that are missing when `POSTRIDER_WRITE_FIXTURES` is set, and returns a reader of
+    /// the committed files.
+    fn golden_fixtures(
+        version_dir: &str,
+        files: &[(&str, &[u8])],
+    ) -> impl Fn(&str) -> Vec<u8> + use<> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../migrations-free-data")
+            .join(version_dir);
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            if std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some() && !path.exists() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        move |name: &str| {
+            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
+            })
+        }
+    }
+
     /// Golden fixture of message record version 2 (a sandbox message): the same JSON shape as
     /// version 1 with `message.sandbox` set. Created like the others with
     /// `POSTRIDER_WRITE_FIXTURES=1`.
     #[test]
     fn golden_sandbox_message_record_decodes() {
-        let dir = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../migrations-free-data/v1"
-        ));
         let mut rec = sample_record();
         rec.message.sandbox = true;
-        let files = [
-            ("message-record-v2.bin", encode_message(&rec).unwrap()),
-            (
-                "message-record-v2.json",
-                serde_json::to_vec_pretty(&rec).unwrap(),
-            ),
-        ];
-        for (name, bytes) in &files {
-            let path = dir.join(name);
-            if std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some() && !path.exists() {
-                std::fs::write(&path, bytes).unwrap();
-            }
-        }
-        let read = |name: &str| {
-            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
-                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
-            })
-        };
+        let bin = encode_message(&rec).unwrap();
+        let json = serde_json::to_vec_pretty(&rec).unwrap();
+        let read = golden_fixtures(
+            "v1",
+            &[
+                ("message-record-v2.bin", &bin),
+                ("message-record-v2.json", &json),
+            ],
+        );
         let bin = read("message-record-v2.bin");
         assert_eq!(bin[0], 2);
         let stored = decode_message(&[0, 0, 0, 0, 0, 0, 0x12, 0x34], &bin).unwrap();
@@ -505,31 +516,19 @@ mod tests {
     /// its one further chunk. Created like the others with `POSTRIDER_WRITE_FIXTURES=1`.
     #[test]
     fn golden_chunked_body_decodes() {
-        let dir = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../migrations-free-data/v1"
-        ));
         let raw: Vec<u8> = (0..(BODY_CHUNK + 100))
             .map(|i| b"golden chunked body\r\n"[i % 21])
             .collect();
         let key = 42u64.to_be_bytes();
         let records = encode_body_records(&key, &raw);
         assert_eq!(records.len(), 2);
-        let files = [
-            ("body-record-v2-head.bin", &records[0].1),
-            ("body-record-v2-chunk-1.bin", &records[1].1),
-        ];
-        for (name, bytes) in files {
-            let path = dir.join(name);
-            if std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some() && !path.exists() {
-                std::fs::write(&path, bytes).unwrap();
-            }
-        }
-        let read = |name: &str| {
-            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
-                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
-            })
-        };
+        let read = golden_fixtures(
+            "v1",
+            &[
+                ("body-record-v2-head.bin", &records[0].1),
+                ("body-record-v2-chunk-1.bin", &records[1].1),
+            ],
+        );
         let head = read("body-record-v2-head.bin");
         let chunk = read("body-record-v2-chunk-1.bin");
         assert_eq!(head[0], CHUNKED_BODY_VERSION);
