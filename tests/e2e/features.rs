@@ -148,7 +148,7 @@ async fn dkim_keygen_signing_and_check_domain() {
 }
 
 /// A local HTTP receiver recording webhook posts.
-async fn webhook_receiver() -> (
+pub(crate) async fn webhook_receiver() -> (
     SocketAddr,
     Arc<Mutex<Vec<(axum::http::HeaderMap, serde_json::Value)>>>,
 ) {

@@ -23,4 +23,5 @@ mod reload;
 mod startup;
 mod sendmail;
 mod queue_cli;
+mod sandbox;
 mod storage;

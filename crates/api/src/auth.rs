@@ -48,6 +48,10 @@ pub struct ApiKey {
     pub key_hash: String,
     /// What the key may do.
     pub scopes: Vec<Scope>,
+    /// Messages submitted with this key are captured, never sent (a test key, like Postmark's
+    /// test token): stored, shown and evented like real ones, with simulated outcomes.
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 /// Token-bucket rate limit applied per API key (or once for all loopback clients in
@@ -162,7 +166,19 @@ pub(crate) fn validate_keys(keys: &[ApiKey]) -> Result<(), KeyConfigError> {
 /// Keys decoded once at start-up.
 #[derive(Debug)]
 pub(crate) struct KeyRing {
-    keys: Vec<(String, [u8; 32], Vec<Scope>)>,
+    keys: Vec<RingKey>,
+}
+
+/// One decoded key of a [`KeyRing`].
+#[derive(Debug)]
+pub(crate) struct RingKey {
+    /// The key's label.
+    pub(crate) name: String,
+    hash: [u8; 32],
+    /// What the key may do.
+    pub(crate) scopes: Vec<Scope>,
+    /// Whether what the key submits is captured rather than sent.
+    pub(crate) sandbox: bool,
 }
 
 impl KeyRing {
@@ -172,7 +188,12 @@ impl KeyRing {
         let keys = keys
             .iter()
             .filter_map(|k| match from_hex(&k.key_hash) {
-                Some(h) => Some((k.name.clone(), h, k.scopes.clone())),
+                Some(hash) => Some(RingKey {
+                    name: k.name.clone(),
+                    hash,
+                    scopes: k.scopes.clone(),
+                    sandbox: k.sandbox,
+                }),
                 None => {
                     tracing::warn!(key = %k.name, "api key has a malformed key_hash and is ignored");
                     None
@@ -184,17 +205,17 @@ impl KeyRing {
 
     /// Finds the key whose hash matches, comparing against every key so the time does not
     /// reveal which one matched.
-    fn find(&self, presented: &str) -> Option<(&str, &[Scope])> {
+    fn find(&self, presented: &str) -> Option<&RingKey> {
         self.find_digest(&key_digest(presented))
     }
 
     /// Like `find`, given the SHA-256 of the presented key (what a console session keeps, so
     /// a key removed from the configuration also ends the sessions opened with it).
-    pub(crate) fn find_digest(&self, digest: &[u8; 32]) -> Option<(&str, &[Scope])> {
+    pub(crate) fn find_digest(&self, digest: &[u8; 32]) -> Option<&RingKey> {
         let mut found = None;
-        for (name, hash, scopes) in &self.keys {
-            if constant_time_eq(digest, hash) && found.is_none() {
-                found = Some((name.as_str(), scopes.as_slice()));
+        for key in &self.keys {
+            if constant_time_eq(digest, &key.hash) && found.is_none() {
+                found = Some(key);
             }
         }
         found
@@ -269,6 +290,8 @@ impl RateLimiter {
 pub(crate) struct Principal {
     /// The key's name, or `loopback` in loopback-only mode.
     pub(crate) name: String,
+    /// Whether the key is a sandbox key: what it submits is captured, never sent.
+    pub(crate) sandbox: bool,
 }
 
 /// Route-layer state: the API state plus the scope a group of routes needs.
@@ -310,18 +333,19 @@ pub(crate) fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, 
         }
         Principal {
             name: "loopback".to_owned(),
+            sandbox: false,
         }
     } else {
         let presented = match postmark_server_token(req) {
             Some(token) => token,
             None => bearer_token(req)?,
         };
-        let (name, scopes) = access
+        let key = access
             .keys
             .find(presented)
             .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
-        if !scopes.contains(&guard.scope) {
-            tracing::info!(key = %name, needed = guard.scope.as_str(), "api key lacks scope");
+        if !key.scopes.contains(&guard.scope) {
+            tracing::info!(key = %key.name, needed = guard.scope.as_str(), "api key lacks scope");
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
@@ -329,7 +353,8 @@ pub(crate) fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, 
             ));
         }
         Principal {
-            name: name.to_owned(),
+            name: key.name.clone(),
+            sandbox: key.sandbox,
         }
     };
     if let Some(limit) = access.rate_limit
@@ -394,8 +419,9 @@ mod tests {
             name: "a".into(),
             key_hash: hash,
             scopes: vec![Scope::Send],
+            sandbox: false,
         }]);
-        assert_eq!(ring.find(&key).map(|(n, _)| n), Some("a"));
+        assert_eq!(ring.find(&key).map(|k| k.name.as_str()), Some("a"));
         assert!(ring.find("pr_wrong").is_none());
         let (other, _) = generate_api_key();
         assert_ne!(key, other);
@@ -415,6 +441,7 @@ mod tests {
             name: "a".into(),
             key_hash: hash_api_key("k"),
             scopes: vec![Scope::Read],
+            sandbox: false,
         };
         assert_eq!(validate_keys(std::slice::from_ref(&good)), Ok(()));
         let bad = ApiKey {

@@ -91,6 +91,9 @@ pub struct ApiSettings {
     /// Whether `/metrics` and `/openapi.json` need a key with the `read` scope (default `false`:
     /// they are open, so a scraper needs no key). `/healthz` and `/readyz` are always open.
     pub metrics_auth: bool,
+    /// Whether every submitted message is captured instead of sent (`delivery.mode =
+    /// "capture"`): each is marked sandbox, as those of a sandbox [`ApiKey`] always are.
+    pub capture_all: bool,
 }
 
 impl Default for ApiSettings {
@@ -106,6 +109,7 @@ impl Default for ApiSettings {
             rate_limit: None,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             metrics_auth: false,
+            capture_all: false,
         }
     }
 }
@@ -171,6 +175,7 @@ mod tests {
             name: "k".into(),
             key_hash: "nothex".into(),
             scopes: vec![Scope::Send],
+            sandbox: false,
         };
         let bad_key = ApiSettings {
             api_keys: vec![key],

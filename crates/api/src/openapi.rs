@@ -602,6 +602,7 @@ fn schemas() -> Value {
             "finished_at": {"type": "string", "format": "date-time", "nullable": true},
             "size": s("integer"), "tags": {"type": "array", "items": s("string")},
             "metadata": {"type": "object", "additionalProperties": s("string")},
+            "sandbox": {"type": "boolean", "description": "Present (true) when the message is captured, not sent: submitted with a sandbox key, or while the relay captures everything."},
             "recipients": {"type": "array", "items": {"$ref": "#/components/schemas/Recipient"}}}},
         "MessageContent": {"type": "object", "properties": {
             "id": s("string"), "subject": {"type": "string", "nullable": true},
@@ -622,7 +623,7 @@ fn schemas() -> Value {
             "name": {"type": "string", "nullable": true}, "email": {"type": "string", "nullable": true}}},
         "Event": {"type": "object", "required": ["seq", "type", "id", "at"], "properties": {
             "seq": s("integer"),
-            "type": {"type": "string", "enum": ["accepted", "deferred", "delivered", "bounced", "suppressed", "expired"]},
+            "type": {"type": "string", "enum": ["accepted", "deferred", "delivered", "bounced", "suppressed", "expired", "complained"]},
             "id": {"type": "string", "description": "The queue id of the message (as in /v1/messages/{id})."},
             "recipient": s("string"),
             "reply": {"$ref": "#/components/schemas/Reply"}, "mx_host": s("string"),

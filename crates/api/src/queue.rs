@@ -380,7 +380,10 @@ fn bounce_update(m: &QueuedMessage, body: &[u8], hostname: &str, now: Timestamp)
                 ReversePath::Null,
                 vec![RecipientRequest::new(sender.clone())],
             ) {
-                notifications.push(NewMessage::new(envelope, dsn, Source::Dsn, now));
+                let mut notice = NewMessage::new(envelope, dsn, Source::Dsn, now);
+                // The bounce of a captured message is captured too.
+                notice.sandbox = m.sandbox;
+                notifications.push(notice);
             }
         }
     }

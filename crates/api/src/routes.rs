@@ -69,6 +69,12 @@ pub(crate) fn store_error(e: StoreError, action: &'static str) -> ApiError {
     }
 }
 
+/// Whether what `principal` submits is captured rather than sent: always while the relay
+/// captures everything, else when the key is a sandbox key.
+pub(crate) fn is_sandboxed(state: &ApiState, principal: Option<&Principal>) -> bool {
+    state.settings.capture_all || principal.is_some_and(|p| p.sandbox)
+}
+
 /// Enqueues a composed message; `Ok` only once it is durable.
 pub(crate) async fn enqueue(state: &ApiState, composed: Composed) -> Result<Accepted, ApiError> {
     let label = composed.state();
@@ -176,8 +182,9 @@ pub(crate) async fn submit(
     principal: Option<Extension<Principal>>,
     key: Option<String>,
     body: &[u8],
-    composed: Composed,
+    mut composed: Composed,
 ) -> Result<Submitted, ApiError> {
+    composed.message.sandbox = is_sandboxed(state, principal.as_deref());
     let Some(key) = key else {
         let accepted = enqueue(state, composed).await?;
         return Ok(Submitted {
@@ -270,9 +277,11 @@ enum BatchItem {
 pub(crate) async fn send_batch(
     State(state): State<ApiState>,
     client: ClientAddr,
+    principal: Option<Extension<Principal>>,
     JsonBody(value): JsonBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let batch: BatchRequest = decode(value)?;
+    let sandbox = is_sandboxed(&state, principal.as_deref());
     if batch.messages.is_empty() {
         return Err(ApiError::invalid(
             "empty_batch",
@@ -297,7 +306,7 @@ pub(crate) async fn send_batch(
         .into_iter()
         .map(|item| compose(item, &ctx.for_next_message()))
         .collect();
-    let results: Vec<BatchItem> = enqueue_all(&state, composed)
+    let results: Vec<BatchItem> = enqueue_all(&state, composed, sandbox)
         .await
         .into_iter()
         .map(|outcome| match outcome {
@@ -310,16 +319,19 @@ pub(crate) async fn send_batch(
 
 /// Enqueues the composed items of a batch concurrently (the store commits concurrent enqueues
 /// together) and returns each item's outcome in request order; items that failed to compose
-/// keep their error. The caller bounds the count (`max_batch`).
+/// keep their error; `sandbox` marks every item captured (see [`is_sandboxed`]). The caller
+/// bounds the count (`max_batch`).
 pub(crate) async fn enqueue_all(
     state: &ApiState,
     items: Vec<Result<Composed, ApiError>>,
+    sandbox: bool,
 ) -> Vec<Result<Accepted, ApiError>> {
     let mut results: Vec<Option<Result<Accepted, ApiError>>> = Vec::with_capacity(items.len());
     let mut tasks = JoinSet::new();
     for (index, item) in items.into_iter().enumerate() {
         match item {
-            Ok(composed) => {
+            Ok(mut composed) => {
+                composed.message.sandbox = sandbox;
                 results.push(None);
                 let state = state.clone();
                 tasks.spawn(async move { (index, enqueue(&state, composed).await) });
@@ -407,6 +419,9 @@ pub(crate) struct MessageView {
     size: u64,
     tags: Vec<String>,
     metadata: BTreeMap<String, String>,
+    /// Captured, not sent (present only when true).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    sandbox: bool,
     recipients: Vec<RecipientView>,
 }
 
@@ -425,6 +440,7 @@ impl MessageView {
             size: m.size,
             tags: m.tags.clone(),
             metadata: m.metadata.clone(),
+            sandbox: m.sandbox,
             recipients: m.recipients.iter().map(RecipientView::from).collect(),
         }
     }

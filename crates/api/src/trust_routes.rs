@@ -326,11 +326,13 @@ mod tests {
                     name: "reader".into(),
                     key_hash: read_hash,
                     scopes: vec![Scope::Read],
+                    sandbox: false,
                 },
                 ApiKey {
                     name: "sender".into(),
                     key_hash: send_hash,
                     scopes: vec![Scope::Send],
+                    sandbox: false,
                 },
             ],
             ..ApiSettings::default()

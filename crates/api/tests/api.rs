@@ -1282,16 +1282,19 @@ fn keyed_with(base: ApiSettings) -> (Harness, String, String, String) {
                 name: "app".into(),
                 key_hash: send_hash,
                 scopes: vec![Scope::Send],
+                sandbox: false,
             },
             ApiKey {
                 name: "dash".into(),
                 key_hash: read_hash,
                 scopes: vec![Scope::Read],
+                sandbox: false,
             },
             ApiKey {
                 name: "ops".into(),
                 key_hash: admin_hash,
                 scopes: vec![Scope::Admin],
+                sandbox: false,
             },
         ],
         ..base
@@ -2046,6 +2049,7 @@ async fn replaced_keys_apply_to_the_next_request() {
         name: name.into(),
         key_hash,
         scopes: vec![Scope::Read],
+        sandbox: false,
     };
     let state = ApiState::new(
         store,

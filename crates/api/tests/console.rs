@@ -247,11 +247,13 @@ async fn keyed_console_needs_a_login() {
                 name: "viewer".into(),
                 key_hash: read_hash,
                 scopes: vec![Scope::Read, Scope::Send],
+                sandbox: false,
             },
             ApiKey {
                 name: "app".into(),
                 key_hash: send_hash,
                 scopes: vec![Scope::Send],
+                sandbox: false,
             },
         ],
         ..settings()

@@ -162,11 +162,13 @@ async fn idempotency_keys_are_scoped_per_api_key_and_concurrent_duplicates_queue
             name: "one".into(),
             key_hash: h1,
             scopes: vec![Scope::Send],
+            sandbox: false,
         },
         ApiKey {
             name: "two".into(),
             key_hash: h2,
             scopes: vec![Scope::Send],
+            sandbox: false,
         },
     ];
     let api = app(
@@ -267,6 +269,7 @@ async fn events_need_the_read_scope() {
         name: "sender".into(),
         key_hash: hash,
         scopes: vec![Scope::Send],
+        sandbox: false,
     }];
     let api = app(
         &store,

@@ -187,6 +187,9 @@ pub struct NewMessage {
     pub tags: Vec<String>,
     /// Small key/value map from the submitter, returned in status and events.
     pub metadata: BTreeMap<String, String>,
+    /// Captured, not sent: delivery is simulated locally and nothing leaves the machine
+    /// (submitted with a sandbox API key or SMTP user, or while the relay captures everything).
+    pub sandbox: bool,
 }
 
 impl NewMessage {
@@ -200,6 +203,7 @@ impl NewMessage {
             not_before: None,
             tags: Vec::new(),
             metadata: BTreeMap::new(),
+            sandbox: false,
         }
     }
 
@@ -259,6 +263,12 @@ pub struct QueuedMessage {
     /// is not finished while it is set. Absent in records written before it existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suppression_notice_due: bool,
+    /// Whether the message is captured rather than sent ([`NewMessage::sandbox`]): its
+    /// attempts are simulated and never reach the network, and so are those of the
+    /// notifications it causes. Kept with the record so that a restart cannot turn it into a
+    /// real delivery; absent (false) in records of ordinary messages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
 }
 
 impl QueuedMessage {
@@ -287,6 +297,7 @@ impl QueuedMessage {
             metadata: msg.metadata.clone(),
             delay_notified: false,
             suppression_notice_due: false,
+            sandbox: msg.sandbox,
         }
     }
 

@@ -18,6 +18,11 @@
 //!   (encryption, negotiated version, certificate verification) recorded per recipient
 //!   ([`postrider_core::TlsInfo`]); success and delay DSNs next to bounces.
 //!
+//! - Sandbox capture ([`capture`]): messages marked [`postrider_core::QueuedMessage::sandbox`],
+//!   or every message with [`DeliverySettings::capture_all`], are never sent: each recipient's
+//!   outcome is simulated from its address and recorded like a real one (notifications they
+//!   cause are marked too), with no DNS lookup and no connection.
+//!
 //! Reply classes: 2xx delivered; 4xx, network errors and timeouts deferred (retried); 5xx bounced
 //! at once. A recipient still deferred when the message reaches the retry policy's `max_age` is
 //! bounced with its last 4xx reply and a 4.x.x status. Failure notices are never sent for
@@ -25,6 +30,7 @@
 //! a notice ([`postrider_core::QueuedMessage::suppression_notice_due`]) are reported as failed
 //! (`5.7.1`) by the failure notice of the message's next attempt, recorded with it.
 
+pub mod capture;
 mod health;
 pub mod mx;
 pub mod outcome;

@@ -391,6 +391,8 @@ fn notice(
     .ok()?;
     let mut notice = NewMessage::new(envelope, body, Source::Dsn, ctx.now);
     notice.metadata = BTreeMap::from([("dsn_for".to_owned(), message.id.to_string())]);
+    // A notice about a captured message is captured too: it must not leave either.
+    notice.sandbox = message.sandbox;
     Some(notice)
 }
 

@@ -92,9 +92,12 @@ impl DeliveryReloader {
     /// Routes, the relay host, per-domain policies, timeouts, the lease, the retry schedule and
     /// the DKIM signer apply from the next attempt on; what was sized at start (delivery slots,
     /// the connection pool, the circuit breaker, TLS trust) stays until a restart. Refused, with
-    /// nothing changed, when `settings` do not pass [`DeliverySettings::validate`].
-    pub fn reload(&self, settings: DeliverySettings) -> Result<(), InvalidSettings> {
+    /// nothing changed, when `settings` do not pass [`DeliverySettings::validate`]. Capture of
+    /// every message (`capture_all`) also stays as started: submission marks messages by the
+    /// same setting, and both sides must change together, at a restart.
+    pub fn reload(&self, mut settings: DeliverySettings) -> Result<(), InvalidSettings> {
         settings.validate()?;
+        settings.capture_all = self.shared.settings().capture_all;
         self.shared.current.store(Arc::new(settings));
         Ok(())
     }

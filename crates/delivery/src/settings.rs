@@ -294,6 +294,10 @@ pub struct DeliverySettings {
     pub metrics_max_domains: usize,
     /// Signs each message before transmission (DKIM); `None` sends messages as stored.
     pub signer: Option<std::sync::Arc<dyn postrider_core::MessageSigner>>,
+    /// Capture every message instead of sending it (`delivery.mode = "capture"`): outcomes are
+    /// simulated locally (see `capture`), as for messages marked
+    /// [`postrider_core::QueuedMessage::sandbox`], which are captured whatever this says.
+    pub capture_all: bool,
 }
 
 impl Default for DeliverySettings {
@@ -328,6 +332,7 @@ impl Default for DeliverySettings {
             delay_warning_after: Duration::from_secs(4 * 3600),
             metrics_max_domains: 50,
             signer: None,
+            capture_all: false,
         }
     }
 }

@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use postrider_core::{
-    Domain, EnhancedStatus, MessageId, QueuedMessage, RecipientRequest, ReplyClass, SmtpReply,
-    Timestamp,
+    Address, Domain, EnhancedStatus, MessageId, QueuedMessage, RecipientRequest, ReplyClass,
+    SmtpReply, Timestamp,
 };
 use postrider_metrics::Metrics;
 use postrider_store::{AttemptUpdate, Lease, RecordOutcome, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::capture::{Simulated, capture_outcomes};
 use crate::health::{Breaker, SuspendedDestination};
 use crate::mx::MxResolver;
 use crate::outcome::{
@@ -228,7 +229,22 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
             return;
         }
     };
+    // Captured messages never reach the network: their outcomes are simulated from the
+    // recipients' addresses. Ordinary messages pay one flag check for this.
+    let captured = settings.capture_all || message.sandbox;
+    let simulated = if captured {
+        capture_outcomes(message)
+    } else {
+        Vec::new()
+    };
     let outcomes = match &body {
+        Some(_) if captured => simulated
+            .iter()
+            .map(|(outcome, _)| Timed {
+                outcome: outcome.clone(),
+                duration: Duration::ZERO,
+            })
+            .collect(),
         Some(body) => deliver_all(&shared, message, Arc::clone(body)).await,
         None => {
             // The record exists but its content does not: nothing can ever be delivered. Bounce
@@ -258,27 +274,10 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
     let now = clock_now();
     let plain: Vec<RecipientOutcome> = outcomes.iter().map(|t| t.outcome.clone()).collect();
     let mut applied = apply_attempt(message, &plain, now, &settings.retry);
-    let (delivered, deferred, bounced) = applied.counts;
-    for (result, n) in [
-        ("delivered", delivered),
-        ("deferred", deferred),
-        ("bounced", bounced),
-    ] {
-        if n > 0
-            && let Ok(c) = shared
-                .metrics
-                .delivery_attempts
-                .get_metric_with_label_values(&[result])
-        {
-            c.inc_by(n);
-        }
-    }
-    record_result_metrics(&shared, message, &applied.message);
-    if applied.message.is_finished() {
-        shared
-            .metrics
-            .delivery_queue_time
-            .observe(now.saturating_since(message.received_at).as_secs_f64());
+    if captured {
+        record_capture_metrics(&shared, &simulated);
+    } else {
+        record_delivery_metrics(&shared, message, &applied, now);
     }
     log_outcomes(message, &applied.message, &outcomes);
 
@@ -307,6 +306,13 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
         settings.retry.max_age(),
         &ctx,
     ));
+    if captured {
+        // Notices about a captured message are captured too, even when only the relay-wide
+        // mode made it so: they must not leave after a switch back to delivery.
+        for n in &mut notice {
+            n.sandbox = true;
+        }
+    }
     let notifications: Vec<_> = notice.into_iter().collect();
     let notices = notifications.len() as u64;
     let update = AttemptUpdate {
@@ -314,6 +320,7 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
         next_attempt_at: applied.next_attempt_at,
         notifications,
     };
+    let complaints = simulated_complaints(message, &simulated);
     // The scheduler may have re-leased the message meanwhile: record with the newest lease.
     let lease = shared.current_lease(id).unwrap_or(lease);
     match shared.store.record_attempt(&lease, update).await {
@@ -323,12 +330,82 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
                 tracing::info!(id = %id, dsn_id = %dsn_id, "failure notice queued for the sender");
             }
             tracing::debug!(id = %id, next_attempt_at = %applied.next_attempt_at.map_or_else(|| "none".to_owned(), |t| t.to_rfc3339()), "attempt recorded");
+            record_complaints(&shared, id, &complaints, now).await;
         }
         Ok(RecordOutcome::LeaseLost) => {
             tracing::warn!(id = %id, "lease lost before the attempt was recorded (message deleted or re-leased); outcome dropped");
         }
         Err(e) => {
             tracing::error!(id = %id, error = %e, "cannot record the attempt; the message will be tried again after its lease");
+        }
+    }
+}
+
+/// `postrider_delivery_attempts_total`, the result and status-code metrics and the queue time
+/// of a real attempt.
+fn record_delivery_metrics(
+    shared: &Shared,
+    before: &QueuedMessage,
+    applied: &crate::outcome::AppliedAttempt,
+    now: Timestamp,
+) {
+    let (delivered, deferred, bounced) = applied.counts;
+    for (result, n) in [
+        ("delivered", delivered),
+        ("deferred", deferred),
+        ("bounced", bounced),
+    ] {
+        if n > 0
+            && let Ok(c) = shared
+                .metrics
+                .delivery_attempts
+                .get_metric_with_label_values(&[result])
+        {
+            c.inc_by(n);
+        }
+    }
+    record_result_metrics(shared, before, &applied.message);
+    if applied.message.is_finished() {
+        shared
+            .metrics
+            .delivery_queue_time
+            .observe(now.saturating_since(before.received_at).as_secs_f64());
+    }
+}
+
+/// `postrider_sandbox_captured_total{outcome}` for a captured attempt (the delivery metrics
+/// count only mail that really left).
+fn record_capture_metrics(shared: &Shared, simulated: &[(RecipientOutcome, Simulated)]) {
+    for (_, s) in simulated {
+        if let Ok(c) = shared
+            .metrics
+            .sandbox_captured
+            .get_metric_with_label_values(&[s.as_str()])
+        {
+            c.inc();
+        }
+    }
+}
+
+/// The recipients of `message` that simulate a complaint in this captured attempt.
+fn simulated_complaints(
+    message: &QueuedMessage,
+    simulated: &[(RecipientOutcome, Simulated)],
+) -> Vec<Address> {
+    simulated
+        .iter()
+        .filter(|(_, s)| *s == Simulated::Complained)
+        .filter_map(|(o, _)| message.recipients.get(o.index))
+        .map(|r| r.request.address.clone())
+        .collect()
+}
+
+/// Records the complaint of each of `recipients`, once their delivery is recorded. A failure
+/// is logged: the recipient stays delivered, only its `complained` event is missing.
+async fn record_complaints(shared: &Shared, id: MessageId, recipients: &[Address], now: Timestamp) {
+    for address in recipients {
+        if let Err(e) = shared.store.record_complaint(id, address, now).await {
+            tracing::error!(message_id = %id, recipient = %address, error = %e, "cannot record the simulated complaint");
         }
     }
 }

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub delivery_attempts: IntCounterVec,
     /// `postrider_bounces_generated_total`: delivery status notifications queued for senders.
     pub bounces_generated: IntCounter,
+    /// `postrider_sandbox_captured_total{outcome}`: recipients of captured (sandbox) messages
+    /// whose attempt was simulated instead of sent, by simulated outcome (`delivered`,
+    /// `deferred`, `bounced`, `complained`).
+    pub sandbox_captured: IntCounterVec,
     /// `postrider_queue_messages`: messages accepted and not yet finished.
     pub queue_messages: IntGauge,
     /// `postrider_delivery_duration_seconds`: one delivery attempt to one destination domain.
@@ -179,6 +183,14 @@ impl Metrics {
         }
         for s in ["smtp", "http"] {
             messages_accepted.with_label_values(&[s]);
+        }
+        let sandbox_captured = counter_vec(
+            "postrider_sandbox_captured_total",
+            "Recipients of sandbox messages captured instead of sent, by simulated outcome.",
+            &["outcome"],
+        );
+        for o in ["delivered", "deferred", "bounced", "complained"] {
+            sandbox_captured.with_label_values(&[o]);
         }
         let bounces_generated = IntCounter::new(
             "postrider_bounces_generated_total",
@@ -471,6 +483,7 @@ impl Metrics {
             messages_accepted,
             delivery_attempts,
             bounces_generated,
+            sandbox_captured,
             queue_messages,
             delivery_duration,
             smtp_sessions,
@@ -574,6 +587,7 @@ mod tests {
             "postrider_messages_accepted_total{source=\"smtp\"} 1",
             "postrider_delivery_attempts_total{result=\"bounced\"} 0",
             "postrider_bounces_generated_total 0",
+            "postrider_sandbox_captured_total{outcome=\"complained\"} 0",
             "postrider_queue_messages 0",
             "postrider_delivery_duration_seconds_count 1",
         ] {

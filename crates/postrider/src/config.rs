@@ -362,6 +362,9 @@ pub(crate) struct RawSmtpUser {
     /// What a `From:`/`Sender:` outside `allowed_senders` gets: `reject` or `rewrite`.
     #[serde(default)]
     pub(crate) from_policy: RawFromPolicy,
+    /// The user's messages are captured, never sent (see "Sandbox and capture").
+    #[serde(default)]
+    pub(crate) sandbox: bool,
 }
 
 /// `smtp.users.from_policy`.
@@ -433,6 +436,9 @@ pub(crate) struct RawApiKey {
     pub(crate) key_hash: String,
     /// `send`, `read`, `admin`.
     pub(crate) scopes: Vec<String>,
+    /// Messages submitted with the key are captured, never sent (see "Sandbox and capture").
+    #[serde(default)]
+    pub(crate) sandbox: bool,
 }
 
 /// `[dns]`.
@@ -457,6 +463,9 @@ pub(crate) struct RawDns {
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDelivery {
+    /// `deliver` (default) or `capture`: capture every message, sending none.
+    #[serde(default)]
+    pub(crate) mode: DeliveryMode,
     /// Port used for every MX host.
     #[serde(default = "default_delivery_port")]
     pub(crate) port: u16,
@@ -691,6 +700,7 @@ pub(crate) struct RawRoute {
 impl Default for RawDelivery {
     fn default() -> Self {
         RawDelivery {
+            mode: DeliveryMode::default(),
             port: default_delivery_port(),
             max_concurrent: default_max_concurrent(),
             tls: DeliveryTls::default(),
@@ -731,6 +741,17 @@ fn default_data_timeout() -> HumanDuration {
 }
 fn default_lease() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
+}
+
+/// `delivery.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DeliveryMode {
+    /// Send mail to its destinations (default).
+    #[default]
+    Deliver,
+    /// Send nothing: every message is captured and its outcome simulated (sandbox).
+    Capture,
 }
 
 /// `delivery.tls`.
@@ -1401,6 +1422,32 @@ warn_after = "0s"
             "[delivery]\nlease = \"1m\"\ndata_timeout = \"1m\"\ncommand_timeout = \"1m\"",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn sandbox_keys() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.raw.delivery.mode, DeliveryMode::Deliver);
+        let c = Config::from_toml(
+            r#"
+[delivery]
+mode = "capture"
+[[http.api_keys]]
+name = "test"
+key_hash = "2d040e541cd5cd4a982bc4b8b4afac37dd728f7d11f706ec27c89ace51be0ee8"
+scopes = ["send"]
+sandbox = true
+[[smtp.users]]
+name = "staging"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$QnUPHlBQ8TDaEq077j7qNQ$x1jzGHD92koxzYnRTJzs+bh3iJiZT0JEHLZ6VF/+Rbk"
+sandbox = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.raw.delivery.mode, DeliveryMode::Capture);
+        assert!(c.raw.http.api_keys[0].sandbox);
+        assert!(c.raw.smtp.users[0].sandbox);
+        assert!(err("[delivery]\nmode = \"send\"").contains("mode"));
     }
 
     #[test]

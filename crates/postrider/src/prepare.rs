@@ -119,6 +119,7 @@ fn smtp_settings(config: &Config) -> Result<SmtpSettings, ConfigError> {
                     RawFromPolicy::Reject => FromPolicy::Reject,
                     RawFromPolicy::Rewrite => FromPolicy::Rewrite,
                 },
+                sandbox: u.sandbox,
             })
             .collect(),
         messages_per_minute_per_ip: raw.limits.messages_per_minute_per_ip,
@@ -129,11 +130,17 @@ fn smtp_settings(config: &Config) -> Result<SmtpSettings, ConfigError> {
         auth_failure_delay: raw.limits.auth_failure_delay.0,
         overload_percent: raw.limits.overload_percent,
         overload_timeout: raw.limits.overload_timeout.0,
+        capture_all: captures_all(config),
     };
     settings
         .validate()
         .map_err(|e| invalid("smtp", format!("{e}; fix it in [smtp] or [[smtp.users]]")))?;
     Ok(settings)
+}
+
+/// Whether `delivery.mode = "capture"`: every message is captured, none sent.
+fn captures_all(config: &Config) -> bool {
+    config.raw.delivery.mode == crate::config::DeliveryMode::Capture
 }
 
 fn api_settings(config: &Config) -> Result<ApiSettings, ConfigError> {
@@ -155,6 +162,7 @@ fn api_settings(config: &Config) -> Result<ApiSettings, ConfigError> {
                     _ => None,
                 })
                 .collect(),
+            sandbox: k.sandbox,
         })
         .collect();
     let settings = ApiSettings {
@@ -169,6 +177,7 @@ fn api_settings(config: &Config) -> Result<ApiSettings, ConfigError> {
         }),
         idempotency_ttl: raw.http.idempotency_ttl.0,
         metrics_auth: raw.http.metrics_auth,
+        capture_all: captures_all(config),
         ..ApiSettings::default()
     };
     settings
@@ -280,6 +289,7 @@ fn delivery_settings(config: &Config) -> Result<DeliverySettings, ConfigError> {
         },
         tls: tls_mode(raw.tls),
         retry: config.retry.clone(),
+        capture_all: captures_all(config),
         ..defaults
     };
     settings.validate().map_err(|e| {

@@ -106,7 +106,7 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (od, nd) = (&o.delivery, &n.delivery);
     let (os, ns) = (&o.smtp, &n.smtp);
     let (ol, nl) = (&os.limits, &ns.limits);
-    let changed: [(&'static str, bool); 32] = [
+    let changed: [(&'static str, bool); 33] = [
         ("hostname", old.hostname != new.hostname),
         ("data_dir", o.data_dir != n.data_dir),
         ("smtp.listen", os.listen != ns.listen),
@@ -192,6 +192,7 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             od.verify_certificates != nd.verify_certificates,
         ),
         ("delivery.ca_file", od.ca_file != nd.ca_file),
+        ("delivery.mode", od.mode != nd.mode),
         ("delivery.breaker", od.breaker != nd.breaker),
         ("delivery.public_ips", od.public_ips != nd.public_ips),
         ("dkim", o.dkim != n.dkim),

@@ -74,6 +74,8 @@ struct Inner {
     auth_slots: Semaphore,
     auth_throttle: Mutex<AuthThrottle>,
     auth_lockout: Duration,
+    /// Mark every accepted message sandbox ([`SmtpSettings::capture_all`]).
+    capture_all: bool,
 }
 
 /// The users who may authenticate.
@@ -135,6 +137,7 @@ impl SmtpServer {
             metrics,
             tls: settings.tls.clone().map(TlsAcceptor::from),
             accounts: ArcSwap::from_pointee(Accounts::new(users, &settings.users)),
+            capture_all: settings.capture_all,
             connections: ConnectionLimiter::new(
                 settings.max_connections,
                 settings.max_connections_per_ip,
@@ -817,7 +820,13 @@ impl Session {
         let sender = submission.envelope.sender().to_string();
         let recipients = submission.envelope.recipients().len();
         let header_id = logged_message_id(&body).unwrap_or_else(|| "-".to_owned());
-        let message = NewMessage::new(submission.envelope, body, Source::Smtp, now);
+        let mut message = NewMessage::new(submission.envelope, body, Source::Smtp, now);
+        message.sandbox = self.inner.capture_all
+            || submission
+                .user
+                .as_deref()
+                .and_then(|name| self.inner.accounts.load().users.get(name).map(|u| u.sandbox))
+                .unwrap_or(false);
         match self.inner.store.enqueue(message).await {
             Ok(id) => {
                 self.messages += 1;

@@ -38,6 +38,9 @@ pub struct SmtpUser {
     pub allowed_senders: Vec<String>,
     /// What to do with a message whose `From:`/`Sender:` is not in `allowed_senders`.
     pub from_policy: FromPolicy,
+    /// The user's messages are captured, never sent (a test account): marked
+    /// [`postrider_core::NewMessage::sandbox`].
+    pub sandbox: bool,
 }
 
 impl std::fmt::Debug for SmtpUser {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for SmtpUser {
             .field("name", &self.name)
             .field("allowed_senders", &self.allowed_senders)
             .field("from_policy", &self.from_policy)
+            .field("sandbox", &self.sandbox)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +102,9 @@ pub struct SmtpSettings {
     pub overload_percent: u8,
     /// Command (and greeting, TLS handshake) timeout of idle sessions in overload. Default 10 s.
     pub overload_timeout: Duration,
+    /// Capture every accepted message instead of sending it (`delivery.mode = "capture"`): each
+    /// is marked [`postrider_core::NewMessage::sandbox`]. Default `false`.
+    pub capture_all: bool,
 }
 
 impl Default for SmtpSettings {
@@ -130,6 +137,7 @@ impl Default for SmtpSettings {
             auth_failure_delay: Duration::from_millis(250),
             overload_percent: 80,
             overload_timeout: Duration::from_secs(10),
+            capture_all: false,
         }
     }
 }

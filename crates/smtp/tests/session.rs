@@ -672,6 +672,7 @@ fn user(name: &str, password: &str, allowed: &[&str]) -> SmtpUser {
         password_hash: hash_password(password).unwrap(),
         allowed_senders: allowed.iter().map(|s| s.to_string()).collect(),
         from_policy: FromPolicy::Reject,
+        sandbox: false,
     }
 }
 
@@ -1256,6 +1257,7 @@ async fn a_reload_changes_the_message_rate_limit_and_refuses_bad_users() {
             password_hash: "not a hash".into(),
             allowed_senders: Vec::new(),
             from_policy: FromPolicy::Reject,
+            sandbox: false,
         }],
         ..settings()
     };

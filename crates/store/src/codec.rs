@@ -4,6 +4,7 @@
 //! | tree | version | layout |
 //! |---|---|---|
 //! | `messages` | 1 | `0x01 ‖ JSON(StoredMessage)` |
+//! | `messages` | 2 | `0x02 ‖ JSON(StoredMessage)`, a sandbox (captured) message |
 //! | `bodies` | 1 | `0x01 ‖ raw RFC 5322 bytes` |
 //! | `meta` `format_version` | — | `be_u32` data-directory format version |
 //! | `meta` `lease_horizon` | — | `be_u64` ms, the latest lease expiry granted |
@@ -16,7 +17,13 @@ use crate::error::{Result, StoreError};
 use crate::keys::hex;
 
 /// The newest message-record version this build writes and reads.
-pub(crate) const MESSAGE_RECORD_VERSION: u8 = 1;
+pub(crate) const MESSAGE_RECORD_VERSION: u8 = 2;
+/// The message-record version of ordinary messages. Sandbox messages are written as
+/// [`SANDBOX_MESSAGE_VERSION`] instead, so that a build that does not know the sandbox mark
+/// refuses them as a newer format rather than delivering them for real.
+pub(crate) const ORDINARY_MESSAGE_VERSION: u8 = 1;
+/// The message-record version of sandbox messages (same JSON; the version itself is the mark).
+pub(crate) const SANDBOX_MESSAGE_VERSION: u8 = 2;
 /// The newest body-record version this build writes and reads.
 pub(crate) const BODY_RECORD_VERSION: u8 = 1;
 /// The data-directory format version stored in `meta` under [`FORMAT_VERSION_KEY`].
@@ -59,10 +66,19 @@ impl StoredMessage {
     }
 }
 
-/// Encodes a message record in the current version.
+/// The record version a message is written with: 2 for sandbox messages, 1 for the others.
+fn message_version(message: &QueuedMessage) -> u8 {
+    if message.sandbox {
+        SANDBOX_MESSAGE_VERSION
+    } else {
+        ORDINARY_MESSAGE_VERSION
+    }
+}
+
+/// Encodes a message record: version 1, or version 2 for a sandbox message.
 pub(crate) fn encode_message(record: &StoredMessage) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
-    out.push(MESSAGE_RECORD_VERSION);
+    out.push(message_version(&record.message));
     serde_json::to_writer(&mut out, record).map_err(|e| StoreError::Corrupt {
         tree: "messages",
         key: record.message.id.to_string(),
@@ -82,6 +98,13 @@ pub(crate) fn decode_message(key: &[u8], bytes: &[u8]) -> Result<StoredMessage> 
         None => Err(corrupt("empty value".into())),
         Some((&1, json)) => {
             serde_json::from_slice(json).map_err(|e| corrupt(format!("version 1: {e}")))
+        }
+        Some((&2, json)) => {
+            let mut record: StoredMessage =
+                serde_json::from_slice(json).map_err(|e| corrupt(format!("version 2: {e}")))?;
+            // The version is the mark: whatever the JSON says, this message is never sent.
+            record.message.sandbox = true;
+            Ok(record)
         }
         Some((&0, _)) => Err(corrupt("format version 0 was never written".into())),
         Some((&v, _)) => Err(StoreError::UnknownFormat {
@@ -296,17 +319,94 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_messages_are_written_as_version_2_and_ordinary_ones_as_version_1() {
+        let ordinary = sample_record();
+        assert_eq!(encode_message(&ordinary).unwrap()[0], 1);
+        let mut sandbox = ordinary.clone();
+        sandbox.message.sandbox = true;
+        let bytes = encode_message(&sandbox).unwrap();
+        assert_eq!(bytes[0], 2, "a build that predates the mark must refuse it");
+        assert_eq!(decode_message(b"k", &bytes).unwrap(), sandbox);
+        // The version is the mark, even if the JSON lacked the flag.
+        let ordinary_bytes = encode_message(&ordinary).unwrap();
+        let mut relabelled = vec![2];
+        relabelled.extend_from_slice(&ordinary_bytes[1..]);
+        assert!(decode_message(b"k", &relabelled).unwrap().message.sandbox);
+        assert!(
+            !decode_message(b"k", &ordinary_bytes)
+                .unwrap()
+                .message
+                .sandbox
+        );
+    }
+
+    /// The golden fixtures directory `migrations-free-data/<version_dir>`: writes those of
+    /// `files` that are missing when `POSTRIDER_WRITE_FIXTURES` is set, and returns a reader of
+    /// the committed files.
+    fn golden_fixtures(
+        version_dir: &str,
+        files: &[(&str, &[u8])],
+    ) -> impl Fn(&str) -> Vec<u8> + use<> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../migrations-free-data")
+            .join(version_dir);
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            if std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some() && !path.exists() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        move |name: &str| {
+            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
+            })
+        }
+    }
+
+    /// Golden fixture of message record version 2 (a sandbox message): the same JSON shape as
+    /// version 1 with `message.sandbox` set. Created like the others with
+    /// `POSTRIDER_WRITE_FIXTURES=1`.
+    #[test]
+    fn golden_sandbox_message_record_decodes() {
+        let mut rec = sample_record();
+        rec.message.sandbox = true;
+        let bin = encode_message(&rec).unwrap();
+        let json = serde_json::to_vec_pretty(&rec).unwrap();
+        let read = golden_fixtures(
+            "v1",
+            &[
+                ("message-record-v2.bin", &bin),
+                ("message-record-v2.json", &json),
+            ],
+        );
+        let bin = read("message-record-v2.bin");
+        assert_eq!(bin[0], 2);
+        let stored = decode_message(&[0, 0, 0, 0, 0, 0, 0x12, 0x34], &bin).unwrap();
+        let from_json: StoredMessage =
+            serde_json::from_slice(&read("message-record-v2.json")).unwrap();
+        assert_eq!(
+            stored, from_json,
+            "the .json fixture documents the .bin payload"
+        );
+        assert!(stored.message.sandbox);
+        assert_eq!(stored.message.id.to_string(), "0000000000001234");
+        assert_eq!(stored.message.recipients.len(), 2);
+        assert_eq!(stored, rec, "today's writer produces the same record");
+    }
+
+    #[test]
     fn newer_or_broken_records_are_refused() {
         let mut bytes = encode_message(&sample_record()).unwrap();
-        bytes[0] = 2;
+        bytes[0] = 3;
         let err = decode_message(&[0, 1], &bytes).unwrap_err();
         assert!(
             matches!(
                 err,
                 StoreError::UnknownFormat {
                     tree: "messages",
-                    found: 2,
-                    supported: 1
+                    found: 3,
+                    supported: 2
                 }
             ),
             "{err}"
@@ -416,31 +516,19 @@ mod tests {
     /// its one further chunk. Created like the others with `POSTRIDER_WRITE_FIXTURES=1`.
     #[test]
     fn golden_chunked_body_decodes() {
-        let dir = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../migrations-free-data/v1"
-        ));
         let raw: Vec<u8> = (0..(BODY_CHUNK + 100))
             .map(|i| b"golden chunked body\r\n"[i % 21])
             .collect();
         let key = 42u64.to_be_bytes();
         let records = encode_body_records(&key, &raw);
         assert_eq!(records.len(), 2);
-        let files = [
-            ("body-record-v2-head.bin", &records[0].1),
-            ("body-record-v2-chunk-1.bin", &records[1].1),
-        ];
-        for (name, bytes) in files {
-            let path = dir.join(name);
-            if std::env::var_os("POSTRIDER_WRITE_FIXTURES").is_some() && !path.exists() {
-                std::fs::write(&path, bytes).unwrap();
-            }
-        }
-        let read = |name: &str| {
-            std::fs::read(dir.join(name)).unwrap_or_else(|e| {
-                panic!("fixture {name}: {e} (POSTRIDER_WRITE_FIXTURES=1 creates it)")
-            })
-        };
+        let read = golden_fixtures(
+            "v1",
+            &[
+                ("body-record-v2-head.bin", &records[0].1),
+                ("body-record-v2-chunk-1.bin", &records[1].1),
+            ],
+        );
         let head = read("body-record-v2-head.bin");
         let chunk = read("body-record-v2-chunk-1.bin");
         assert_eq!(head[0], CHUNKED_BODY_VERSION);

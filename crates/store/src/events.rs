@@ -46,17 +46,21 @@ pub enum EventKind {
     Suppressed,
     /// A recipient was given up after the maximum queue lifetime (its last reply was transient).
     Expired,
+    /// A recipient reported a delivered message as unwanted (spam complaint), recorded by
+    /// [`Store::record_complaint`]; today only simulated by sandbox messages.
+    Complained,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Accepted,
         EventKind::Deferred,
         EventKind::Delivered,
         EventKind::Bounced,
         EventKind::Suppressed,
         EventKind::Expired,
+        EventKind::Complained,
     ];
 
     /// Stable label (`accepted`, `deferred`, …).
@@ -68,6 +72,7 @@ impl EventKind {
             EventKind::Bounced => "bounced",
             EventKind::Suppressed => "suppressed",
             EventKind::Expired => "expired",
+            EventKind::Complained => "complained",
         }
     }
 
@@ -411,6 +416,39 @@ impl Store {
             }
         }
         Ok(page)
+    }
+
+    /// Records that `recipient` of message `id` complained about it: appends a `complained`
+    /// event (with its webhook outbox entries) carrying the recipient's last reply and host.
+    /// Returns `false`, writing nothing, when the message or the recipient is unknown. Durable
+    /// when `Ok`.
+    pub async fn record_complaint(
+        &self,
+        id: MessageId,
+        recipient: &postrider_core::Address,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let Some(message) = self.message(id)? else {
+            return Ok(false);
+        };
+        let Some(status) = message
+            .recipients
+            .iter()
+            .find(|r| r.request.address == *recipient)
+        else {
+            return Ok(false);
+        };
+        let kind = EventKind::Complained;
+        let mut plan = crate::plan::Plan::default();
+        plan.events.push(PendingEvent {
+            kind,
+            value: encode_event(&record_for(&message, kind, Some(status), at))?,
+        });
+        self.apply_plan(&mut plan)?;
+        self.durable().await?;
+        tracing::info!(%id, recipient = %recipient, "complaint recorded");
+        Ok(true)
     }
 
     /// One event by sequence number.

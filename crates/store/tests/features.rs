@@ -650,3 +650,57 @@ async fn outbox_entries_follow_subscriptions_and_survive_restart() {
         1
     );
 }
+
+/// A sandbox message keeps its mark across a reopen, through its lease and its attempt, and
+/// a complaint about a delivered recipient is a `complained` event with its webhook entry.
+#[tokio::test]
+async fn sandbox_mark_survives_reopen_and_complaints_are_evented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sandboxed, ordinary) = {
+        let store = postrider_store::Store::open(dir.path(), Metrics::new()).unwrap();
+        let mut m = new_message(&["complaint@sandbox.invalid"], T0);
+        m.sandbox = true;
+        let sandboxed = store.enqueue(m).await.unwrap();
+        let ordinary = store.enqueue(new_message(&["a@x.test"], T0)).await.unwrap();
+        (sandboxed, ordinary)
+    };
+    let store = open_retrying(dir.path(), Metrics::new()).await;
+    store.set_webhooks(vec![WebhookSubscription {
+        url: "http://127.0.0.1:9/hook".into(),
+        events: vec![EventKind::Complained],
+    }]);
+    assert!(store.message(sandboxed).unwrap().unwrap().sandbox);
+    assert!(!store.message(ordinary).unwrap().unwrap().sandbox);
+    let leases = store.lease_due(ts(T0), LEASE, 10).unwrap();
+    let lease = leases.iter().find(|l| l.message.id == sandboxed).unwrap();
+    assert!(lease.message.sandbox, "the lease carries the mark");
+    let _ = store
+        .record_attempt(lease, delivered(&lease.message, T0 + 1))
+        .await
+        .unwrap();
+    let finished = store.message(sandboxed).unwrap().unwrap();
+    assert!(finished.sandbox, "recording the attempt keeps the mark");
+
+    let address = postrider_core::Address::parse("complaint@sandbox.invalid").unwrap();
+    assert!(
+        store
+            .record_complaint(sandboxed, &address, ts(T0 + 2))
+            .await
+            .unwrap()
+    );
+    let stranger = postrider_core::Address::parse("other@sandbox.invalid").unwrap();
+    assert!(
+        !store
+            .record_complaint(sandboxed, &stranger, ts(T0 + 2))
+            .await
+            .unwrap()
+    );
+    let events = store.events_after(0, 100).unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, EventKind::Complained);
+    assert_eq!(last.message_id, sandboxed);
+    assert_eq!(last.recipient.as_deref(), Some("complaint@sandbox.invalid"));
+    assert_eq!(last.to_json()["type"], "complained");
+    assert_eq!(EventKind::parse("complained"), Some(EventKind::Complained));
+    assert_eq!(store.webhook_outbox_len(), 1);
+}

@@ -174,7 +174,7 @@ async fn unknown_and_corrupt_records_only_affect_themselves() {
         let messages = db.open_tree("messages").unwrap();
         let key = newer.to_be_bytes();
         let mut v = messages.get(key).unwrap().unwrap().to_vec();
-        v[0] = 2; // a version from the future
+        v[0] = 3; // a version from the future (2 marks sandbox messages)
         messages.insert(key, v).unwrap();
         messages
             .insert(broken.to_be_bytes(), &b"\x01{not json"[..])
@@ -187,7 +187,7 @@ async fn unknown_and_corrupt_records_only_affect_themselves() {
         store.message(newer),
         Err(StoreError::UnknownFormat {
             tree: "messages",
-            found: 2,
+            found: 3,
             ..
         })
     ));

@@ -22,7 +22,7 @@ use crate::ApiState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ClientAddr, RawJsonBody};
-use crate::routes::{Accepted, context, enqueue_all, idempotency_key, submit};
+use crate::routes::{Accepted, context, enqueue_all, idempotency_key, is_sandboxed, submit};
 
 /// Postmark's error code for a bad or missing server token.
 const BAD_TOKEN: u16 = 10;
@@ -374,6 +374,7 @@ async fn send_email(
 async fn send_batch(
     State(state): State<ApiState>,
     client: ClientAddr,
+    principal: Option<Extension<Principal>>,
     body: Result<RawJsonBody, ApiError>,
 ) -> Result<Json<Vec<serde_json::Value>>, PostmarkError> {
     let RawJsonBody { value, .. } = body.map_err(|e| PostmarkError::from_native(&e))?;
@@ -411,7 +412,7 @@ async fn send_batch(
         }
         composed.push(message);
     }
-    let results = enqueue_all(&state, composed)
+    let results = enqueue_all(&state, composed, is_sandboxed(&state, principal.as_deref()))
         .await
         .into_iter()
         .zip(echoes)

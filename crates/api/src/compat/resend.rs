@@ -23,7 +23,7 @@ use crate::auth::Principal;
 use crate::compose::Composed;
 use crate::error::ApiError;
 use crate::extract::{ClientAddr, RawJsonBody};
-use crate::routes::{context, enqueue_all, idempotency_key, load, path_id, submit};
+use crate::routes::{context, enqueue_all, idempotency_key, is_sandboxed, load, path_id, submit};
 
 /// Header choosing how a batch with invalid items is handled (`strict` or `permissive`).
 const BATCH_VALIDATION: &str = "x-batch-validation";
@@ -302,6 +302,7 @@ fn permissive(headers: &HeaderMap) -> bool {
 async fn send_batch(
     State(state): State<ApiState>,
     client: ClientAddr,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<RawJsonBody, ApiError>,
 ) -> Result<Json<serde_json::Value>, ResendError> {
@@ -341,7 +342,7 @@ async fn send_batch(
     }
     let mut data = Vec::new();
     let mut errors = Vec::new();
-    for (index, result) in enqueue_all(&state, composed).await.into_iter().enumerate() {
+    for (index, result) in enqueue_all(&state, composed, is_sandboxed(&state, principal.as_deref())).await.into_iter().enumerate() {
         match result {
             Ok(accepted) => data.push(serde_json::json!({"id": accepted.id.to_string()})),
             Err(e) => {

@@ -150,7 +150,7 @@ impl Sessions {
     pub(crate) fn login(&self, state: &ApiState, presented: &str) -> Option<String> {
         let digest = key_digest(presented);
         let access = state.access.load();
-        let (_, scopes) = access.keys().find_digest(&digest)?;
+        let scopes = &access.keys().find_digest(&digest)?.scopes;
         if !scopes.contains(&Scope::Read) {
             return None;
         }
@@ -181,7 +181,8 @@ impl Sessions {
                 ..
             }) if !keyless => {
                 let access = state.access.load();
-                let (name, scopes) = access.keys().find_digest(&digest)?;
+                let key = access.keys().find_digest(&digest)?;
+                let (name, scopes) = (key.name.as_str(), key.scopes.as_slice());
                 scopes.contains(&Scope::Read).then(|| Viewer {
                     name: name.to_owned(),
                     scopes: scopes.to_vec(),
