@@ -2,7 +2,8 @@
 //! `GET /v1/messages/{id}/content` (parsed with `mail-parser`) and
 //! `GET /v1/messages/{id}/attachments/{n}` (one attachment's decoded octets).
 //!
-//! Bodies are kept only while a message is pending; a finished message answers 410. Parsing is
+//! Bodies are kept while a message is pending (a captured one keeps its body until purged); a
+//! sent or bounced message answers 410. Parsing is
 //! refused (413) for a body over `max_message_size`, so an oversized record cannot make the
 //! server spend unbounded time or memory. Downloads are served so that a browser never renders
 //! them in the relay's origin: `Content-Disposition: attachment`, `nosniff` and a sandboxing
@@ -90,7 +91,7 @@ pub(crate) fn stored_body(state: &ApiState, id: MessageId) -> Result<Vec<u8>, Ap
         StatusCode::GONE,
         "content_gone",
         format!(
-            "the content of message {id} is no longer kept: bodies are deleted once a message is finished"
+            "the content of message {id} is no longer kept: bodies are deleted once a message is sent or bounced (captured messages keep theirs until purged)"
         ),
     ))
 }

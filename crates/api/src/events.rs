@@ -67,11 +67,7 @@ fn event_filter(q: &EventsQuery) -> Result<EventFilter, ApiError> {
     let message_id = match given(&q.id) {
         None => None,
         Some(id) => Some(id.parse::<MessageId>().map_err(|_| {
-            ApiError::invalid(
-                "invalid_query",
-                "id",
-                "id is a queue id (16 hex digits)",
-            )
+            ApiError::invalid("invalid_query", "id", "id is a queue id (16 hex digits)")
         })?),
     };
     let kinds = match given(&q.kind) {

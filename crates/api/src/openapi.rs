@@ -252,7 +252,11 @@ pub(crate) const ROUTES: &[Route] = &[
                 "Cursor: the last `seq` seen (default 0).",
             ),
             q("limit", "integer", "Page size, 1 to 1000 (default 100)."),
-            q("id", "string", "Only events of this message (its queue id)."),
+            q(
+                "id",
+                "string",
+                "Only events of this message (its queue id).",
+            ),
             q(
                 "recipient",
                 "string",

@@ -10,11 +10,11 @@ mod cli;
 mod config;
 mod gauges;
 mod logging;
+mod mailq;
 mod pidfile;
 mod prepare;
 mod reload;
 mod sendmail;
-mod mailq;
 mod storage;
 
 use std::process::ExitCode;

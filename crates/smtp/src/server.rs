@@ -825,7 +825,14 @@ impl Session {
             || submission
                 .user
                 .as_deref()
-                .and_then(|name| self.inner.accounts.load().users.get(name).map(|u| u.sandbox))
+                .and_then(|name| {
+                    self.inner
+                        .accounts
+                        .load()
+                        .users
+                        .get(name)
+                        .map(|u| u.sandbox)
+                })
                 .unwrap_or(false);
         match self.inner.store.enqueue(message).await {
             Ok(id) => {

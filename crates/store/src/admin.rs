@@ -660,6 +660,8 @@ impl Store {
             if drops {
                 plan.messages.remove(&id_bytes[..]);
                 plan.bodies.remove(&id_bytes[..]);
+                // Captured messages keep their body while finished (every chunk goes now).
+                plan.dropped_bodies.push(id_bytes);
             }
             match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(drops),

@@ -385,8 +385,13 @@ pub(crate) fn plan_outcome(
             rec.message.held = false;
             rec.message.next_attempt_at = None;
             rec.message.finished_at = Some(finished_at);
-            plan.bodies.remove(&id_bytes[..]);
-            plan.dropped_bodies.push(id_bytes);
+            // A captured (sandbox) message keeps its body until it is purged with its record,
+            // so what an application sent can still be looked at; a sent one has no further use
+            // for it.
+            if !rec.message.sandbox {
+                plan.bodies.remove(&id_bytes[..]);
+                plan.dropped_bodies.push(id_bytes);
+            }
             plan.finished
                 .insert(&TimeKey::new(finished_at, id).to_bytes()[..], &[][..]);
             if held {

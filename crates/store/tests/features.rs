@@ -680,6 +680,11 @@ async fn sandbox_mark_survives_reopen_and_complaints_are_evented() {
         .unwrap();
     let finished = store.message(sandboxed).unwrap().unwrap();
     assert!(finished.sandbox, "recording the attempt keeps the mark");
+    assert!(finished.is_finished());
+    assert!(
+        store.body(sandboxed).unwrap().is_some(),
+        "a captured message keeps its content once finished"
+    );
 
     let address = postrider_core::Address::parse("complaint@sandbox.invalid").unwrap();
     assert!(
@@ -703,4 +708,15 @@ async fn sandbox_mark_survives_reopen_and_complaints_are_evented() {
     assert_eq!(last.to_json()["type"], "complained");
     assert_eq!(EventKind::parse("complained"), Some(EventKind::Complained));
     assert_eq!(store.webhook_outbox_len(), 1);
+
+    // A sent message's body goes when it finishes; a captured one's when it is purged.
+    let lease = leases.iter().find(|l| l.message.id == ordinary).unwrap();
+    let _ = store
+        .record_attempt(lease, delivered(&lease.message, T0 + 1))
+        .await
+        .unwrap();
+    assert!(store.body(ordinary).unwrap().is_none());
+    assert_eq!(store.purge_finished(ts(T0 + 10)).unwrap(), 2);
+    assert!(store.body(sandboxed).unwrap().is_none());
+    assert!(store.message(sandboxed).unwrap().is_none());
 }

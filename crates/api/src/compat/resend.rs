@@ -342,7 +342,11 @@ async fn send_batch(
     }
     let mut data = Vec::new();
     let mut errors = Vec::new();
-    for (index, result) in enqueue_all(&state, composed, is_sandboxed(&state, principal.as_deref())).await.into_iter().enumerate() {
+    for (index, result) in enqueue_all(&state, composed, is_sandboxed(&state, principal.as_deref()))
+        .await
+        .into_iter()
+        .enumerate()
+    {
         match result {
             Ok(accepted) => data.push(serde_json::json!({"id": accepted.id.to_string()})),
             Err(e) => {
