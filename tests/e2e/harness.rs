@@ -88,15 +88,23 @@ impl TestRelay {
         relay
     }
 
+    /// Starts the relay process. Its log filter is `RUST_LOG=info` (or `POSTRIDER_TEST_LOG`),
+    /// unless the config has a `[log]` table: then `log.level` rules, as in production.
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_postrider"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_postrider"));
+        let config = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        if config.contains("\n[log]") {
+            command.env_remove("RUST_LOG");
+        } else {
+            command.env(
+                "RUST_LOG",
+                std::env::var("POSTRIDER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        }
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("POSTRIDER_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -143,3 +143,72 @@ async fn a_changed_listener_is_reported_as_needing_a_restart() {
     // Still listening where it was.
     assert!(tokio::net::TcpStream::connect(relay.smtp).await.is_ok());
 }
+
+#[tokio::test]
+async fn reload_applies_the_log_level_and_new_webhooks() {
+    let world = World::start().await;
+    let (hook, seen) = crate::features::webhook_receiver().await;
+    let base = world.config(&["1s"], "1h");
+    let relay = TestRelay::start(&format!("{base}\n[log]\nlevel = \"warn\"\n")).await;
+    let accepted_lines = |relay: &TestRelay| {
+        relay
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("smtp message accepted"))
+            .count()
+    };
+
+    // At warn: the acceptance line (INFO) is not written, and no webhook is configured.
+    submit(
+        relay.smtp,
+        "app@sender.test",
+        &["before@example.test"],
+        &message("app@sender.test", "before@example.test", "before reload"),
+    )
+    .await;
+    received(&world.mx1, 1).await;
+    assert_eq!(accepted_lines(&relay), 0, "{}", relay.log_text());
+
+    let path = relay.config_path().to_owned();
+    let running = std::fs::read_to_string(&path).unwrap();
+    let next = running.replace("level = \"warn\"", "level = \"info\"")
+        + &format!(
+            "\n[[webhooks]]\nurl = \"http://{hook}/hook\"\nsecret = \"0123456789abcdef-secret\"\nevents = [\"delivered\"]\n"
+        );
+    std::fs::write(&path, &next).unwrap();
+    let run = reload(&path).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    wait_until("the reload to be applied", async || {
+        let ok = relay
+            .metric("postrider_config_reloads_total{result=\"ok\"}")
+            .await;
+        (ok == Some(1.0)).then_some(())
+    })
+    .await;
+
+    // At info, with the webhook: the next message is logged and its delivery is posted.
+    submit(
+        relay.smtp,
+        "app@sender.test",
+        &["after@example.test"],
+        &message("app@sender.test", "after@example.test", "after reload"),
+    )
+    .await;
+    wait_until("the delivered event at the new webhook", async || {
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .any(|(_, e)| e["type"] == "delivered" && e["recipient"] == "after@example.test")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(accepted_lines(&relay), 1, "{}", relay.log_text());
+    assert!(
+        !seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .any(|(_, e)| e["recipient"] == "before@example.test"),
+        "events from before the webhook existed are not posted"
+    );
+}
