@@ -157,7 +157,7 @@ async fn capture_mode_simulates_every_outcome_and_nothing_leaves() {
     let log = events(http, None).await;
     let of = |kind: &str, rcpt: &str| {
         log.iter()
-            .any(|e| e["message_id"] == id.as_str() && e["type"] == kind && e["recipient"] == rcpt)
+            .any(|e| e["id"] == id.as_str() && e["type"] == kind && e["recipient"] == rcpt)
     };
     assert!(of("delivered", "complaint@sandbox.invalid"), "{log:?}");
     assert!(of("complained", "complaint@sandbox.invalid"), "{log:?}");
@@ -166,7 +166,7 @@ async fn capture_mode_simulates_every_outcome_and_nothing_leaves() {
     let dsn_id = log
         .iter()
         .find(|e| e["type"] == "accepted" && e["metadata"]["dsn_for"] == id.as_str())
-        .and_then(|e| e["message_id"].as_str())
+        .and_then(|e| e["id"].as_str())
         .expect("a bounce notice for the sender")
         .to_owned();
     let dsn = wait_for_message(http, &dsn_id, None, "bounce notice captured", |m| {
@@ -185,7 +185,7 @@ async fn capture_mode_simulates_every_outcome_and_nothing_leaves() {
     let posts = wait_until("complained webhook", async || {
         let s = seen.lock().expect("seen").clone();
         s.iter()
-            .any(|(_, v)| v["type"] == "complained" && v["message_id"] == id.as_str())
+            .any(|(_, v)| v["type"] == "complained" && v["id"] == id.as_str())
             .then_some(s)
     })
     .await;

@@ -121,11 +121,10 @@ impl World {
         for mx in [&self.mx1, &self.mx2] {
             mx.update_behaviour(|b| b.greeting = None);
         }
-        let (status, body) = relay
-            .post_json("/v1/queue/retry", &serde_json::json!({"all": true}))
-            .await;
-        assert_eq!(status, 200, "{body}");
         let deadline = tokio::time::Instant::now() + patience;
+        // Retried again every few seconds: an attempt already under way when the greeting
+        // changed still met the 421 and was deferred after the first retry.
+        let mut next_retry = tokio::time::Instant::now();
         loop {
             let got = self.delivered_subjects();
             let missing: Vec<&String> = subjects.iter().filter(|s| !got.contains(s)).collect();
@@ -137,6 +136,13 @@ impl World {
                 "messages not delivered: {missing:?}; delivered {got:?}; relay log:\n{}",
                 relay.log_text()
             );
+            if tokio::time::Instant::now() >= next_retry {
+                let (status, body) = relay
+                    .post_json("/v1/queue/retry", &serde_json::json!({"all": true}))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                next_retry = tokio::time::Instant::now() + Duration::from_secs(3);
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
