@@ -63,6 +63,7 @@ KNOWN = {
     "postrider_webhook_outbox": set(),
     "postrider_webhook_dropped_total": set(),
     "postrider_config_reloads_total": {"result"},
+    "postrider_sandbox_captured_total": {"outcome"},
     "postrider_config_last_reload_success_timestamp_seconds": set(),
     "postrider_delivery_status_codes_total": {"code"},
 }
