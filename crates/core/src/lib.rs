@@ -6,12 +6,14 @@
 //! - [`QueuedMessage`] and [`RecipientStatus`]: what the queue knows about a message, per recipient.
 //! - [`SmtpReply`] and [`classify_reply`]: what a remote server said and what it means for us.
 //! - [`RetryPolicy`]: when to try again and when to give up (RFC 5321 §4.5.4.1).
+//! - [`bounce`]: why a failure happened ([`BounceCategory`]), from rules kept as data.
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
 //!
 //! Everything here is deterministic: time and randomness are arguments, so the policy can be
 //! tested with whole tables of expected values.
 
 mod address;
+pub mod bounce;
 pub mod dsn;
 mod envelope;
 mod id;
@@ -21,6 +23,7 @@ mod retry;
 mod time;
 
 pub use address::{Address, AddressError, Domain, ReversePath};
+pub use bounce::{BounceCategory, classify_failure};
 pub use envelope::{DsnRet, Envelope, EnvelopeError, NotifyFlags, RecipientRequest};
 pub use id::{MessageId, ParseMessageIdError};
 pub use message::{
