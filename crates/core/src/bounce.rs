@@ -187,22 +187,26 @@ struct Rule {
     text: Option<Vec<String>>,
 }
 
+/// `list` when it holds 1 to [`MAX_PATTERNS_PER_RULE`] entries (or is absent).
+fn checked_list<'a>(list: Option<&'a [String]>, key: &str) -> Result<Option<&'a [String]>, String> {
+    match list {
+        Some(v) if v.is_empty() || v.len() > MAX_PATTERNS_PER_RULE => Err(format!(
+            "`{key}` needs 1 to {MAX_PATTERNS_PER_RULE} entries"
+        )),
+        _ => Ok(list),
+    }
+}
+
 impl Rule {
     fn from_raw(index: usize, raw: RawRule) -> Result<Rule, BounceRulesError> {
         let bad = |problem: String| BounceRulesError::Rule { index, problem };
         if raw.status.is_none() && raw.text.is_none() {
             return Err(bad("needs `status` or `text`".into()));
         }
-        let status = match raw.status {
-            None => None,
-            Some(v) => {
-                if v.is_empty() || v.len() > MAX_PATTERNS_PER_RULE {
-                    return Err(bad(format!(
-                        "`status` needs 1 to {MAX_PATTERNS_PER_RULE} patterns"
-                    )));
-                }
-                let parsed = v
-                    .iter()
+        let status = checked_list(raw.status.as_deref(), "status")
+            .map_err(bad)?
+            .map(|v| {
+                v.iter()
                     .map(|s| {
                         StatusPattern::parse(s).ok_or_else(|| {
                             bad(format!(
@@ -210,29 +214,20 @@ impl Rule {
                             ))
                         })
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Some(parsed)
-            }
-        };
-        let text = match raw.text {
-            None => None,
-            Some(v) => {
-                if v.is_empty() || v.len() > MAX_PATTERNS_PER_RULE {
-                    return Err(bad(format!(
-                        "`text` needs 1 to {MAX_PATTERNS_PER_RULE} phrases"
-                    )));
-                }
-                if let Some(p) = v
-                    .iter()
-                    .find(|p| p.trim().is_empty() || p.len() > MAX_PHRASE_LEN)
-                {
-                    return Err(bad(format!(
-                        "phrase `{p}` is empty or longer than {MAX_PHRASE_LEN} bytes"
-                    )));
-                }
-                Some(v.iter().map(|p| p.to_lowercase()).collect())
-            }
-        };
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let text = checked_list(raw.text.as_deref(), "text").map_err(bad)?;
+        if let Some(p) = text
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.trim().is_empty() || p.len() > MAX_PHRASE_LEN)
+        {
+            return Err(bad(format!(
+                "phrase `{p}` is empty or longer than {MAX_PHRASE_LEN} bytes"
+            )));
+        }
+        let text = text.map(|v| v.iter().map(|p| p.to_lowercase()).collect());
         Ok(Rule {
             category: raw.category,
             status,
