@@ -34,6 +34,7 @@ KNOWN = {
     "postrider_messages_accepted_total": {"source"},
     "postrider_delivery_attempts_total": {"result"},
     "postrider_bounces_generated_total": set(),
+    "postrider_bounces_total": {"category", "kind"},
     "postrider_queue_messages": set(),
     "postrider_delivery_duration_seconds": {"histogram"},
     "postrider_smtp_sessions_total": set(),

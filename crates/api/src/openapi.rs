@@ -589,10 +589,13 @@ fn schemas() -> Value {
         "BatchResponse": {"type": "object", "properties": {"results": {"type": "array", "items": {
             "oneOf": [{"$ref": "#/components/schemas/Accepted"}, {"$ref": "#/components/schemas/Error"}]}}}},
         "Reply": reply,
+        "BounceCategory": {"type": "string", "description": "Why a delivery failed; present next to a failure reply (4xx/5xx).",
+            "enum": postrider_core::BounceCategory::ALL.map(postrider_core::BounceCategory::as_str)},
         "Recipient": {"type": "object", "properties": {
             "address": s("string"),
             "state": {"type": "string", "enum": ["queued", "deferred", "delivered", "bounced", "suppressed"]},
             "attempts": s("integer"), "last_reply": {"$ref": "#/components/schemas/Reply"},
+            "category": {"$ref": "#/components/schemas/BounceCategory"},
             "mx_host": s("string"), "last_attempt_at": {"type": "string", "format": "date-time"},
             "tls": {"type": "object", "description": "Transport of the last attempt that reached a server.",
                 "properties": {"encrypted": s("boolean"), "version": {"type": "string", "example": "TLSv1.3"},
@@ -631,6 +634,7 @@ fn schemas() -> Value {
             "id": {"type": "string", "description": "The queue id of the message (as in /v1/messages/{id})."},
             "recipient": s("string"),
             "reply": {"$ref": "#/components/schemas/Reply"}, "mx_host": s("string"),
+            "category": {"$ref": "#/components/schemas/BounceCategory"},
             "source": {"type": "string", "enum": ["smtp", "http", "dsn"]},
             "tags": {"type": "array", "items": s("string")},
             "metadata": {"type": "object", "additionalProperties": s("string")},

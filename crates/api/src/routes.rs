@@ -9,7 +9,10 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use postrider_core::{MessageId, QueuedMessage, RecipientStatus, SmtpReply, Timestamp, TlsInfo};
+use postrider_core::{
+    BounceCategory, MessageId, QueuedMessage, RecipientStatus, SmtpReply, Timestamp, TlsInfo,
+    failure_category,
+};
 use postrider_store::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -384,6 +387,10 @@ pub(crate) struct RecipientView {
     state: &'static str,
     attempts: u32,
     last_reply: Option<ReplyView>,
+    /// Why the last attempt failed (`invalid_recipient`, `mailbox_full`, …); absent after a
+    /// success or before the first attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<&'static str>,
     mx_host: Option<String>,
     last_attempt_at: Option<String>,
     /// The transport of the last attempt that reached a server: encrypted, TLS version,
@@ -398,6 +405,11 @@ impl From<&RecipientStatus> for RecipientView {
             state: r.state.as_str(),
             attempts: r.attempts,
             last_reply: r.last_reply.as_ref().map(ReplyView::from),
+            category: r
+                .last_reply
+                .as_ref()
+                .and_then(failure_category)
+                .map(BounceCategory::as_str),
             mx_host: r.mx_host.clone(),
             last_attempt_at: r.last_attempt_at.map(Timestamp::to_rfc3339),
             tls: r.tls.clone(),

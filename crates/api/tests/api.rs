@@ -400,7 +400,10 @@ async fn status_endpoint_reports_the_message() {
         r.attempts = 1;
         r.state = RecipientState::Deferred;
         r.mx_host = Some("mx.dest.test".into());
-        r.last_reply = Some(postrider_core::SmtpReply::new(451, "4.3.0 later"));
+        r.last_reply = Some(postrider_core::SmtpReply::new(
+            452,
+            "4.2.2 The email account that you tried to reach is over quota.",
+        ));
         r.tls = Some(postrider_core::TlsInfo {
             encrypted: true,
             version: Some("TLSv1.3".into()),
@@ -431,6 +434,18 @@ async fn status_endpoint_reports_the_message() {
         json!({"encrypted": true, "version": "TLSv1.3", "verified": true})
     );
     assert_eq!(r.json["recipients"][0]["mx_host"], "mx.dest.test");
+    // ... and why it failed, in the status and in the event
+    assert_eq!(r.json["recipients"][0]["category"], "mailbox_full");
+    let r = call(Method::GET, "/v1/events?type=deferred")
+        .send(&h.app)
+        .await;
+    let events = r.json["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{}", r.json);
+    assert!(
+        events.iter().all(|e| e["category"] == "mailbox_full"),
+        "{}",
+        r.json
+    );
 
     let r = call(Method::GET, "/v1/messages/00000000deadbeef")
         .send(&h.app)

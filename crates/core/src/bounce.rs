@@ -336,6 +336,13 @@ pub fn classify_failure(reply: &SmtpReply) -> BounceCategory {
     rules().classify(reply)
 }
 
+/// The category of `reply` when it reports a failure (4xx/5xx), `None` for a success: what the
+/// API, events and logs show next to a reply. Derived, never stored, so records written before
+/// categories existed show one too.
+pub fn failure_category(reply: &SmtpReply) -> Option<BounceCategory> {
+    (!reply.is_positive()).then(|| classify_failure(reply))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ mod retry;
 mod time;
 
 pub use address::{Address, AddressError, Domain, ReversePath};
-pub use bounce::{BounceCategory, classify_failure};
+pub use bounce::{BounceCategory, classify_failure, failure_category};
 pub use envelope::{DsnRet, Envelope, EnvelopeError, NotifyFlags, RecipientRequest};
 pub use id::{MessageId, ParseMessageIdError};
 pub use message::{

@@ -1,6 +1,7 @@
 //! Destination health: a circuit breaker per MX host. Pure bookkeeping; `now` is an argument.
 //!
-//! Consecutive connection failures or `421` replies from a host open its breaker for a backoff
+//! Consecutive connection failures, `421` replies, or transactions whose every recipient was
+//! refused as rate-limited or as spam ([`throttling_reply`]) from a host open its breaker for a backoff
 //! period (doubling on every renewed failure, capped). While open, the host is not contacted and
 //! its recipients are deferred with a synthetic `451 4.4.5`. When the period ends, the next
 //! attempt goes through ("half-open"): a success closes the breaker, a failure reopens it at once
@@ -10,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use postrider_core::{EnhancedStatus, SmtpReply, Timestamp};
+use postrider_core::{EnhancedStatus, SmtpReply, Timestamp, failure_category};
 
 use crate::settings::BreakerSettings;
 
@@ -53,6 +54,23 @@ struct HostHealth {
     backoff: Duration,
     reason: String,
     last_failure: Timestamp,
+}
+
+/// The first reply of a transaction in which the host refused every recipient with a reply that
+/// asks us to slow down (category `rate_limited` or `spam_block`): such a transaction counts as a
+/// failure of the host, so a streak of them suspends it like a streak of `421`s. `None` when any
+/// recipient got another reply, or there were none.
+pub(crate) fn throttling_reply<'a>(
+    replies: impl IntoIterator<Item = &'a SmtpReply>,
+) -> Option<&'a SmtpReply> {
+    let mut first = None;
+    for r in replies {
+        if !failure_category(r).is_some_and(|c| c.is_throttling()) {
+            return None;
+        }
+        first = first.or(Some(r));
+    }
+    first
 }
 
 /// The breaker table.
@@ -194,6 +212,38 @@ mod tests {
         assert!(b.suspended(t(201)).is_empty());
         // after a success the count starts over
         assert!(b.record_failure("mx", "refused", t(300)).is_none());
+    }
+
+    #[test]
+    fn throttling_transactions_count_as_failures() {
+        let limited = SmtpReply::new(450, "4.7.28 unusual rate of unsolicited mail from your IP");
+        let spam = SmtpReply::new(550, "5.7.1 Client host blocked using zen.spamhaus.org");
+        let unknown = SmtpReply::new(550, "5.1.1 no such user");
+        let ok = SmtpReply::new(250, "2.1.5 ok");
+        assert_eq!(throttling_reply([&limited, &spam]), Some(&limited));
+        assert_eq!(throttling_reply([&spam]), Some(&spam));
+        assert_eq!(throttling_reply([&limited, &unknown]), None);
+        assert_eq!(throttling_reply([&limited, &ok]), None);
+        assert_eq!(throttling_reply([]), None);
+
+        // a streak opens the breaker; it closes again by itself after a success
+        let mut b = breaker();
+        let t = |s: u64| Timestamp::from_millis(s * 1000);
+        for i in 0..2 {
+            if let Some(r) = throttling_reply([&limited]) {
+                b.record_failure("mx", &r.to_string(), t(i));
+            }
+        }
+        assert!(
+            b.check("mx", t(2))
+                .is_some_and(|s| s.reason.contains("4.7.28"))
+        );
+        assert!(
+            b.check("mx", t(62)).is_none(),
+            "half-open after the backoff"
+        );
+        assert!(b.record_success("mx"));
+        assert!(b.suspended(t(62)).is_empty());
     }
 
     #[test]

@@ -116,8 +116,9 @@ pub struct Relayhost {
     pub allow_plaintext_auth: bool,
 }
 
-/// The destination circuit breaker: consecutive connection failures or `421` replies from an MX
-/// host suspend it for a backoff period that doubles on every renewed failure.
+/// The destination circuit breaker: consecutive connection failures, `421` replies, or
+/// transactions refused entirely as rate-limited or spam from an MX host suspend it for a
+/// backoff period that doubles on every renewed failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {
     /// Consecutive failures that open the breaker (3); 0 disables the breaker.

@@ -24,6 +24,7 @@ use postrider_core::{
     SmtpReply, Timestamp, TlsInfo, classify_reply,
 };
 
+use crate::health::throttling_reply;
 use crate::mx::MxError;
 use crate::pool::{Capabilities, Checkout, ConnectionSlot, PoolKey, Session, SessionMode};
 use crate::settings::{DeliverySettings, RelayTls, Relayhost, TlsMode};
@@ -750,6 +751,8 @@ async fn try_address(
         session.transactions = session.transactions.saturating_add(1);
         if flow.closing {
             shared.breaker_failure(&target.name, "421 during the transaction");
+        } else if let Some(r) = throttling_reply(results.iter().map(|r| &r.reply)) {
+            shared.breaker_failure(&target.name, &r.to_string());
         } else if !flow.broken {
             shared.breaker_success(&target.name);
         }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use postrider_core::{
-    Address, Domain, EnhancedStatus, MessageId, QueuedMessage, RecipientRequest, ReplyClass,
-    SmtpReply, Timestamp,
+    Address, BounceCategory, Domain, EnhancedStatus, MessageId, QueuedMessage, RecipientRequest,
+    RecipientState, RecipientStatus, ReplyClass, SmtpReply, Timestamp, failure_category,
 };
 use postrider_metrics::Metrics;
 use postrider_store::{AttemptUpdate, Lease, RecordOutcome, Store};
@@ -417,6 +417,17 @@ struct Timed {
     duration: Duration,
 }
 
+/// The `category` and `kind` labels of `postrider_bounces_total` for a recipient after an
+/// attempt: `None` unless the attempt failed (`hard` when it bounced, `soft` when deferred).
+fn failure_labels(r: &RecipientStatus) -> Option<(BounceCategory, &'static str)> {
+    let kind = match r.state {
+        RecipientState::Bounced => "hard",
+        RecipientState::Deferred => "soft",
+        _ => return None,
+    };
+    Some((failure_category(r.last_reply.as_ref()?)?, kind))
+}
+
 /// `postrider_delivery_results_total` and `postrider_delivery_by_domain_total` for the
 /// recipients whose state this attempt changed (postponed ones count as `postponed`).
 fn record_result_metrics(shared: &Shared, before: &QueuedMessage, after: &QueuedMessage) {
@@ -458,6 +469,15 @@ fn record_result_metrics(shared: &Shared, before: &QueuedMessage, after: &Queued
         {
             c.inc();
         }
+        if changed
+            && let Some((category, kind)) = failure_labels(a)
+            && let Ok(c) = shared
+                .metrics
+                .bounces
+                .get_metric_with_label_values(&[category.as_str(), kind])
+        {
+            c.inc();
+        }
         let domain = shared.domain_label(&a.request.address.domain().as_str().to_ascii_lowercase());
         if let Ok(c) = shared
             .metrics
@@ -488,6 +508,7 @@ fn log_outcomes(before: &QueuedMessage, after: &QueuedMessage, outcomes: &[Timed
             result = r.state.as_str(),
             relay = %relay_label(t.outcome.mx_host.as_deref(), t.outcome.mx_addr),
             reply = %t.outcome.reply,
+            category = failure_category(&t.outcome.reply).map_or("-", BounceCategory::as_str),
             tls = t.outcome.tls.as_ref().is_some_and(|t| t.encrypted),
             tls_version = t
                 .outcome

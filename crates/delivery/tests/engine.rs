@@ -219,15 +219,17 @@ async fn connections_closed_by_the_server_are_replaced_within_the_attempt() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn breaker_suspends_a_failing_destination_and_closes_after_success() {
-    let dns = dns().await;
-    let busy = Behaviour {
-        greeting: Some(Reply::new(421, "4.3.2 too busy")),
-        ..Behaviour::default()
-    };
-    let mx = sink_at(2, 0, busy).await;
-    let relay = Relay::start(&dns, mx.port(), |s| {
+/// A relay whose breaker opens after two failures, and a message to `mx` that it submitted,
+/// once the message was deferred because the breaker suspended the destination.
+async fn deferred_by_suspension(
+    dns: &DnsServer,
+    mx: &SmtpSink,
+) -> (
+    Relay,
+    postrider_core::MessageId,
+    postrider_core::QueuedMessage,
+) {
+    let relay = Relay::start(dns, mx.port(), |s| {
         s.retry = retry_fast();
         s.breaker = BreakerSettings {
             failure_threshold: 2,
@@ -246,6 +248,18 @@ async fn breaker_suspends_a_failing_destination_and_closes_after_success() {
                 .is_some_and(|r| r.text.contains("suspended"))
         })
         .await;
+    (relay, id, m)
+}
+
+#[tokio::test]
+async fn breaker_suspends_a_failing_destination_and_closes_after_success() {
+    let dns = dns().await;
+    let busy = Behaviour {
+        greeting: Some(Reply::new(421, "4.3.2 too busy")),
+        ..Behaviour::default()
+    };
+    let mx = sink_at(2, 0, busy).await;
+    let (relay, id, m) = deferred_by_suspension(&dns, &mx).await;
     let reply = m.recipients[0].last_reply.clone().unwrap();
     assert_eq!(
         (reply.code, reply.status().to_string()),
@@ -277,6 +291,50 @@ async fn breaker_suspends_a_failing_destination_and_closes_after_success() {
     assert!(relay.handle().suspended().is_empty());
     assert_eq!(relay.metrics.destinations_suspended.get(), 0);
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_replies_suspend_a_destination_until_it_recovers() {
+    let dns = dns().await;
+    let throttling = Behaviour {
+        rcpt_default: Reply::new(
+            450,
+            "4.7.28 Our system has detected an unusual rate of unsolicited mail from your IP",
+        ),
+        ..Behaviour::default()
+    };
+    let mx = sink_at(2, 0, throttling).await;
+    let (relay, id, m) = deferred_by_suspension(&dns, &mx).await;
+    assert_eq!(m.recipients[0].state, RecipientState::Deferred);
+    let suspended = relay.handle().suspended();
+    assert_eq!(suspended.len(), 1);
+    assert_eq!(suspended[0].failures, 2);
+    assert!(suspended[0].reason.contains("4.7.28"), "{:?}", suspended[0]);
+    let by_category = |kind: &str| {
+        relay
+            .metrics
+            .bounces
+            .with_label_values(&["rate_limited", kind])
+            .get()
+    };
+    assert_eq!(by_category("soft"), 2);
+    assert_eq!(by_category("hard"), 0);
+
+    // the destination recovers by itself once the receiver accepts again
+    mx.set_behaviour(Behaviour::default());
+    let m = relay.finished(id).await;
+    assert_eq!(m.recipients[0].state, RecipientState::Delivered);
+    assert!(relay.handle().suspended().is_empty());
+    relay.stop().await;
+}
+
+#[test]
+fn bounce_metric_labels_are_the_categories() {
+    let labels: Vec<&str> = postrider_core::BounceCategory::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(labels, postrider_metrics::BOUNCE_CATEGORIES);
 }
 
 #[tokio::test]

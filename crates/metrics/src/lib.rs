@@ -22,6 +22,26 @@ pub const DELIVERY_RESULTS: [&str; 4] = ["delivered", "deferred", "bounced", "po
 /// Enhanced status classes, the `status_class` label of `postrider_delivery_results_total`.
 pub const STATUS_CLASSES: [&str; 3] = ["2.x", "4.x", "5.x"];
 
+/// Failure categories, the `category` label of `postrider_bounces_total` (the labels of
+/// `postrider_core::BounceCategory`; a delivery test checks they agree).
+pub const BOUNCE_CATEGORIES: [&str; 11] = [
+    "invalid_recipient",
+    "mailbox_full",
+    "spam_block",
+    "policy",
+    "dns",
+    "tls",
+    "rate_limited",
+    "content",
+    "auth",
+    "network",
+    "other",
+];
+
+/// Failure kinds, the `kind` label of `postrider_bounces_total`: `hard` (permanent failure or
+/// expiry), `soft` (deferred, will be retried), `async` (reported later by a returned DSN).
+pub const BOUNCE_KINDS: [&str; 3] = ["hard", "soft", "async"];
+
 /// The `domain` label every domain beyond the tracked ones is counted under.
 pub const OTHER_DOMAIN: &str = "other";
 
@@ -110,6 +130,9 @@ pub struct Metrics {
     /// `postrider_delivery_by_domain_total{domain,result}`: per-recipient results by recipient
     /// domain; only the first N distinct domains seen get their own label, the rest are `other`.
     pub delivery_by_domain: IntCounterVec,
+    /// `postrider_bounces_total{category,kind}`: per-recipient failures by why they happened
+    /// ([`BOUNCE_CATEGORIES`]) and how final they are ([`BOUNCE_KINDS`]).
+    pub bounces: IntCounterVec,
     /// `postrider_outbound_connections`: outbound SMTP connections open, idle pooled ones included.
     pub outbound_connections: IntGauge,
     /// `postrider_dns_lookups_total{result}`: destination lookups by result (`ok`, `nxdomain`,
@@ -381,6 +404,16 @@ impl Metrics {
             delivery_by_domain.with_label_values(&[OTHER_DOMAIN, result]);
         }
         delivery_status_codes.with_label_values(&["other"]);
+        let bounces = counter_vec(
+            "postrider_bounces_total",
+            "Per-recipient delivery failures by category and kind (hard, soft, async).",
+            &["category", "kind"],
+        );
+        for category in BOUNCE_CATEGORIES {
+            for kind in BOUNCE_KINDS {
+                bounces.with_label_values(&[category, kind]);
+            }
+        }
         let outbound_connections = IntGauge::new(
             "postrider_outbound_connections",
             "Outbound SMTP connections open, idle pooled ones included.",
@@ -508,6 +541,7 @@ impl Metrics {
             delivery_results,
             delivery_status_codes,
             delivery_by_domain,
+            bounces,
             outbound_connections,
             dns_lookups,
             destinations_suspended,

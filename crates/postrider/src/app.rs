@@ -57,7 +57,9 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
         delivery: delivery_settings,
         dkim,
         webhooks: webhook_settings,
+        bounce_rules,
     } = prepared;
+    postrider_core::bounce::install_rules(bounce_rules);
     let metrics = Metrics::new();
     let raw = &config.raw;
     std::fs::create_dir_all(&raw.data_dir)

@@ -162,6 +162,18 @@ pub(crate) struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub(crate) log: RawLog,
+    /// Bounce handling: failure classification rules.
+    #[serde(default)]
+    pub(crate) bounces: RawBounces,
+}
+
+/// `[bounces]`.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBounces {
+    /// A TOML file of failure classification rules tried before the built-in ones.
+    #[serde(default)]
+    pub(crate) rules_file: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {

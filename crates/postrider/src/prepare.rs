@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postrider_api::{ApiKey, ApiSettings, RateLimit, Scope};
+use postrider_core::bounce::BounceRules;
 use postrider_delivery::{
     BreakerSettings, DeliverySettings, DomainPolicy, RelayTls, Relayhost, Route, SmtpTimeouts,
     TlsMode,
@@ -34,6 +35,9 @@ pub(crate) struct Prepared {
     pub(crate) dkim: Option<Arc<postrider_trust::DkimSigner>>,
     /// The webhooks.
     pub(crate) webhooks: postrider_webhooks::DispatcherSettings,
+    /// Failure classification: the operator's rules (`bounces.rules_file`) before the built-in
+    /// ones.
+    pub(crate) bounce_rules: BounceRules,
 }
 
 /// Reads, checks and loads the configuration at `path` (the embedded defaults without one).
@@ -52,6 +56,7 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         .clone()
         .map(|d| d as Arc<dyn postrider_core::MessageSigner>);
     let webhooks = webhook_settings(&config)?;
+    let bounce_rules = load_bounce_rules(&config)?;
     Ok(Prepared {
         config,
         smtp,
@@ -59,7 +64,28 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         delivery,
         dkim,
         webhooks,
+        bounce_rules,
     })
+}
+
+/// Largest `bounces.rules_file` accepted.
+const MAX_RULES_FILE: u64 = 1024 * 1024;
+
+/// The classification rules: `bounces.rules_file` in front of the built-in rules.
+fn load_bounce_rules(config: &Config) -> Result<BounceRules, ConfigError> {
+    let Some(path) = &config.raw.bounces.rules_file else {
+        return Ok(BounceRules::built_in().clone());
+    };
+    let key = "bounces.rules_file";
+    let cannot = |e: &dyn std::fmt::Display| invalid(key, format!("{}: {e}", path.display()));
+    let size = std::fs::metadata(path).map_err(|e| cannot(&e))?.len();
+    if size > MAX_RULES_FILE {
+        return Err(cannot(&format!(
+            "{size} bytes; at most {MAX_RULES_FILE} are accepted"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| cannot(&e))?;
+    BounceRules::with_overrides(&text).map_err(|e| cannot(&e))
 }
 
 /// `data_dir` must be a directory, or not exist yet (it is created at start).
@@ -410,6 +436,19 @@ mod tests {
             "[smtp.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"",
             "smtp.tls",
         );
+    }
+
+    #[test]
+    fn unusable_bounce_rules_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.toml");
+        std::fs::write(&rules, "[[rule]]\ncategory = \"sad\"\ntext = [\"x\"]\n").unwrap();
+        for path in [rules, dir.path().join("missing.toml")] {
+            refused(
+                &format!("[bounces]\nrules_file = {:?}\n", path.display().to_string()),
+                "bounces.rules_file",
+            );
+        }
     }
 
     #[test]

@@ -106,9 +106,10 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (od, nd) = (&o.delivery, &n.delivery);
     let (os, ns) = (&o.smtp, &n.smtp);
     let (ol, nl) = (&os.limits, &ns.limits);
-    let changed: [(&'static str, bool); 33] = [
+    let changed: [(&'static str, bool); 34] = [
         ("hostname", old.hostname != new.hostname),
         ("data_dir", o.data_dir != n.data_dir),
+        ("bounces", o.bounces != n.bounces),
         ("smtp.listen", os.listen != ns.listen),
         ("smtp.tls_listen", os.tls_listen != ns.tls_listen),
         ("smtp.tls", os.tls != ns.tls),

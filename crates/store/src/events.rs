@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use postrider_core::{
     MessageId, QueuedMessage, RecipientState, RecipientStatus, SmtpReply, Source, Timestamp,
+    failure_category,
 };
 use serde::{Deserialize, Serialize};
 use sled::IVec;
@@ -144,8 +145,9 @@ impl Event {
     }
 
     /// The JSON shown by `GET /v1/events` and POSTed to webhooks:
-    /// `{seq, type, id, recipient?, reply?: {code, enhanced?, text}, mx_host?, source, tags,
-    /// metadata, at (RFC 3339)}`. `id` is the queue id, as everywhere in the API (`message_id`
+    /// `{seq, type, id, recipient?, reply?: {code, enhanced?, text}, category?, mx_host?, source,
+    /// tags, metadata, at (RFC 3339)}`; `category` (why it failed) is there when the reply is a
+    /// failure. `id` is the queue id, as everywhere in the API (`message_id`
     /// names only the `Message-ID` header).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
@@ -160,6 +162,9 @@ impl Event {
         if let Some(obj) = v.as_object_mut() {
             if let Some(r) = &self.recipient {
                 obj.insert("recipient".into(), r.clone().into());
+            }
+            if let Some(category) = self.reply.as_ref().and_then(failure_category) {
+                obj.insert("category".into(), category.as_str().into());
             }
             if let Some(reply) = &self.reply {
                 let mut rv = serde_json::json!({ "code": reply.code, "text": reply.text });
