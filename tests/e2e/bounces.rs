@@ -112,6 +112,30 @@ async fn permanent_failure_bounces_with_a_full_dsn() {
 
     let (_, body) = relay.get_json(&format!("/v1/messages/{id}")).await;
     assert_eq!(body["state"], "bounced");
+    // why: both replies say the address does not exist
+    for r in 0..2 {
+        assert_eq!(
+            body["recipients"][r]["category"], "invalid_recipient",
+            "{body}"
+        );
+    }
+    let (_, events) = relay
+        .get_json(&format!("/v1/events?type=bounced&id={id}"))
+        .await;
+    let events = events["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|e| e["category"] == "invalid_recipient"));
+    assert_eq!(
+        relay
+            .metric("postrider_bounces_total{category=\"invalid_recipient\",kind=\"hard\"}")
+            .await,
+        Some(2.0)
+    );
+    assert!(
+        relay.log_text().contains("category=invalid_recipient"),
+        "{}",
+        relay.log_text()
+    );
     assert_eq!(
         relay.metric("postrider_bounces_generated_total").await,
         Some(1.0)

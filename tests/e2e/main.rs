@@ -8,6 +8,7 @@ mod webdriver;
 mod world;
 
 mod admin;
+mod async_bounces;
 mod bounces;
 mod compat;
 mod console;

@@ -89,8 +89,8 @@ pub struct DeliveryReloader {
 }
 
 impl DeliveryReloader {
-    /// Routes, the relay host, per-domain policies, timeouts, the lease, the retry schedule and
-    /// the DKIM signer apply from the next attempt on; what was sized at start (delivery slots,
+    /// Routes, the relay host, per-domain policies, timeouts, the lease, the retry schedule, the
+    /// VERP return paths and the DKIM signer apply from the next attempt on; what was sized at start (delivery slots,
     /// the connection pool, the circuit breaker, TLS trust) stays until a restart. Refused, with
     /// nothing changed, when `settings` do not pass [`DeliverySettings::validate`]. Capture of
     /// every message (`capture_all`) also stays as started: submission marks messages by the

@@ -299,6 +299,10 @@ pub struct DeliverySettings {
     /// simulated locally (see `capture`), as for messages marked
     /// [`postrider_core::QueuedMessage::sandbox`], which are captured whatever this says.
     pub capture_all: bool,
+    /// Signed per-recipient return paths (`[bounces] domain`): each recipient of a message with
+    /// a sender gets its own transaction from `b+<token>@<bounce domain>`; messages with the
+    /// null reverse-path (notifications) keep it. `None` sends from the message's own sender.
+    pub verp: Option<postrider_bounces::VerpSigner>,
 }
 
 impl Default for DeliverySettings {
@@ -333,6 +337,7 @@ impl Default for DeliverySettings {
             delay_warning_after: Duration::from_secs(4 * 3600),
             metrics_max_domains: 50,
             signer: None,
+            verp: None,
             capture_all: false,
         }
     }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use postrider_core::{
     Address, BounceCategory, Domain, EnhancedStatus, MessageId, QueuedMessage, RecipientRequest,
-    RecipientState, RecipientStatus, ReplyClass, SmtpReply, Timestamp, failure_category,
+    RecipientState, RecipientStatus, ReplyClass, ReversePath, SmtpReply, Timestamp,
+    failure_category,
 };
 use postrider_metrics::Metrics;
 use postrider_store::{AttemptUpdate, Lease, RecordOutcome, Store};
@@ -508,7 +509,7 @@ fn log_outcomes(before: &QueuedMessage, after: &QueuedMessage, outcomes: &[Timed
             result = r.state.as_str(),
             relay = %relay_label(t.outcome.mx_host.as_deref(), t.outcome.mx_addr),
             reply = %t.outcome.reply,
-            category = failure_category(&t.outcome.reply).map_or("-", BounceCategory::as_str),
+            category = %failure_category(&t.outcome.reply).map_or("-", BounceCategory::as_str),
             tls = t.outcome.tls.as_ref().is_some_and(|t| t.encrypted),
             tls_version = t
                 .outcome
@@ -618,7 +619,33 @@ async fn deliver_all(
     all
 }
 
-/// One (message, domain) transaction.
+/// The envelope sender of each transaction to `recipients` of `message`, with the recipients it
+/// carries: one transaction from the message's sender, or, with VERP, one per recipient from
+/// its signed return path (a recipient whose return path cannot be made keeps the sender).
+fn transactions_of(
+    verp: Option<&postrider_bounces::VerpSigner>,
+    message: &QueuedMessage,
+    recipients: &[(usize, RecipientRequest)],
+) -> Vec<(ReversePath, Vec<(usize, RecipientRequest)>)> {
+    let Some(verp) = verp.filter(|_| !message.sender.is_null()) else {
+        return vec![(message.sender.clone(), recipients.to_vec())];
+    };
+    recipients
+        .iter()
+        .map(|(index, r)| {
+            let target = postrider_bounces::VerpTarget {
+                id: message.id,
+                index: *index,
+            };
+            let sender = verp
+                .return_path(target)
+                .map_or_else(|| message.sender.clone(), ReversePath::Address);
+            (sender, vec![(*index, r.clone())])
+        })
+        .collect()
+}
+
+/// The transactions of `message` to one domain (one, or one per recipient with VERP), in turn.
 async fn deliver_domain(
     shared: &Shared,
     message: &QueuedMessage,
@@ -626,9 +653,26 @@ async fn deliver_domain(
     recipients: &[(usize, RecipientRequest)],
     body: &[u8],
 ) -> Vec<Timed> {
+    let settings = shared.settings();
+    let mut all = Vec::with_capacity(recipients.len());
+    for (sender, group) in transactions_of(settings.verp.as_ref(), message, recipients) {
+        all.extend(deliver_transaction(shared, message, &sender, domain, &group, body).await);
+    }
+    all
+}
+
+/// One transaction of `message` from `sender` to `recipients` in `domain`.
+async fn deliver_transaction(
+    shared: &Shared,
+    message: &QueuedMessage,
+    sender: &ReversePath,
+    domain: &Domain,
+    recipients: &[(usize, RecipientRequest)],
+    body: &[u8],
+) -> Vec<Timed> {
     let refs: Vec<(usize, &RecipientRequest)> = recipients.iter().map(|(i, r)| (*i, r)).collect();
     let tx = Transaction {
-        sender: &message.sender,
+        sender,
         recipients: &refs,
         body,
         ret: message.ret,

@@ -174,6 +174,15 @@ pub(crate) struct RawBounces {
     /// A TOML file of failure classification rules tried before the built-in ones.
     #[serde(default)]
     pub(crate) rules_file: Option<PathBuf>,
+    /// The bounce domain: messages are sent from signed `b+<token>@<domain>` return paths.
+    #[serde(default)]
+    pub(crate) domain: Option<String>,
+    /// The key of the return-path tokens (at least 16 characters); or `secret_file`.
+    #[serde(default)]
+    pub(crate) secret: Option<String>,
+    /// A file holding the secret (surrounding whitespace ignored).
+    #[serde(default)]
+    pub(crate) secret_file: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {

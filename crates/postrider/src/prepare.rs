@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postrider_api::{ApiKey, ApiSettings, RateLimit, Scope};
+use postrider_bounces::VerpSigner;
+use postrider_core::Domain;
 use postrider_core::bounce::BounceRules;
 use postrider_delivery::{
     BreakerSettings, DeliverySettings, DomainPolicy, RelayTls, Relayhost, Route, SmtpTimeouts,
@@ -57,6 +59,7 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         .map(|d| d as Arc<dyn postrider_core::MessageSigner>);
     let webhooks = webhook_settings(&config)?;
     let bounce_rules = load_bounce_rules(&config)?;
+    delivery.verp = verp_signer(&config)?;
     Ok(Prepared {
         config,
         smtp,
@@ -66,6 +69,55 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         webhooks,
         bounce_rules,
     })
+}
+
+/// Largest `bounces.secret_file` accepted.
+const MAX_SECRET_FILE: u64 = 4096;
+
+/// The VERP signer of `[bounces] domain`, keyed with `secret` or the content of `secret_file`
+/// (exactly one of them); `None` without a bounce domain.
+fn verp_signer(config: &Config) -> Result<Option<VerpSigner>, ConfigError> {
+    let b = &config.raw.bounces;
+    let Some(domain) = &b.domain else {
+        if b.secret.is_some() || b.secret_file.is_some() {
+            return Err(invalid(
+                "bounces.domain",
+                "a secret is set but no bounce domain; set bounces.domain or remove the secret",
+            ));
+        }
+        return Ok(None);
+    };
+    let domain = Domain::parse(domain)
+        .ok()
+        .filter(|d| d.address_literal().is_none())
+        .ok_or_else(|| invalid("bounces.domain", format!("{domain:?} is not a domain name")))?;
+    let secret = match (&b.secret, &b.secret_file) {
+        (Some(s), None) => s.clone(),
+        (None, Some(path)) => {
+            let cannot = |e: &dyn std::fmt::Display| {
+                invalid("bounces.secret_file", format!("{}: {e}", path.display()))
+            };
+            let size = std::fs::metadata(path).map_err(|e| cannot(&e))?.len();
+            if size > MAX_SECRET_FILE {
+                return Err(cannot(&format!(
+                    "{size} bytes; a secret file holds at most {MAX_SECRET_FILE}"
+                )));
+            }
+            std::fs::read_to_string(path)
+                .map_err(|e| cannot(&e))?
+                .trim()
+                .to_owned()
+        }
+        _ => {
+            return Err(invalid(
+                "bounces.secret",
+                "a bounce domain needs exactly one of bounces.secret and bounces.secret_file",
+            ));
+        }
+    };
+    VerpSigner::new(domain, &secret)
+        .map(Some)
+        .map_err(|e| invalid("bounces.secret", e.to_string()))
 }
 
 /// Largest `bounces.rules_file` accepted.
@@ -449,6 +501,38 @@ mod tests {
                 "bounces.rules_file",
             );
         }
+    }
+
+    #[test]
+    fn bounce_domain_needs_one_good_secret() {
+        let domain = "[bounces]\ndomain = \"bounces.example.com\"\n";
+        refused(domain, "bounces.secret");
+        refused(&format!("{domain}secret = \"short\"\n"), "bounces.secret");
+        refused(
+            &format!("{domain}secret = \"0123456789abcdef\"\nsecret_file = \"/x\"\n"),
+            "bounces.secret",
+        );
+        refused(
+            &format!("{domain}secret_file = \"/nonexistent/secret\"\n"),
+            "bounces.secret_file",
+        );
+        refused(
+            "[bounces]\ndomain = \"not a domain\"\nsecret = \"0123456789abcdef\"\n",
+            "bounces.domain",
+        );
+        refused(
+            "[bounces]\nsecret = \"0123456789abcdef\"\n",
+            "bounces.domain",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef-from-a-file\n").unwrap();
+        let text = format!("{domain}secret_file = {:?}\n", file.display().to_string());
+        let p = prepare_config(Config::from_toml(&text).unwrap()).unwrap();
+        assert_eq!(
+            p.delivery.verp.map(|v| v.domain().as_str().to_owned()),
+            Some("bounces.example.com".to_owned())
+        );
     }
 
     #[test]

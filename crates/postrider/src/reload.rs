@@ -3,8 +3,8 @@
 //! start; a file that fails is refused as a whole and the running configuration stays.
 //!
 //! Live: API keys and their rate limit, SMTP users and message rate limits, routes, the relay
-//! host, per-domain delivery policies, delivery timeouts, lease and retry schedule, webhooks, and
-//! the log level. Every other changed key is logged as needing a restart (and keeps its old value
+//! host, per-domain delivery policies, delivery timeouts, lease and retry schedule, the bounce
+//! domain and secret (VERP), webhooks, and the log level. Every other changed key is logged as needing a restart (and keeps its old value
 //! until then).
 
 use std::path::PathBuf;
@@ -109,7 +109,10 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let changed: [(&'static str, bool); 34] = [
         ("hostname", old.hostname != new.hostname),
         ("data_dir", o.data_dir != n.data_dir),
-        ("bounces", o.bounces != n.bounces),
+        (
+            "bounces.rules_file",
+            o.bounces.rules_file != n.bounces.rules_file,
+        ),
         ("smtp.listen", os.listen != ns.listen),
         ("smtp.tls_listen", os.tls_listen != ns.tls_listen),
         ("smtp.tls", os.tls != ns.tls),
