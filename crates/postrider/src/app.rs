@@ -441,6 +441,17 @@ pub(crate) async fn check_domain(
             .context("invalid [dns] settings")?
     };
     let trust = trust_services(config, hickory.resolver().clone(), dkim);
+    if let Some(verp) = &prepared.delivery.verp
+        && verp.domain() == domain
+    {
+        return Ok(postrider_trust::check_bounce_domain(
+            &trust.resolver,
+            domain,
+            &trust.egress_ips,
+            &config.hostname,
+        )
+        .await);
+    }
     let keys: Vec<_> = trust
         .dkim_keys
         .iter()

@@ -172,6 +172,71 @@ pub async fn check_domain(
     report
 }
 
+/// Checks a VERP bounce domain (`[bounces] domain`): receivers check SPF against it, since it is
+/// the envelope sender of every message (are all `egress_ips` authorised?), and its MX must lead
+/// to `receiving_host`, the relay that takes the returned reports in.
+pub async fn check_bounce_domain(
+    resolver: &TokioResolver,
+    domain: &Domain,
+    egress_ips: &[IpAddr],
+    receiving_host: &str,
+) -> DomainReport {
+    let checks = vec![
+        check_spf(resolver, domain, egress_ips).await,
+        bounce_mx_check(domain, mx_hosts(resolver, domain).await, receiving_host),
+    ];
+    let report = DomainReport::new(domain, checks);
+    tracing::info!(domain = %domain, status = report.status.as_str(), "bounce domain checked");
+    report
+}
+
+/// The MX host names of `domain` (without the trailing dot, lowercased), or why there are none.
+async fn mx_hosts(resolver: &TokioResolver, domain: &Domain) -> Result<Vec<String>, String> {
+    match resolver.mx_lookup(domain.to_fqdn()).await {
+        Ok(lookup) => Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some(
+                    mx.exchange
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase(),
+                ),
+                _ => None,
+            })
+            .collect()),
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The `mx` check of a bounce domain from its MX hosts.
+fn bounce_mx_check(
+    domain: &Domain,
+    hosts: Result<Vec<String>, String>,
+    receiving_host: &str,
+) -> Check {
+    let want = receiving_host.trim_end_matches('.').to_ascii_lowercase();
+    let publish = format!(
+        "publish MX 10 {want} for {domain}, the host whose [bounces] listener receives the reports"
+    );
+    match hosts {
+        Err(e) => Check::warn("mx", format!("MX lookup failed: {e}"), None),
+        Ok(h) if h.is_empty() || h == [""] => Check::fail(
+            "mx",
+            format!("{domain} has no MX record: returned reports cannot reach the relay"),
+            publish,
+        ),
+        Ok(h) if h.contains(&want) => Check::pass("mx", format!("MX {}", h.join(", "))),
+        Ok(h) => Check::warn(
+            "mx",
+            format!("MX {} does not include {want}", h.join(", ")),
+            Some(publish),
+        ),
+    }
+}
+
 /// TXT records at `fqdn`, each one's strings concatenated. NXDOMAIN / no data is `Ok(empty)`.
 async fn txt_records(resolver: &TokioResolver, fqdn: &str) -> Result<Vec<String>, String> {
     match resolver.txt_lookup(fqdn).await {
@@ -560,6 +625,27 @@ async fn check_mx(resolver: &TokioResolver, domain: &Domain) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounce_domain_mx_advice() {
+        let d = Domain::parse("bounces.example.com").unwrap();
+        let host = "relay.example.com";
+        let ok = bounce_mx_check(&d, Ok(vec!["relay.example.com".into()]), host);
+        assert_eq!(ok.status, CheckStatus::Pass);
+        let none = bounce_mx_check(&d, Ok(Vec::new()), host);
+        assert_eq!(none.status, CheckStatus::Fail);
+        assert!(
+            none.fix
+                .as_deref()
+                .unwrap()
+                .contains("MX 10 relay.example.com"),
+            "{none:?}"
+        );
+        let null_mx = bounce_mx_check(&d, Ok(vec![String::new()]), host);
+        assert_eq!(null_mx.status, CheckStatus::Fail);
+        let other = bounce_mx_check(&d, Ok(vec!["mx.elsewhere.test".into()]), host);
+        assert_eq!(other.status, CheckStatus::Warn);
+    }
 
     #[test]
     fn spf_detection() {

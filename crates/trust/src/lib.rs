@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
 
-pub use check::{Check, CheckStatus, DomainReport, check_domain};
+pub use check::{Check, CheckStatus, DomainReport, check_bounce_domain, check_domain};
 pub use dkim::{
     DEFAULT_SIGNED_HEADERS, DkimAlgorithm, DkimConfigError, DkimKeyConfig, DkimPublicKey,
     DkimSettings, DkimSigner, GeneratedKey, MAX_TXT_STRING, author_domain, generate_dkim_key,

@@ -168,3 +168,37 @@ async fn passing_and_failing_domains() {
     assert_eq!(json["checks"][3]["name"], "mx");
     assert!(json["checks"][3].get("fix").is_none());
 }
+
+#[tokio::test]
+async fn bounce_domain_needs_spf_and_an_mx_to_the_relay() {
+    let zone = Zone::new("test.")
+        .txt("bounces.good.test", "v=spf1 ip4:192.0.2.10 -all")
+        .mx("bounces.good.test", 10, "relay.good.test")
+        .a("relay.good.test", Ipv4Addr::new(192, 0, 2, 10))
+        .a("bounces.bare.test", Ipv4Addr::new(192, 0, 2, 30));
+    let dns = DnsServer::start([zone]).await.unwrap();
+    let resolver = dns.resolver(Duration::from_secs(2)).unwrap();
+    let check = |domain: &'static str| {
+        let resolver = resolver.clone();
+        async move {
+            postrider_trust::check_bounce_domain(
+                &resolver,
+                &Domain::parse(domain).unwrap(),
+                &[EGRESS],
+                "relay.good.test",
+            )
+            .await
+        }
+    };
+    let good = check("bounces.good.test").await;
+    assert_eq!(good.status, CheckStatus::Pass, "{good}");
+    let bare = check("bounces.bare.test").await;
+    assert_eq!(bare.status, CheckStatus::Fail, "{bare}");
+    let mx = bare.check("mx").unwrap();
+    assert_eq!(mx.status, CheckStatus::Fail);
+    assert!(
+        mx.fix.as_deref().unwrap().contains("MX 10 relay.good.test"),
+        "{bare}"
+    );
+    assert_eq!(bare.check("spf").unwrap().status, CheckStatus::Fail);
+}
