@@ -7,6 +7,7 @@
 //! - [`SmtpReply`] and [`classify_reply`]: what a remote server said and what it means for us.
 //! - [`RetryPolicy`]: when to try again and when to give up (RFC 5321 §4.5.4.1).
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
+//! - [`mta_sts`]: RFC 8461 policy files and MX pattern matching.
 //!
 //! Everything here is deterministic: time and randomness are arguments, so the policy can be
 //! tested with whole tables of expected values.
@@ -16,6 +17,7 @@ pub mod dsn;
 mod envelope;
 mod id;
 mod message;
+pub mod mta_sts;
 mod reply;
 mod retry;
 mod time;

@@ -18,6 +18,9 @@ use postrider_core::{Domain, EnhancedStatus, SmtpReply};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+/// Most TXT records of one name returned by [`MxResolver::lookup_txt`].
+pub const MAX_TXT_RECORDS: usize = 64;
+
 /// One mail exchanger to try, with the addresses to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MxHost {
@@ -46,6 +49,10 @@ pub enum MxError {
     /// being fixed should get the queue lifetime to recover; expiry bounces it in the end.
     #[error("no mail exchanger of the domain has an address")]
     NoAddresses,
+    /// The domain's TLS policy (MTA-STS `enforce`) leaves no MX host to deliver to. Transient
+    /// (`4.7.5`): policies and MX records get fixed.
+    #[error("{0}")]
+    TlsPolicy(String),
 }
 
 impl MxError {
@@ -55,6 +62,8 @@ impl MxError {
             MxError::NullMx => "nullmx",
             MxError::NoSuchDomain => "nxdomain",
             MxError::NoAddresses => "nodata",
+            // The lookups worked; the policy refused their answer.
+            MxError::TlsPolicy(_) => "ok",
             MxError::Transient(why) => {
                 let why = why.to_ascii_lowercase();
                 if why.contains("timed out") || why.contains("timeout") {
@@ -95,6 +104,11 @@ impl MxError {
                 EnhancedStatus::new(4, 4, 4),
                 format!("no mail exchanger of {domain} has an address"),
             ),
+            MxError::TlsPolicy(why) => SmtpReply::synthetic(
+                451,
+                EnhancedStatus::new(4, 7, 5),
+                postrider_core::dsn::one_line(why),
+            ),
         }
     }
 }
@@ -119,6 +133,13 @@ pub trait MxResolver: Send + Sync {
                 "this resolver cannot look up host {name}"
             )))
         })
+    }
+
+    /// The TXT records of `name` (such as `_mta-sts.example.com`), each as one string; empty
+    /// when the name has none or does not exist. The default knows no records.
+    fn lookup_txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, MxError>> {
+        let _ = name;
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 
@@ -399,6 +420,30 @@ impl MxResolver for HickoryMxResolver {
                 }
                 // A route or relay host that does not resolve is a configuration problem: retry.
                 Err(e) if e.is_nx_domain() || e.is_no_records_found() => Err(MxError::NoAddresses),
+                Err(e) => Err(MxError::Transient(describe(&e))),
+            }
+        })
+    }
+
+    fn lookup_txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, MxError>> {
+        Box::pin(async move {
+            let fqdn = format!("{}.", name.trim_end_matches('.'));
+            match self.resolver.txt_lookup(fqdn).await {
+                Ok(lookup) => Ok(lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|part| String::from_utf8_lossy(part))
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .take(MAX_TXT_RECORDS)
+                    .collect()),
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
                 Err(e) => Err(MxError::Transient(describe(&e))),
             }
         })

@@ -149,6 +149,7 @@ pub fn spawn_delivery(
         domain_limits: Mutex::new(HashMap::new()),
         tls: TlsTrust::new(extra_roots, settings.verify_certificates),
         metric_domains: Mutex::new(HashSet::new()),
+        sts_fetch_failures: Mutex::new(HashMap::new()),
         current: ArcSwap::from_pointee(settings),
         metrics,
         inflight: Mutex::new(HashMap::new()),

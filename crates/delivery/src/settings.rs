@@ -32,6 +32,9 @@ pub struct DomainPolicy {
     pub messages_per_minute: Option<u32>,
     /// STARTTLS policy for this domain instead of [`DeliverySettings::tls`].
     pub tls: Option<TlsMode>,
+    /// Whether this domain's MTA-STS policy is looked up and applied; `None` follows
+    /// [`DeliverySettings::mta_sts`].
+    pub mta_sts: Option<bool>,
 }
 
 /// A static route: recipient domains matching `domain` go to `host:port` instead of their MX.
@@ -280,8 +283,15 @@ pub struct DeliverySettings {
     /// verify fails the STARTTLS handshake: transient in required mode, plaintext fallback in
     /// opportunistic mode.
     pub verify_certificates: bool,
-    /// PEM file of extra trusted root certificates (for private relay hosts).
+    /// PEM file of extra trusted root certificates (for private relay hosts, and the trust
+    /// anchor of test MTA-STS policy servers and MX hosts).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Look up and apply the MTA-STS policies (RFC 8461) of recipient domains delivered to by
+    /// MX (true). Routes and the relay host are never subject to them.
+    pub mta_sts: bool,
+    /// The TCP port MTA-STS policies are fetched from (443). Only tests change it: RFC 8461
+    /// fixes the policy URL to `https://mta-sts.<domain>/`.
+    pub mta_sts_https_port: u16,
     /// Static routes, first match wins; they take precedence over `relayhost` and MX lookup.
     pub routes: Vec<Route>,
     /// Send everything not matched by a route through this host.
@@ -327,6 +337,8 @@ impl Default for DeliverySettings {
             breaker: BreakerSettings::default(),
             verify_certificates: false,
             ca_file: None,
+            mta_sts: true,
+            mta_sts_https_port: 443,
             routes: Vec::new(),
             relayhost: None,
             delay_warning_after: Duration::from_secs(4 * 3600),
@@ -361,6 +373,11 @@ impl DeliverySettings {
     /// The STARTTLS mode for recipient domain `domain`.
     pub fn tls_for(&self, domain: &str) -> TlsMode {
         self.policy(domain).tls.unwrap_or(self.tls)
+    }
+
+    /// Whether the MTA-STS policy of recipient domain `domain` is looked up and applied.
+    pub fn mta_sts_for(&self, domain: &str) -> bool {
+        self.policy(domain).mta_sts.unwrap_or(self.mta_sts)
     }
 
     /// Checks the relations between settings: non-zero limits, and an attempt that always ends

@@ -22,6 +22,20 @@ pub const DELIVERY_RESULTS: [&str; 4] = ["delivered", "deferred", "bounced", "po
 /// Enhanced status classes, the `status_class` label of `postrider_delivery_results_total`.
 pub const STATUS_CLASSES: [&str; 3] = ["2.x", "4.x", "5.x"];
 
+/// The `result` labels of `postrider_tls_policy_results_total` for MTA-STS: `success` and the
+/// RFC 8460 result types a sender can observe.
+pub const TLS_POLICY_RESULTS: [&str; 9] = [
+    "success",
+    "starttls-not-supported",
+    "certificate-host-mismatch",
+    "certificate-expired",
+    "certificate-not-trusted",
+    "validation-failure",
+    "sts-policy-fetch-error",
+    "sts-policy-invalid",
+    "sts-webpki-invalid",
+];
+
 /// The `domain` label every domain beyond the tracked ones is counted under.
 pub const OTHER_DOMAIN: &str = "other";
 
@@ -121,6 +135,10 @@ pub struct Metrics {
     pub delivery_queue_time: Histogram,
     /// `postrider_outbound_tls_total{result}`: outbound sessions opened, `tls` or `plaintext`.
     pub outbound_tls: IntCounterVec,
+    /// `postrider_tls_policy_results_total{policy,result}`: outbound sessions and policy
+    /// lookups held to a TLS policy (`policy` = `mta-sts`), by RFC 8460 result type
+    /// (`success`, `starttls-not-supported`, `certificate-host-mismatch`, ...).
+    pub tls_policy_results: IntCounterVec,
     // ---- end of delivery engine metrics ----
 
     // ---- webhook metrics ----
@@ -433,6 +451,14 @@ impl Metrics {
         for r in ["tls", "plaintext"] {
             outbound_tls.with_label_values(&[r]);
         }
+        let tls_policy_results = counter_vec(
+            "postrider_tls_policy_results_total",
+            "Outbound sessions and policy lookups held to a TLS policy, by RFC 8460 result type.",
+            &["policy", "result"],
+        );
+        for r in TLS_POLICY_RESULTS {
+            tls_policy_results.with_label_values(&["mta-sts", r]);
+        }
         // ---- end of delivery engine metrics ----
 
         // ---- webhook metrics ----
@@ -513,6 +539,7 @@ impl Metrics {
             destinations_suspended,
             delivery_queue_time,
             outbound_tls,
+            tls_policy_results,
             webhook_deliveries,
             webhook_dropped,
             config_reloads,

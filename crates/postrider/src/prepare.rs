@@ -239,6 +239,7 @@ fn delivery_settings(config: &Config) -> Result<DeliverySettings, ConfigError> {
                     max_connections: p.max_connections,
                     messages_per_minute: p.messages_per_minute,
                     tls: p.tls.map(tls_mode),
+                    mta_sts: p.mta_sts,
                 },
             )
         })
@@ -261,6 +262,8 @@ fn delivery_settings(config: &Config) -> Result<DeliverySettings, ConfigError> {
             .map_or(defaults.connection_idle_timeout, |d| d.0),
         verify_certificates: raw.verify_certificates,
         ca_file: raw.ca_file.clone(),
+        mta_sts: raw.mta_sts,
+        mta_sts_https_port: raw.mta_sts_https_port,
         routes: routes(config)?,
         relayhost,
         domains,
