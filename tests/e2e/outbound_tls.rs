@@ -22,6 +22,8 @@ const WRONG_NAME: Ipv4Addr = Ipv4Addr::new(127, 0, 8, 4);
 const UNTRUSTED: Ipv4Addr = Ipv4Addr::new(127, 0, 8, 5);
 /// The HTTPS server of every `mta-sts.<domain>`.
 const POLICY_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 8, 10);
+/// An HTTPS server whose certificate is not trusted (`mta-sts.badpki.test`).
+const UNTRUSTED_POLICY_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 8, 11);
 
 const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
 
@@ -33,6 +35,8 @@ struct StsWorld {
     wrong_name: SmtpSink,
     untrusted: SmtpSink,
     https: HttpsServer,
+    /// Serves `badpki.test`'s enforce policy with an untrusted certificate, on the same port.
+    untrusted_https: HttpsServer,
     /// PEM file trusting the policy server and the `good` and `wrong_name` MX hosts.
     ca: Arc<tempfile::TempDir>,
 }
@@ -54,6 +58,7 @@ impl StsWorld {
     /// - `testing.test`: MX 10 plain (testing)
     /// - `cached.test`: MX 10 plain, 20 good (enforce)
     /// - `nopolicy.test`: MX 10 plain, no policy
+    /// - `badpki.test`: MX 10 plain, an enforce policy on a server with an untrusted certificate
     async fn start() -> StsWorld {
         let good_names = ["good.enforced.test", "good.cached.test", "good.other.test"];
         let good = SmtpSink::builder()
@@ -92,6 +97,20 @@ impl StsWorld {
         )
         .await
         .expect("policy server");
+        let untrusted_https = HttpsServer::start(
+            IpAddr::V4(UNTRUSTED_POLICY_SERVER),
+            https.addr().port(),
+            vec!["mta-sts.badpki.test".into()],
+        )
+        .await
+        .expect("untrusted policy server");
+        untrusted_https.respond(
+            POLICY_PATH,
+            HttpResponse::ok(
+                "text/plain",
+                "version: STSv1\nmode: enforce\nmx: *.badpki.test\nmax_age: 86400\n",
+            ),
+        );
         let mut zone = Zone::new("test.")
             .mx("enforced.test", 10, "plain.enforced.test")
             .mx("enforced.test", 20, "wrongname.enforced.test")
@@ -112,7 +131,11 @@ impl StsWorld {
             .a("plain.cached.test", PLAIN)
             .a("good.cached.test", GOOD)
             .mx("nopolicy.test", 10, "plain.nopolicy.test")
-            .a("plain.nopolicy.test", PLAIN);
+            .a("plain.nopolicy.test", PLAIN)
+            .mx("badpki.test", 10, "plain.badpki.test")
+            .a("plain.badpki.test", PLAIN)
+            .txt("_mta-sts.badpki.test", "v=STSv1; id=1")
+            .a("mta-sts.badpki.test", UNTRUSTED_POLICY_SERVER);
         for (domain, policy) in POLICIES {
             let Some((mode, mx)) = policy else {
                 continue;
@@ -145,6 +168,7 @@ impl StsWorld {
             wrong_name,
             untrusted,
             https,
+            untrusted_https,
             ca: Arc::new(ca),
         }
     }
@@ -296,9 +320,24 @@ async fn testing_policy_and_no_policy_deliver_as_before() {
     let r = recipient_in(&relay, &id, "delivered").await;
     assert_eq!(r["tls"]["encrypted"], false, "{r}");
     assert!(r["tls"].get("policy").is_none(), "{r}");
+
+    // A policy whose server's certificate does not validate is no policy: delivered as before.
+    let id = send(&relay, "user@badpki.test", "unvalidated policy").await;
+    let r = recipient_in(&relay, &id, "delivered").await;
+    assert!(r["tls"].get("policy").is_none(), "{r}");
+    assert_eq!(
+        world.untrusted_https.requests().len(),
+        0,
+        "no request after a failed handshake"
+    );
+    assert!(policy_results(&relay, "sts-webpki-invalid").await >= 1.0);
     assert_eq!(
         subjects(&world.plain),
-        vec!["testing".to_owned(), "opportunistic".to_owned()]
+        vec![
+            "testing".to_owned(),
+            "opportunistic".to_owned(),
+            "unvalidated policy".to_owned()
+        ]
     );
 }
 

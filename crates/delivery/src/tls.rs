@@ -227,3 +227,33 @@ impl ServerCertVerifier for AnyCertificate {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_map_to_rfc_8460_result_types() {
+        use rustls::CertificateError as C;
+        let of = |c: C| CertFailure::of(&rustls::Error::InvalidCertificate(c)).result_type();
+        assert_eq!(of(C::NotValidForName), "certificate-host-mismatch");
+        assert_eq!(of(C::Expired), "certificate-expired");
+        assert_eq!(of(C::NotValidYet), "certificate-expired");
+        assert_eq!(of(C::UnknownIssuer), "certificate-not-trusted");
+        assert_eq!(of(C::BadSignature), "certificate-not-trusted");
+        assert_eq!(of(C::BadEncoding), "validation-failure");
+        assert_eq!(
+            CertFailure::of(&rustls::Error::DecryptError).result_type(),
+            "validation-failure"
+        );
+    }
+
+    #[test]
+    fn an_empty_chain_does_not_authenticate() {
+        let trust = TlsTrust::new(Vec::new(), false);
+        assert_eq!(
+            trust.check(&[], "mx.example.test"),
+            Err(CertFailure::Invalid)
+        );
+    }
+}
