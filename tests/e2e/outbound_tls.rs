@@ -345,9 +345,15 @@ async fn testing_policy_and_no_policy_deliver_as_before() {
 async fn cached_policy_applies_while_the_policy_server_is_down_also_after_a_restart() {
     let world = StsWorld::start().await;
     let mut relay = TestRelay::start(&world.config()).await;
-    let id = send(&relay, "user@cached.test", "first").await;
-    let r = recipient_in(&relay, &id, "delivered").await;
-    assert_eq!(r["mx_host"], "good.cached.test", "{r}");
+    // Several messages at once: the policy is fetched once.
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(send(&relay, &format!("user{n}@cached.test"), "first").await);
+    }
+    for id in &ids {
+        let r = recipient_in(&relay, id, "delivered").await;
+        assert_eq!(r["mx_host"], "good.cached.test", "{r}");
+    }
     let fetches = |https: &HttpsServer| {
         https
             .requests()
@@ -381,7 +387,7 @@ async fn cached_policy_applies_while_the_policy_server_is_down_also_after_a_rest
     assert_eq!(r["tls"]["policy"], "mta-sts:enforce", "{r}");
     assert_eq!(
         subjects(&good),
-        vec!["first".to_owned(), "second".to_owned()]
+        ["first", "first", "first", "first", "second"]
     );
     assert!(plain.messages().is_empty());
     assert!(policy_results(&relay, "sts-policy-fetch-error").await >= 1.0);

@@ -34,6 +34,30 @@ pub(crate) const MAX_FETCH_FAILURES: usize = 10_000;
 /// The path of the policy file.
 const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
 
+/// Locks that keep two fetches of the same domain's policy from running at once: one of
+/// [`FETCH_LOCK_STRIPES`] per hash of the domain.
+#[derive(Debug)]
+pub(crate) struct FetchLocks([tokio::sync::Mutex<()>; FETCH_LOCK_STRIPES]);
+
+/// How many fetch locks there are; domains sharing one fetch one after the other.
+const FETCH_LOCK_STRIPES: usize = 64;
+
+impl Default for FetchLocks {
+    fn default() -> Self {
+        FetchLocks(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl FetchLocks {
+    /// The lock of `domain`.
+    fn of(&self, domain: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        domain.hash(&mut h);
+        &self.0[(h.finish() % FETCH_LOCK_STRIPES as u64) as usize]
+    }
+}
+
 /// The label of `postrider_tls_policy_results_total{policy}` and of the `tls_policy` recorded
 /// with each session, for an MTA-STS policy in `mode`.
 pub(crate) fn policy_label(mode: StsMode) -> &'static str {
@@ -131,6 +155,14 @@ pub(crate) async fn policy_for(shared: &Shared, domain: &str) -> Option<StsPolic
 /// Fetches the policy of `domain` announced under `id` and caches it; `None` when the fetch
 /// failed (counted and logged) or failed recently.
 async fn refresh(shared: &Shared, domain: &str, id: &str) -> Option<StsPolicy> {
+    let _fetching = shared.sts_fetch_locks.of(domain).lock().await;
+    // Another attempt may have fetched it while this one waited.
+    if let Ok(Some(cached)) = shared.store.sts_policy(domain)
+        && cached.id == id
+        && cached.is_valid_at(clock_now())
+    {
+        return Some(cached.policy);
+    }
     if recently_failed(shared, domain) {
         return None;
     }

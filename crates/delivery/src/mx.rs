@@ -546,6 +546,10 @@ mod tests {
             (MxError::NoSuchDomain, "550 5.1.2"),
             (MxError::Transient("SERVFAIL\r\nx".into()), "451 4.4.3"),
             (MxError::NoAddresses, "451 4.4.4"),
+            (
+                MxError::TlsPolicy("MTA-STS policy of example.org: no MX host matches".into()),
+                "451 4.7.5 MTA-STS policy of example.org",
+            ),
         ];
         for (err, prefix) in table {
             let reply = err.reply(&d).to_string();

@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     pub(crate) metric_domains: Mutex<HashSet<String>>,
     /// When the MTA-STS policy fetch of a domain last failed (bounded, see [`crate::mta_sts`]).
     pub(crate) sts_fetch_failures: Mutex<HashMap<String, Instant>>,
+    /// Serialises MTA-STS policy fetches per domain (striped by domain hash, so bounded): a
+    /// burst of messages to a domain with a new policy fetches it once.
+    pub(crate) sts_fetch_locks: crate::mta_sts::FetchLocks,
 }
 
 impl std::fmt::Debug for Shared {
