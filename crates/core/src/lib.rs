@@ -6,6 +6,7 @@
 //! - [`QueuedMessage`] and [`RecipientStatus`]: what the queue knows about a message, per recipient.
 //! - [`SmtpReply`] and [`classify_reply`]: what a remote server said and what it means for us.
 //! - [`RetryPolicy`]: when to try again and when to give up (RFC 5321 §4.5.4.1).
+//! - [`mx`]: MX ordering, implicit MX and null MX (RFC 5321 §5.1, RFC 7505).
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
 //!
 //! Everything here is deterministic: time and randomness are arguments, so the policy can be
@@ -16,6 +17,7 @@ pub mod dsn;
 mod envelope;
 mod id;
 mod message;
+pub mod mx;
 mod reply;
 mod retry;
 mod time;

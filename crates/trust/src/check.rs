@@ -14,6 +14,8 @@ use hickory_resolver::proto::rr::RData;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfResult};
 use postrider_core::Domain;
+use postrider_core::mx::is_null_mx;
+use postrider_dns::{HickoryMxResolver, MxError};
 use serde::Serialize;
 
 use crate::dkim::{DkimAlgorithm, DkimPublicKey, rsa_pkcs1_from_spki};
@@ -153,11 +155,12 @@ fn label(status: CheckStatus) -> &'static str {
 /// `dkim` may hold keys of other domains; they are skipped. Lookups go through `resolver`
 /// (use the relay's resolver so the answer is what receivers would see from here).
 pub async fn check_domain(
-    resolver: &TokioResolver,
+    dns: &HickoryMxResolver,
     domain: &Domain,
     egress_ips: &[IpAddr],
     dkim: &[DkimPublicKey],
 ) -> DomainReport {
+    let resolver = dns.resolver();
     let mut checks = Vec::new();
     checks.push(check_spf(resolver, domain, egress_ips).await);
     for key in dkim.iter().filter(|k| k.domain == domain.as_str()) {
@@ -166,7 +169,7 @@ pub async fn check_domain(
         checks.push(evaluate_dkim(key, found));
     }
     checks.push(check_dmarc(resolver, domain).await);
-    checks.push(check_mx(resolver, domain).await);
+    checks.push(check_mx(dns, domain).await);
     let report = DomainReport::new(domain, checks);
     tracing::info!(domain = %domain, status = report.status.as_str(), "domain checked");
     report
@@ -516,19 +519,15 @@ fn evaluate_dmarc(domain: &Domain, at: &str, found: &[&String]) -> Check {
     }
 }
 
-async fn check_mx(resolver: &TokioResolver, domain: &Domain) -> Check {
-    match resolver.mx_lookup(domain.to_fqdn()).await {
-        Ok(lookup) => {
-            let mut hosts: Vec<(u16, String)> = lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
-                    _ => None,
-                })
-                .collect();
-            hosts.sort();
-            if hosts.len() == 1 && hosts[0].1 == "." {
+async fn check_mx(resolver: &HickoryMxResolver, domain: &Domain) -> Check {
+    match resolver.mx_records(domain).await {
+        Ok(records) if records.is_empty() => Check::warn(
+            "mx",
+            format!("{domain} has no MX record; bounces and replies rely on its A/AAAA record"),
+            Some(format!("publish an MX record for {domain}")),
+        ),
+        Ok(records) => {
+            if is_null_mx(&records) {
                 return Check::warn(
                     "mx",
                     format!("{domain} publishes a null MX: bounces and replies cannot reach it"),
@@ -537,21 +536,18 @@ async fn check_mx(resolver: &TokioResolver, domain: &Domain) -> Check {
                     )),
                 );
             }
-            let list: Vec<String> = hosts
+            let mut hosts: Vec<(u16, &str)> = records
                 .iter()
-                .map(|(p, h)| format!("{p} {}", h.trim_end_matches('.')))
+                .map(|r| (r.preference, r.exchange.as_str()))
                 .collect();
+            hosts.sort();
+            let list: Vec<String> = hosts.iter().map(|(p, h)| format!("{p} {h}")).collect();
             Check::pass("mx", format!("MX {}", list.join(", ")))
         }
-        Err(e) if e.is_nx_domain() => Check::fail(
+        Err(MxError::NoSuchDomain) => Check::fail(
             "mx",
             format!("{domain} does not exist in DNS (NXDOMAIN)"),
             format!("register/publish {domain} before sending from it"),
-        ),
-        Err(e) if e.is_no_records_found() => Check::warn(
-            "mx",
-            format!("{domain} has no MX record; bounces and replies rely on its A/AAAA record"),
-            Some(format!("publish an MX record for {domain}")),
         ),
         Err(e) => Check::warn("mx", format!("MX lookup failed: {e}"), None),
     }
