@@ -6,8 +6,8 @@
 //! domain are coalesced: the first caller asks DNS, the others wait for its answer.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use postrider_core::Domain;
@@ -56,6 +56,16 @@ pub struct AnswerCache {
     settings: DnsSettings,
     hits: AtomicU64,
     misses: AtomicU64,
+    counters: OnceLock<CacheCounters>,
+}
+
+/// Exported counters of hits and misses (`postrider_dns_cache_lookups_total{result}`).
+#[derive(Debug, Clone)]
+pub struct CacheCounters {
+    /// Answered from the cache.
+    pub hit: prometheus::IntCounter,
+    /// Asked DNS.
+    pub miss: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for AnswerCache {
@@ -77,7 +87,13 @@ impl AnswerCache {
             settings: *settings,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            counters: OnceLock::new(),
         }
+    }
+
+    /// Counts hits and misses into `counters` from now on (the first call wins).
+    pub fn count_into(&self, counters: CacheCounters) {
+        let _ = self.counters.set(counters);
     }
 
     /// The answer for `domain`: cached, or from `lookup` (run by one caller at a time per domain)
@@ -101,9 +117,15 @@ impl AnswerCache {
             .await;
         if asked {
             self.misses.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = self.counters.get() {
+                c.miss.inc();
+            }
             return answer.hosts.clone();
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.counters.get() {
+            c.hit.inc();
+        }
         let mut hosts = answer.hosts.clone();
         if let Ok(hosts) = &mut hosts {
             shuffle_equal_preference(hosts, |h| h.preference, &mut rand::rng());

@@ -28,7 +28,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 use postrider_core::mx::{MxPlan, MxRecord, plan_mx};
 use postrider_core::{Domain, EnhancedStatus, SmtpReply};
 
-pub use cache::{AnswerCache, CacheStats};
+pub use cache::{AnswerCache, CacheCounters, CacheStats};
 pub use settings::DnsSettings;
 
 /// One mail exchanger to try, with the addresses to connect to.
@@ -227,6 +227,14 @@ impl HickoryMxResolver {
         .build()
         .map_err(|e| ResolverBuildError(e.to_string()))?;
         Ok(Self::from_parts(resolver, dns))
+    }
+
+    /// Counts answer-cache hits and misses into `counters` (every clone shares them; no effect
+    /// without an answer cache).
+    pub fn count_cache_lookups(&self, counters: CacheCounters) {
+        if let Some(cache) = &self.answers {
+            cache.count_into(counters);
+        }
     }
 
     fn from_parts(resolver: TokioResolver, dns: &DnsSettings) -> Self {

@@ -72,6 +72,10 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
         .with_context(|| format!("cannot open the queue in {}", raw.data_dir.display()))?;
 
     let hickory = build_resolver(&config, &dns)?;
+    hickory.count_cache_lookups(postrider_dns::CacheCounters {
+        hit: metrics.dns_cache_lookups.with_label_values(&["hit"]),
+        miss: metrics.dns_cache_lookups.with_label_values(&["miss"]),
+    });
     if let Some(d) = &dkim {
         tracing::info!(keys = d.public_keys().len(), "DKIM signing enabled");
     }
