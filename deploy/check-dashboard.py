@@ -56,6 +56,7 @@ KNOWN = {
     "postrider_delivery_by_domain_total": {"domain", "result"},
     "postrider_outbound_connections": set(),
     "postrider_dns_lookups_total": {"result"},
+    "postrider_dns_cache_lookups_total": {"result"},
     "postrider_destinations_suspended": set(),
     "postrider_delivery_queue_time_seconds": {"histogram"},
     "postrider_outbound_tls_total": {"result"},

@@ -6,6 +6,7 @@
 //! - [`QueuedMessage`] and [`RecipientStatus`]: what the queue knows about a message, per recipient.
 //! - [`SmtpReply`] and [`classify_reply`]: what a remote server said and what it means for us.
 //! - [`RetryPolicy`]: when to try again and when to give up (RFC 5321 §4.5.4.1).
+//! - [`mx`]: MX ordering, implicit MX and null MX (RFC 5321 §5.1, RFC 7505).
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
 //! - [`mta_sts`]: RFC 8461 policy files and MX pattern matching.
 //!
@@ -18,6 +19,7 @@ mod envelope;
 mod id;
 mod message;
 pub mod mta_sts;
+pub mod mx;
 mod reply;
 mod retry;
 mod time;

@@ -141,32 +141,7 @@ impl Default for BreakerSettings {
     }
 }
 
-/// The DNS resolver built by [`crate::HickoryMxResolver::system_with`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DnsSettings {
-    /// Timeout of one query (5 s).
-    pub timeout: Duration,
-    /// Tries per query (2).
-    pub attempts: usize,
-    /// Cached answers, bounded (8192); entries expire with their TTL.
-    pub cache_size: u64,
-    /// Longest time a negative answer (NXDOMAIN, NODATA) is cached (5 min), whatever its SOA says.
-    pub negative_max_ttl: Duration,
-    /// Longest time a positive answer is cached (1 day), whatever its TTL says.
-    pub positive_max_ttl: Duration,
-}
-
-impl Default for DnsSettings {
-    fn default() -> Self {
-        DnsSettings {
-            timeout: Duration::from_secs(5),
-            attempts: 2,
-            cache_size: 8192,
-            negative_max_ttl: Duration::from_secs(300),
-            positive_max_ttl: Duration::from_secs(86_400),
-        }
-    }
-}
+pub use postrider_dns::DnsSettings;
 
 /// Per-phase client timeouts. The defaults are RFC 5321 §4.5.3.2's minimums; lettre has no timeout
 /// of its own after connecting, so each call is wrapped and the connection dropped on expiry.

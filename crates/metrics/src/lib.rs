@@ -129,6 +129,10 @@ pub struct Metrics {
     /// `postrider_dns_lookups_total{result}`: destination lookups by result (`ok`, `nxdomain`,
     /// `nodata`, `nullmx`, `servfail`, `timeout`, `error`).
     pub dns_lookups: IntCounterVec,
+    /// `postrider_dns_cache_lookups_total{result}`: destination lookups answered from the
+    /// resolver's answer cache (`hit`, waiting for a lookup in flight included) or by asking DNS
+    /// (`miss`); a falling hit ratio means many new or short-TTL destinations.
+    pub dns_cache_lookups: IntCounterVec,
     /// `postrider_destinations_suspended`: destinations currently suspended by the circuit breaker.
     pub destinations_suspended: IntGauge,
     /// `postrider_delivery_queue_time_seconds`: time from arrival to the final state of a message.
@@ -417,6 +421,14 @@ impl Metrics {
         ] {
             dns_lookups.with_label_values(&[r]);
         }
+        let dns_cache_lookups = counter_vec(
+            "postrider_dns_cache_lookups_total",
+            "Destination lookups answered from the DNS answer cache (hit) or by asking DNS (miss).",
+            &["result"],
+        );
+        for r in ["hit", "miss"] {
+            dns_cache_lookups.with_label_values(&[r]);
+        }
         let destinations_suspended = IntGauge::new(
             "postrider_destinations_suspended",
             "Destinations currently suspended by the circuit breaker.",
@@ -536,6 +548,7 @@ impl Metrics {
             delivery_by_domain,
             outbound_connections,
             dns_lookups,
+            dns_cache_lookups,
             destinations_suspended,
             delivery_queue_time,
             outbound_tls,

@@ -457,6 +457,15 @@ pub(crate) struct RawDns {
     /// Cached DNS answers (respecting their TTL).
     #[serde(default)]
     pub(crate) cache_size: Option<u64>,
+    /// Shortest time a positive answer is kept, whatever its TTL.
+    #[serde(default)]
+    pub(crate) min_ttl: Option<HumanDuration>,
+    /// Longest time a positive answer is kept, whatever its TTL.
+    #[serde(default)]
+    pub(crate) max_ttl: Option<HumanDuration>,
+    /// Longest time a negative answer (NXDOMAIN, no records, null MX) is kept.
+    #[serde(default)]
+    pub(crate) negative_max_ttl: Option<HumanDuration>,
 }
 
 /// `[delivery]`.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use postrider_api::{ApiKey, ApiSettings, RateLimit, Scope};
 use postrider_delivery::{
-    BreakerSettings, DeliverySettings, DomainPolicy, RelayTls, Relayhost, Route, SmtpTimeouts,
-    TlsMode,
+    BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, RelayTls, Relayhost, Route,
+    SmtpTimeouts, TlsMode,
 };
 use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpSettings, SmtpUser};
 
@@ -34,6 +34,8 @@ pub(crate) struct Prepared {
     pub(crate) dkim: Option<Arc<postrider_trust::DkimSigner>>,
     /// The webhooks.
     pub(crate) webhooks: postrider_webhooks::DispatcherSettings,
+    /// The resolver's timeouts and caches.
+    pub(crate) dns: DnsSettings,
 }
 
 /// Reads, checks and loads the configuration at `path` (the embedded defaults without one).
@@ -52,6 +54,7 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         .clone()
         .map(|d| d as Arc<dyn postrider_core::MessageSigner>);
     let webhooks = webhook_settings(&config)?;
+    let dns = dns_settings(&config)?;
     Ok(Prepared {
         config,
         smtp,
@@ -59,7 +62,42 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         delivery,
         dkim,
         webhooks,
+        dns,
     })
+}
+
+/// `[dns]`: timeouts, tries and the cache bounds of the one resolver every lookup goes through.
+fn dns_settings(config: &Config) -> Result<DnsSettings, ConfigError> {
+    let raw = &config.raw.dns;
+    let mut dns = DnsSettings::default();
+    if let Some(t) = raw.timeout {
+        dns.timeout = t.0;
+    }
+    if let Some(a) = raw.attempts {
+        dns.attempts = a;
+    }
+    if let Some(c) = raw.cache_size {
+        dns.cache_size = c;
+    }
+    if let Some(t) = raw.min_ttl {
+        dns.positive_min_ttl = t.0;
+    }
+    if let Some(t) = raw.max_ttl {
+        dns.positive_max_ttl = t.0;
+    }
+    if let Some(t) = raw.negative_max_ttl {
+        dns.negative_max_ttl = t.0;
+    }
+    if dns.positive_min_ttl > dns.positive_max_ttl {
+        return Err(invalid(
+            "dns.min_ttl",
+            "is longer than dns.max_ttl; set min_ttl at most max_ttl",
+        ));
+    }
+    if dns.timeout.is_zero() {
+        return Err(invalid("dns.timeout", "must be longer than 0s"));
+    }
+    Ok(dns)
 }
 
 /// `data_dir` must be a directory, or not exist yet (it is created at start).

@@ -22,7 +22,9 @@ fn key(domain: &str, selector: &str, txt: &str) -> DkimPublicKey {
 }
 
 async fn run(dns: &DnsServer, domain: &str, keys: &[DkimPublicKey]) -> DomainReport {
-    let resolver = dns.resolver(Duration::from_secs(2)).unwrap();
+    let resolver =
+        postrider_dns::HickoryMxResolver::with_nameservers(&[dns.addr()], Duration::from_secs(2))
+            .unwrap();
     check_domain(&resolver, &Domain::parse(domain).unwrap(), &[EGRESS], keys).await
 }
 
