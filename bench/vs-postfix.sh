@@ -2,13 +2,17 @@
 # Postrider vs Postfix, side by side, in one run, with the peer harness
 # (smtp-source -> relay -> smtp-sink; see $PEERS/README.md).
 #
-# usage: bench/vs-postfix.sh [--verify] [--rows "c1 c20 c50 c20r5 c20d"] [--no-build]
+# usage: bench/vs-postfix.sh [--verify] [--rows "c1 c20 c50 c20r5 c20d"] [--static-route] [--no-build]
 #   default       the standard matrix; for each row Postfix and Postrider run
 #                 back to back (the order alternates per row), then a table with
 #                 both and the ratios is printed (bench/compare.py)
 #   --verify      correctness pass instead: c=20 r=5 and c=20 with the sink
 #                 dumping every transaction; checks no message lost/duplicated
 #   --rows LIST   subset of the matrix rows, e.g. --rows "c20"
+#   --static-route  Postrider relays sink.example through a static [[routes]] entry,
+#                 as Postfix's relayhost does; without it (the standard), Postrider
+#                 resolves sink.example's MX through bench/dns.py on every delivery
+#                 (served from its DNS cache after the first)
 #   --no-build    use the existing release binary (or $POSTRIDER_BIN)
 #   --no-postfix  Postrider only (e.g. for profiling)
 #
@@ -31,12 +35,13 @@ LOG_LEVEL=${LOG_LEVEL:-info}
 OUT=${OUT:-/tmp/postrider-bench/vs-postfix-$(date +%Y%m%d-%H%M%S)}
 DATA_DIR=${DATA_DIR:-/var/tmp/postrider-bench-data}   # same disk as /var/spool/postfix
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
-VERIFY=0 BUILD=1 POSTFIX=1 ROWS="c1 c20 c50 c20r5 c20d"
+usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+VERIFY=0 BUILD=1 POSTFIX=1 ROWS="c1 c20 c50 c20r5 c20d" STATIC_ROUTE=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --verify) VERIFY=1; shift ;;
     --rows) ROWS=$2; shift 2 ;;
+    --static-route) STATIC_ROUTE=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --no-postfix) POSTFIX=0; shift ;;
     -h|--help) usage 0 ;;
@@ -71,7 +76,7 @@ echo "# results -> $OUT" >&2
     echo "postrider $BIN built from $ROOT at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
   fi
   echo "postfix $(postconf -h mail_version 2>/dev/null || echo '?')"
-  echo "N=$N SIZE=$SIZE REPS=$REPS rows: $ROWS verify=$VERIFY"
+  echo "N=$N SIZE=$SIZE REPS=$REPS rows: $ROWS verify=$VERIFY postrider_path=$([[ $STATIC_ROUTE == 1 ]] && echo static-route || echo dns)"
 } > "$OUT/env.txt"
 cat "$OUT/env.txt" >&2
 
@@ -119,6 +124,10 @@ start_postrider() { # tag
   sed -e "s|@DATA_DIR@|$DATA_DIR|" -e "s|@SMTP_PORT@|$SMTP_PORT|" -e "s|@HTTP_PORT@|$HTTP_PORT|" \
       -e "s|@DNS_PORT@|$DNS_PORT|" -e "s|@SINK_PORT@|$SINK_PORT|g" -e "s|@LOG_LEVEL@|$LOG_LEVEL|" \
       "$HERE/postrider-bench.toml" > "$OUT/postrider/postrider.toml"
+  if [[ $STATIC_ROUTE == 0 ]]; then
+    # DNS on the path: drop the static route, sink.example is resolved through bench/dns.py.
+    sed -i '/^\[\[routes\]\]/,$d' "$OUT/postrider/postrider.toml"
+  fi
   "$BIN" serve --config "$OUT/postrider/postrider.toml" > "$OUT/postrider/log-$1.txt" 2>&1 &
   PR_PID=$!
   wait_port "$SMTP_PORT" || { echo "postrider did not start; see $OUT/postrider/log-$1.txt" >&2; exit 1; }

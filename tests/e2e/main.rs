@@ -20,6 +20,7 @@ mod http_api;
 mod journal_damage;
 mod lifecycle;
 mod observability;
+mod outbound_tls;
 mod queue_cli;
 mod reload;
 mod sandbox;

@@ -113,3 +113,39 @@ async fn a_fresh_relay_exports_process_series_and_zero_counters() {
     .await;
     assert_eq!(timed, 1.0);
 }
+
+#[tokio::test]
+async fn a_repeat_destination_is_resolved_once_and_counted_as_cache_hits() {
+    let world = World::start().await;
+    let relay = world.relay().await;
+    for n in 1..=3 {
+        let tag = format!("dns-cache-{n}");
+        submit(
+            relay.smtp,
+            "app@sender.test",
+            &["user@example.test"],
+            &message("app@sender.test", "user@example.test", &tag),
+        )
+        .await;
+        received(&world.mx1, n).await;
+    }
+    let mx_queries = world
+        .dns
+        .queries()
+        .iter()
+        .filter(|q| q.name == "example.test." && q.record_type == postrider_testkit::RecordType::MX)
+        .count();
+    assert_eq!(mx_queries, 1, "one MX query for three deliveries");
+    assert_eq!(
+        relay
+            .metric("postrider_dns_cache_lookups_total{result=\"miss\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        relay
+            .metric("postrider_dns_cache_lookups_total{result=\"hit\"}")
+            .await,
+        Some(2.0)
+    );
+}

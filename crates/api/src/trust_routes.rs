@@ -303,7 +303,11 @@ mod tests {
             .a("mx.example.test", Ipv4Addr::LOCALHOST)])
         .await
         .unwrap();
-        let resolver = dns.resolver(Duration::from_secs(2)).unwrap();
+        let resolver = postrider_dns::HickoryMxResolver::with_nameservers(
+            &[dns.addr()],
+            Duration::from_secs(2),
+        )
+        .unwrap();
         let verifier = Verifier::new(
             VerifierSettings {
                 smtp_port: sink.port(),

@@ -408,6 +408,7 @@ async fn status_endpoint_reports_the_message() {
             encrypted: true,
             version: Some("TLSv1.3".into()),
             verified: true,
+            policy: None,
         });
     }
     let outcome = h

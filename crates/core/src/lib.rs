@@ -7,7 +7,9 @@
 //! - [`SmtpReply`] and [`classify_reply`]: what a remote server said and what it means for us.
 //! - [`RetryPolicy`]: when to try again and when to give up (RFC 5321 §4.5.4.1).
 //! - [`bounce`]: why a failure happened ([`BounceCategory`]), from rules kept as data.
+//! - [`mx`]: MX ordering, implicit MX and null MX (RFC 5321 §5.1, RFC 7505).
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
+//! - [`mta_sts`]: RFC 8461 policy files and MX pattern matching.
 //!
 //! Everything here is deterministic: time and randomness are arguments, so the policy can be
 //! tested with whole tables of expected values.
@@ -18,6 +20,8 @@ pub mod dsn;
 mod envelope;
 mod id;
 mod message;
+pub mod mta_sts;
+pub mod mx;
 mod reply;
 mod retry;
 mod time;

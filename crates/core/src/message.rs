@@ -107,6 +107,10 @@ pub struct TlsInfo {
     /// Whether the server's certificate chain verified against the trusted roots for its name.
     #[serde(default)]
     pub verified: bool,
+    /// The outbound TLS policy the session was held to, e.g. `mta-sts:enforce` or
+    /// `mta-sts:testing`; `None` when only the relay's own STARTTLS setting applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 impl RecipientStatus {

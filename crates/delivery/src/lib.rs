@@ -32,6 +32,7 @@
 
 pub mod capture;
 mod health;
+mod mta_sts;
 pub mod mx;
 pub mod outcome;
 mod pool;

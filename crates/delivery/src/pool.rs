@@ -34,6 +34,9 @@ pub(crate) struct PoolKey {
 pub(crate) enum SessionMode {
     /// A plain MX (or route) session with this STARTTLS policy.
     Mx(TlsMode),
+    /// An MX session held to an enforced policy (MTA-STS `enforce`): TLS with a certificate
+    /// valid for the MX name, whose hash this is (a session is only reused for the same name).
+    MxAuthenticated(u64),
     /// An authenticated session with the relay host.
     Relay,
 }

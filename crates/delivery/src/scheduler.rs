@@ -149,6 +149,8 @@ pub fn spawn_delivery(
         domain_limits: Mutex::new(HashMap::new()),
         tls: TlsTrust::new(extra_roots, settings.verify_certificates),
         metric_domains: Mutex::new(HashSet::new()),
+        sts_fetch_failures: Mutex::new(HashMap::new()),
+        sts_fetch_locks: crate::mta_sts::FetchLocks::default(),
         current: ArcSwap::from_pointee(settings),
         metrics,
         inflight: Mutex::new(HashMap::new()),

@@ -32,6 +32,9 @@ pub struct DomainPolicy {
     pub messages_per_minute: Option<u32>,
     /// STARTTLS policy for this domain instead of [`DeliverySettings::tls`].
     pub tls: Option<TlsMode>,
+    /// Whether this domain's MTA-STS policy is looked up and applied; `None` follows
+    /// [`DeliverySettings::mta_sts`].
+    pub mta_sts: Option<bool>,
 }
 
 /// A static route: recipient domains matching `domain` go to `host:port` instead of their MX.
@@ -139,32 +142,7 @@ impl Default for BreakerSettings {
     }
 }
 
-/// The DNS resolver built by [`crate::HickoryMxResolver::system_with`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DnsSettings {
-    /// Timeout of one query (5 s).
-    pub timeout: Duration,
-    /// Tries per query (2).
-    pub attempts: usize,
-    /// Cached answers, bounded (8192); entries expire with their TTL.
-    pub cache_size: u64,
-    /// Longest time a negative answer (NXDOMAIN, NODATA) is cached (5 min), whatever its SOA says.
-    pub negative_max_ttl: Duration,
-    /// Longest time a positive answer is cached (1 day), whatever its TTL says.
-    pub positive_max_ttl: Duration,
-}
-
-impl Default for DnsSettings {
-    fn default() -> Self {
-        DnsSettings {
-            timeout: Duration::from_secs(5),
-            attempts: 2,
-            cache_size: 8192,
-            negative_max_ttl: Duration::from_secs(300),
-            positive_max_ttl: Duration::from_secs(86_400),
-        }
-    }
-}
+pub use postrider_dns::DnsSettings;
 
 /// Per-phase client timeouts. The defaults are RFC 5321 §4.5.3.2's minimums; lettre has no timeout
 /// of its own after connecting, so each call is wrapped and the connection dropped on expiry.
@@ -281,8 +259,15 @@ pub struct DeliverySettings {
     /// verify fails the STARTTLS handshake: transient in required mode, plaintext fallback in
     /// opportunistic mode.
     pub verify_certificates: bool,
-    /// PEM file of extra trusted root certificates (for private relay hosts).
+    /// PEM file of extra trusted root certificates (for private relay hosts, and the trust
+    /// anchor of test MTA-STS policy servers and MX hosts).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Look up and apply the MTA-STS policies (RFC 8461) of recipient domains delivered to by
+    /// MX (true). Routes and the relay host are never subject to them.
+    pub mta_sts: bool,
+    /// The TCP port MTA-STS policies are fetched from (443). Only tests change it: RFC 8461
+    /// fixes the policy URL to `https://mta-sts.<domain>/`.
+    pub mta_sts_https_port: u16,
     /// Static routes, first match wins; they take precedence over `relayhost` and MX lookup.
     pub routes: Vec<Route>,
     /// Send everything not matched by a route through this host.
@@ -332,6 +317,8 @@ impl Default for DeliverySettings {
             breaker: BreakerSettings::default(),
             verify_certificates: false,
             ca_file: None,
+            mta_sts: true,
+            mta_sts_https_port: 443,
             routes: Vec::new(),
             relayhost: None,
             delay_warning_after: Duration::from_secs(4 * 3600),
@@ -367,6 +354,11 @@ impl DeliverySettings {
     /// The STARTTLS mode for recipient domain `domain`.
     pub fn tls_for(&self, domain: &str) -> TlsMode {
         self.policy(domain).tls.unwrap_or(self.tls)
+    }
+
+    /// Whether the MTA-STS policy of recipient domain `domain` is looked up and applied.
+    pub fn mta_sts_for(&self, domain: &str) -> bool {
+        self.policy(domain).mta_sts.unwrap_or(self.mta_sts)
     }
 
     /// Checks the relations between settings: non-zero limits, and an attempt that always ends

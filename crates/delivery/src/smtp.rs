@@ -25,6 +25,8 @@ use postrider_core::{
 };
 
 use crate::health::throttling_reply;
+use postrider_core::mta_sts::StsMode;
+
 use crate::mx::MxError;
 use crate::pool::{Capabilities, Checkout, ConnectionSlot, PoolKey, Session, SessionMode};
 use crate::settings::{DeliverySettings, RelayTls, Relayhost, TlsMode};
@@ -112,6 +114,36 @@ struct Target<'s> {
     addresses: Vec<IpAddr>,
     mode: SessionMode,
     relay: Option<&'s Relayhost>,
+    /// The recipient domain's MTA-STS policy, when one is in force.
+    sts: Option<StsTarget>,
+}
+
+/// An MTA-STS policy applied to one MX host.
+#[derive(Debug, Clone)]
+struct StsTarget {
+    /// `enforce` or `testing`.
+    mode: StsMode,
+    /// The recipient domain that published it.
+    domain: String,
+}
+
+impl StsTarget {
+    /// A `451 4.7.5` reply naming the policy and what `host` failed.
+    fn refusal(&self, host: &str, what: &str) -> SmtpReply {
+        SmtpReply::synthetic(
+            451,
+            EnhancedStatus::new(4, 7, 5),
+            format!("MTA-STS policy of {}: {host}: {what}", self.domain),
+        )
+    }
+}
+
+/// A stable hash of an MX name, for [`SessionMode::MxAuthenticated`].
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.to_ascii_lowercase().hash(&mut h);
+    h.finish()
 }
 
 /// A configured host (route or relay host) as the only target.
@@ -132,6 +164,7 @@ async fn fixed_target<'s>(
         addresses,
         mode,
         relay,
+        sts: None,
     }])
 }
 
@@ -157,15 +190,61 @@ async fn targets<'s>(
         .await;
     }
     let hosts = shared.resolver.resolve(domain).await?;
-    Ok(hosts
+    let policy = if s.mta_sts_for(name) && domain.address_literal().is_none() {
+        crate::mta_sts::policy_for(shared, name).await
+    } else {
+        None
+    };
+    let Some(policy) = policy else {
+        return Ok(hosts
+            .into_iter()
+            .take(s.max_mx_hosts)
+            .map(|h| Target {
+                name: h.name,
+                port: s.port,
+                addresses: h.addresses,
+                mode,
+                relay: None,
+                sts: None,
+            })
+            .collect());
+    };
+    let enforce = policy.mode == StsMode::Enforce;
+    let mut allowed = Vec::with_capacity(hosts.len());
+    for h in hosts {
+        if policy.allows_mx(&h.name) {
+            allowed.push(h);
+            continue;
+        }
+        shared.policy_result("mta-sts", "validation-failure");
+        tracing::warn!(domain = %name, mx = %h.name, policy = %crate::mta_sts::policy_label(policy.mode), "MX host not listed in the MTA-STS policy");
+        if !enforce {
+            allowed.push(h);
+        }
+    }
+    if allowed.is_empty() {
+        return Err(MxError::TlsPolicy(format!(
+            "MTA-STS policy of {name}: no MX host matches the policy (mx: {})",
+            policy.mx.join(", ")
+        )));
+    }
+    Ok(allowed
         .into_iter()
         .take(s.max_mx_hosts)
         .map(|h| Target {
+            mode: if enforce {
+                SessionMode::MxAuthenticated(name_hash(&h.name))
+            } else {
+                mode
+            },
             name: h.name,
             port: s.port,
             addresses: h.addresses,
-            mode,
             relay: None,
+            sts: Some(StsTarget {
+                mode: policy.mode,
+                domain: name.to_owned(),
+            }),
         })
         .collect())
 }
@@ -382,9 +461,10 @@ fn skip(reply: SmtpReply, permanent: bool, reached: bool) -> OpenError {
 fn tls_parameters(
     shared: &Shared,
     sni: &str,
+    verify: bool,
 ) -> Result<TlsParameters, lettre::transport::smtp::Error> {
     let mut builder = TlsParameters::builder(sni.to_owned());
-    if shared.settings().verify_certificates {
+    if verify {
         for der in &shared.tls.extra_roots {
             builder = builder.add_root_certificate(Certificate::from_der(der.to_vec())?);
         }
@@ -509,9 +589,13 @@ async fn open_session(
             ));
         }
     };
+    // Under an enforced policy the certificate is checked right after the handshake (below),
+    // before anything but EHLO is sent, so that the failure can be named precisely.
+    let authenticated = matches!(target.mode, SessionMode::MxAuthenticated(_));
     if use_tls && matches!(wire, Wire::Plain(_)) && conn.can_starttls() {
         let handshake = async {
-            let params = tls_parameters(shared, &sni)?;
+            let params =
+                tls_parameters(shared, &sni, settings.verify_certificates && !authenticated)?;
             conn.starttls(params, &helo).await
         };
         match tokio::time::timeout(t.ehlo, handshake).await {
@@ -535,8 +619,22 @@ async fn open_session(
         Wire::Plain(_) => None,
     };
     let encrypted = established.is_some();
+    let policy_check = match &target.sts {
+        Some(sts) => {
+            let checked = policy_check(shared, sts, target, established.as_ref(), &sni);
+            if let Err(reply) = &checked
+                && sts.mode == StsMode::Enforce
+            {
+                quit(&mut conn, t.quit).await;
+                return Err(skip(reply.clone(), false, true));
+            }
+            Some(checked.is_ok())
+        }
+        None => None,
+    };
     let tls_required = match target.mode {
         SessionMode::Mx(m) => m == TlsMode::Required,
+        SessionMode::MxAuthenticated(_) => true,
         SessionMode::Relay => target
             .relay
             .is_some_and(|r| r.tls != RelayTls::Opportunistic),
@@ -623,12 +721,16 @@ async fn open_session(
         Some(established) => TlsInfo {
             encrypted: true,
             version: established.version.map(|v| v.to_string()),
-            verified: settings.verify_certificates || shared.tls.verifies(&established.chain, &sni),
+            verified: policy_check.unwrap_or_else(|| {
+                settings.verify_certificates || shared.tls.verifies(&established.chain, &sni)
+            }),
+            policy: None,
         },
         None => TlsInfo {
             encrypted: false,
             version: None,
             verified: false,
+            policy: None,
         },
     };
     let label = if encrypted { "tls" } else { "plaintext" };
@@ -647,6 +749,38 @@ async fn open_session(
         idle_since: Instant::now(),
         _slot: slot,
     })
+}
+
+/// Checks an opened session against the MTA-STS policy of its domain: TLS, and a certificate
+/// valid for the MX name. Counts the result; a failure is logged, and returned as the reply
+/// that refuses the host (used in `enforce` mode only).
+fn policy_check(
+    shared: &Shared,
+    sts: &StsTarget,
+    target: &Target<'_>,
+    established: Option<&EstablishedTls>,
+    name: &str,
+) -> Result<(), SmtpReply> {
+    let failure = match established {
+        None => Some(("starttls-not-supported", "it does not offer STARTTLS")),
+        Some(tls) => shared
+            .tls
+            .check(&tls.chain, name)
+            .err()
+            .map(|f| (f.result_type(), f.describe())),
+    };
+    let label = crate::mta_sts::policy_label(sts.mode);
+    match failure {
+        None => {
+            shared.policy_result("mta-sts", "success");
+            Ok(())
+        }
+        Some((result, what)) => {
+            shared.policy_result("mta-sts", result);
+            tracing::warn!(domain = %sts.domain, mx = %target.name, policy = %label, result = %result, "MX host fails the MTA-STS policy");
+            Err(sts.refusal(&target.name, what))
+        }
+    }
 }
 
 fn tls_error_reply(host: &str, e: &dyn std::fmt::Display) -> SmtpReply {
@@ -670,10 +804,11 @@ async fn new_session(
 ) -> Result<Session, HostOutcome> {
     let want_tls = match target.mode {
         SessionMode::Mx(m) => m != TlsMode::Disabled,
-        SessionMode::Relay => true,
+        SessionMode::MxAuthenticated(_) | SessionMode::Relay => true,
     };
     let opportunistic = match target.mode {
         SessionMode::Mx(m) => m == TlsMode::Opportunistic,
+        SessionMode::MxAuthenticated(_) => false,
         SessionMode::Relay => target
             .relay
             .is_some_and(|r| r.tls == RelayTls::Opportunistic),
@@ -697,11 +832,23 @@ async fn new_session(
                 }),
             }
         }
-        Err(OpenError::TlsFailed(reply)) => Err(HostOutcome::Skip {
-            reply,
-            permanent: false,
-            reached: true,
-        }),
+        Err(OpenError::TlsFailed(reply)) => {
+            let reply = match &target.sts {
+                Some(sts) if sts.mode == StsMode::Enforce => {
+                    shared.policy_result("mta-sts", "validation-failure");
+                    sts.refusal(
+                        &target.name,
+                        &format!("the TLS handshake failed ({})", reply.text),
+                    )
+                }
+                _ => reply,
+            };
+            Err(HostOutcome::Skip {
+                reply,
+                permanent: false,
+                reached: true,
+            })
+        }
         Err(OpenError::Skip(skip)) => Err(skip),
     }
 }
@@ -756,7 +903,12 @@ async fn try_address(
         } else if !flow.broken {
             shared.breaker_success(&target.name);
         }
-        let tls = Some(session.tls.clone());
+        let mut tls = session.tls.clone();
+        tls.policy = target
+            .sts
+            .as_ref()
+            .map(|sts| crate::mta_sts::policy_label(sts.mode).to_owned());
+        let tls = Some(tls);
         let dsn_relayed = session.caps.dsn;
         let addr = key.addr;
         if flow.reusable() && session.transactions < settings.max_messages_per_connection {

@@ -23,6 +23,62 @@ pub(crate) struct TlsTrust {
     /// Client configuration of implicit-TLS sessions, under the same verification policy as
     /// STARTTLS; an error text when it could not be built.
     implicit: Result<Arc<rustls::ClientConfig>, String>,
+    /// Client configuration that always verifies (MTA-STS policy fetches over HTTPS).
+    verifying: Result<Arc<rustls::ClientConfig>, String>,
+}
+
+/// Why a certificate chain does not authenticate a host, as RFC 8460 names the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CertFailure {
+    /// The certificate is not valid for the host name (`certificate-host-mismatch`).
+    HostMismatch,
+    /// The certificate has expired or is not valid yet (`certificate-expired`).
+    Expired,
+    /// The chain does not lead to a trusted root (`certificate-not-trusted`).
+    NotTrusted,
+    /// Anything else wrong with it, or no certificate at all (`validation-failure`).
+    Invalid,
+}
+
+impl CertFailure {
+    /// The RFC 8460 result type.
+    pub(crate) fn result_type(self) -> &'static str {
+        match self {
+            CertFailure::HostMismatch => "certificate-host-mismatch",
+            CertFailure::Expired => "certificate-expired",
+            CertFailure::NotTrusted => "certificate-not-trusted",
+            CertFailure::Invalid => "validation-failure",
+        }
+    }
+
+    /// What is wrong, for replies and logs.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            CertFailure::HostMismatch => "its certificate is not valid for its name",
+            CertFailure::Expired => "its certificate has expired or is not valid yet",
+            CertFailure::NotTrusted => "its certificate is not issued by a trusted authority",
+            CertFailure::Invalid => "its certificate does not validate",
+        }
+    }
+
+    /// The failure a rustls certificate error stands for.
+    pub(crate) fn of(e: &rustls::Error) -> CertFailure {
+        use rustls::CertificateError as C;
+        match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                C::NotValidForName | C::NotValidForNameContext { .. } => CertFailure::HostMismatch,
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => CertFailure::Expired,
+                // A bad signature means the issuer named is not the trusted one that signs
+                // under that name: no chain to a trusted root either.
+                C::UnknownIssuer | C::BadSignature => CertFailure::NotTrusted,
+                _ => CertFailure::Invalid,
+            },
+            _ => CertFailure::Invalid,
+        }
+    }
 }
 
 impl TlsTrust {
@@ -47,14 +103,45 @@ impl TlsTrust {
         )
         .build()
         .ok();
-        let implicit = implicit_config(roots, provider, verify_certificates)
+        let implicit = implicit_config(
+            Arc::clone(&roots),
+            Arc::clone(&provider),
+            verify_certificates,
+        )
+        .map(Arc::new)
+        .map_err(|e| e.to_string());
+        let verifying = implicit_config(roots, provider, true)
             .map(Arc::new)
             .map_err(|e| e.to_string());
         TlsTrust {
             extra_roots,
             verifier,
             implicit,
+            verifying,
         }
+    }
+
+    /// A client configuration that verifies certificates against the trusted roots.
+    pub(crate) fn verifying_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.verifying.clone()
+    }
+
+    /// Checks that `chain` (leaf first) authenticates host `name`, and says why not.
+    pub(crate) fn check(&self, chain: &[Vec<u8>], name: &str) -> Result<(), CertFailure> {
+        let (Some(verifier), Some((leaf, rest))) = (&self.verifier, chain.split_first()) else {
+            return Err(CertFailure::Invalid);
+        };
+        let server_name =
+            ServerName::try_from(name.to_owned()).map_err(|_| CertFailure::HostMismatch)?;
+        let leaf = CertificateDer::from(leaf.as_slice());
+        let intermediates: Vec<_> = rest
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        verifier
+            .verify_server_cert(&leaf, &intermediates, &server_name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| CertFailure::of(&e))
     }
 
     /// The client configuration of implicit-TLS sessions.
@@ -64,20 +151,7 @@ impl TlsTrust {
 
     /// Whether `chain` (leaf first) verifies for `name`.
     pub(crate) fn verifies(&self, chain: &[Vec<u8>], name: &str) -> bool {
-        let (Some(verifier), Some((leaf, rest))) = (&self.verifier, chain.split_first()) else {
-            return false;
-        };
-        let Ok(server_name) = ServerName::try_from(name.to_owned()) else {
-            return false;
-        };
-        let leaf = CertificateDer::from(leaf.as_slice());
-        let intermediates: Vec<_> = rest
-            .iter()
-            .map(|c| CertificateDer::from(c.as_slice()))
-            .collect();
-        verifier
-            .verify_server_cert(&leaf, &intermediates, &server_name, &[], UnixTime::now())
-            .is_ok()
+        self.check(chain, name).is_ok()
     }
 }
 
@@ -151,5 +225,35 @@ impl ServerCertVerifier for AnyCertificate {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_map_to_rfc_8460_result_types() {
+        use rustls::CertificateError as C;
+        let of = |c: C| CertFailure::of(&rustls::Error::InvalidCertificate(c)).result_type();
+        assert_eq!(of(C::NotValidForName), "certificate-host-mismatch");
+        assert_eq!(of(C::Expired), "certificate-expired");
+        assert_eq!(of(C::NotValidYet), "certificate-expired");
+        assert_eq!(of(C::UnknownIssuer), "certificate-not-trusted");
+        assert_eq!(of(C::BadSignature), "certificate-not-trusted");
+        assert_eq!(of(C::BadEncoding), "validation-failure");
+        assert_eq!(
+            CertFailure::of(&rustls::Error::DecryptError).result_type(),
+            "validation-failure"
+        );
+    }
+
+    #[test]
+    fn an_empty_chain_does_not_authenticate() {
+        let trust = TlsTrust::new(Vec::new(), false);
+        assert_eq!(
+            trust.check(&[], "mx.example.test"),
+            Err(CertFailure::Invalid)
+        );
     }
 }

@@ -52,6 +52,11 @@ pub(crate) struct Shared {
     pub(crate) tls: TlsTrust,
     /// Domains with their own metric label (bounded by `metrics_max_domains`).
     pub(crate) metric_domains: Mutex<HashSet<String>>,
+    /// When the MTA-STS policy fetch of a domain last failed (bounded, see [`crate::mta_sts`]).
+    pub(crate) sts_fetch_failures: Mutex<HashMap<String, Instant>>,
+    /// Serialises MTA-STS policy fetches per domain (striped by domain hash, so bounded): a
+    /// burst of messages to a domain with a new policy fetches it once.
+    pub(crate) sts_fetch_locks: crate::mta_sts::FetchLocks,
 }
 
 impl std::fmt::Debug for Shared {
@@ -176,6 +181,18 @@ impl Shared {
             return domain.to_owned();
         }
         "other".to_owned()
+    }
+
+    /// Counts one outcome of a TLS policy (`policy` = `mta-sts`) in
+    /// `postrider_tls_policy_results_total`; `result` is `success` or an RFC 8460 result type.
+    pub(crate) fn policy_result(&self, policy: &str, result: &str) {
+        if let Ok(c) = self
+            .metrics
+            .tls_policy_results
+            .get_metric_with_label_values(&[policy, result])
+        {
+            c.inc();
+        }
     }
 
     /// Attempts currently running.
@@ -518,6 +535,12 @@ fn log_outcomes(before: &QueuedMessage, after: &QueuedMessage, outcomes: &[Timed
                 .and_then(|t| t.version.as_deref())
                 .unwrap_or("-"),
             tls_verified = t.outcome.tls.as_ref().is_some_and(|t| t.verified),
+            tls_policy = %t
+                .outcome
+                .tls
+                .as_ref()
+                .and_then(|t| t.policy.as_deref())
+                .unwrap_or("-"),
             postponed = t.outcome.postponed,
             duration_ms = u64::try_from(t.duration.as_millis()).unwrap_or(u64::MAX),
             attempt = after.attempts,

@@ -684,7 +684,8 @@ async fn starttls_version_is_recorded() {
         TlsInfo {
             encrypted: false,
             version: None,
-            verified: false
+            verified: false,
+            policy: None
         }
     );
 }
@@ -718,7 +719,8 @@ async fn relayhost_with_implicit_tls() {
             TlsInfo {
                 encrypted: true,
                 version: Some("TLSv1.2".into()),
-                verified
+                verified,
+                policy: None
             },
             "verify {verify}, trust {trust}"
         );

@@ -42,6 +42,20 @@ pub const BOUNCE_CATEGORIES: [&str; 11] = [
 /// expiry), `soft` (deferred, will be retried), `async` (reported later by a returned DSN).
 pub const BOUNCE_KINDS: [&str; 3] = ["hard", "soft", "async"];
 
+/// The `result` labels of `postrider_tls_policy_results_total` for MTA-STS: `success` and the
+/// RFC 8460 result types a sender can observe.
+pub const TLS_POLICY_RESULTS: [&str; 9] = [
+    "success",
+    "starttls-not-supported",
+    "certificate-host-mismatch",
+    "certificate-expired",
+    "certificate-not-trusted",
+    "validation-failure",
+    "sts-policy-fetch-error",
+    "sts-policy-invalid",
+    "sts-webpki-invalid",
+];
+
 /// The `domain` label every domain beyond the tracked ones is counted under.
 pub const OTHER_DOMAIN: &str = "other";
 
@@ -138,12 +152,20 @@ pub struct Metrics {
     /// `postrider_dns_lookups_total{result}`: destination lookups by result (`ok`, `nxdomain`,
     /// `nodata`, `nullmx`, `servfail`, `timeout`, `error`).
     pub dns_lookups: IntCounterVec,
+    /// `postrider_dns_cache_lookups_total{result}`: destination lookups answered from the
+    /// resolver's answer cache (`hit`, waiting for a lookup in flight included) or by asking DNS
+    /// (`miss`); a falling hit ratio means many new or short-TTL destinations.
+    pub dns_cache_lookups: IntCounterVec,
     /// `postrider_destinations_suspended`: destinations currently suspended by the circuit breaker.
     pub destinations_suspended: IntGauge,
     /// `postrider_delivery_queue_time_seconds`: time from arrival to the final state of a message.
     pub delivery_queue_time: Histogram,
     /// `postrider_outbound_tls_total{result}`: outbound sessions opened, `tls` or `plaintext`.
     pub outbound_tls: IntCounterVec,
+    /// `postrider_tls_policy_results_total{policy,result}`: outbound sessions and policy
+    /// lookups held to a TLS policy (`policy` = `mta-sts`), by RFC 8460 result type
+    /// (`success`, `starttls-not-supported`, `certificate-host-mismatch`, ...).
+    pub tls_policy_results: IntCounterVec,
     // ---- end of delivery engine metrics ----
 
     // ---- webhook metrics ----
@@ -432,6 +454,14 @@ impl Metrics {
         ] {
             dns_lookups.with_label_values(&[r]);
         }
+        let dns_cache_lookups = counter_vec(
+            "postrider_dns_cache_lookups_total",
+            "Destination lookups answered from the DNS answer cache (hit) or by asking DNS (miss).",
+            &["result"],
+        );
+        for r in ["hit", "miss"] {
+            dns_cache_lookups.with_label_values(&[r]);
+        }
         let destinations_suspended = IntGauge::new(
             "postrider_destinations_suspended",
             "Destinations currently suspended by the circuit breaker.",
@@ -465,6 +495,14 @@ impl Metrics {
         );
         for r in ["tls", "plaintext"] {
             outbound_tls.with_label_values(&[r]);
+        }
+        let tls_policy_results = counter_vec(
+            "postrider_tls_policy_results_total",
+            "Outbound sessions and policy lookups held to a TLS policy, by RFC 8460 result type.",
+            &["policy", "result"],
+        );
+        for r in TLS_POLICY_RESULTS {
+            tls_policy_results.with_label_values(&["mta-sts", r]);
         }
         // ---- end of delivery engine metrics ----
 
@@ -544,9 +582,11 @@ impl Metrics {
             bounces,
             outbound_connections,
             dns_lookups,
+            dns_cache_lookups,
             destinations_suspended,
             delivery_queue_time,
             outbound_tls,
+            tls_policy_results,
             webhook_deliveries,
             webhook_dropped,
             config_reloads,

@@ -58,6 +58,7 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
         dkim,
         webhooks: webhook_settings,
         bounce_rules,
+        dns,
     } = prepared;
     postrider_core::bounce::install_rules(bounce_rules);
     let metrics = Metrics::new();
@@ -72,26 +73,15 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
     let store = Store::open_with(&raw.data_dir, metrics.clone(), &options)
         .with_context(|| format!("cannot open the queue in {}", raw.data_dir.display()))?;
 
-    let mut dns = DnsSettings::default();
-    if let Some(t) = raw.dns.timeout {
-        dns.timeout = t.0;
-    }
-    if let Some(a) = raw.dns.attempts {
-        dns.attempts = a;
-    }
-    if let Some(c) = raw.dns.cache_size {
-        dns.cache_size = c;
-    }
-    let hickory = if config.nameservers.is_empty() {
-        HickoryMxResolver::system_with(&dns).context("cannot read the system DNS configuration")?
-    } else {
-        HickoryMxResolver::with_nameservers_and(&config.nameservers, &dns)
-            .context("invalid [dns] settings")?
-    };
+    let hickory = build_resolver(&config, &dns)?;
+    hickory.count_cache_lookups(postrider_dns::CacheCounters {
+        hit: metrics.dns_cache_lookups.with_label_values(&["hit"]),
+        miss: metrics.dns_cache_lookups.with_label_values(&["miss"]),
+    });
     if let Some(d) = &dkim {
         tracing::info!(keys = d.public_keys().len(), "DKIM signing enabled");
     }
-    let trust = trust_services(&config, hickory.resolver().clone(), dkim.as_ref());
+    let trust = trust_services(&config, hickory.clone(), dkim.as_ref());
     let resolver: Arc<dyn MxResolver> = Arc::new(hickory);
 
     // Bind everything before serving anything, so a port conflict fails start-up cleanly.
@@ -385,9 +375,20 @@ fn addresses(list: &[std::net::SocketAddr]) -> String {
         .join(",")
 }
 
+/// The one resolver of the process (delivery, address verification and `check-domain` share its
+/// caches): the configured name servers, or the system's.
+fn build_resolver(config: &Config, dns: &DnsSettings) -> anyhow::Result<HickoryMxResolver> {
+    if config.nameservers.is_empty() {
+        HickoryMxResolver::system_with(dns).context("cannot read the system DNS configuration")
+    } else {
+        HickoryMxResolver::with_nameservers_and(&config.nameservers, dns)
+            .context("invalid [dns] settings")
+    }
+}
+
 fn trust_services(
     config: &Config,
-    resolver: hickory_resolver::TokioResolver,
+    resolver: HickoryMxResolver,
     dkim: Option<&Arc<postrider_trust::DkimSigner>>,
 ) -> postrider_trust::TrustServices {
     let delivery = &config.raw.delivery;
@@ -430,17 +431,8 @@ pub(crate) async fn check_domain(
     domain: &postrider_core::Domain,
 ) -> anyhow::Result<postrider_trust::DomainReport> {
     let (config, dkim) = (&prepared.config, prepared.dkim.as_ref());
-    let mut dns = DnsSettings::default();
-    if let Some(t) = config.raw.dns.timeout {
-        dns.timeout = t.0;
-    }
-    let hickory = if config.nameservers.is_empty() {
-        HickoryMxResolver::system_with(&dns).context("cannot read the system DNS configuration")?
-    } else {
-        HickoryMxResolver::with_nameservers_and(&config.nameservers, &dns)
-            .context("invalid [dns] settings")?
-    };
-    let trust = trust_services(config, hickory.resolver().clone(), dkim);
+    let hickory = build_resolver(config, &prepared.dns)?;
+    let trust = trust_services(config, hickory, dkim);
     if let Some(verp) = &prepared.delivery.verp
         && verp.domain() == domain
     {

@@ -478,6 +478,15 @@ pub(crate) struct RawDns {
     /// Cached DNS answers (respecting their TTL).
     #[serde(default)]
     pub(crate) cache_size: Option<u64>,
+    /// Shortest time a positive answer is kept, whatever its TTL.
+    #[serde(default)]
+    pub(crate) min_ttl: Option<HumanDuration>,
+    /// Longest time a positive answer is kept, whatever its TTL.
+    #[serde(default)]
+    pub(crate) max_ttl: Option<HumanDuration>,
+    /// Longest time a negative answer (NXDOMAIN, no records, null MX) is kept.
+    #[serde(default)]
+    pub(crate) negative_max_ttl: Option<HumanDuration>,
 }
 
 /// `[delivery]`.
@@ -537,6 +546,12 @@ pub(crate) struct RawDelivery {
     /// Extra trusted CA certificates (PEM) for outbound TLS.
     #[serde(default)]
     pub(crate) ca_file: Option<PathBuf>,
+    /// Apply recipient domains' MTA-STS policies (RFC 8461).
+    #[serde(default = "default_true")]
+    pub(crate) mta_sts: bool,
+    /// Port MTA-STS policies are fetched from; for tests only (RFC 8461 fixes 443).
+    #[serde(default = "default_https_port")]
+    pub(crate) mta_sts_https_port: u16,
     /// Send all mail not matched by a route through this upstream server.
     #[serde(default)]
     pub(crate) relayhost: Option<RawRelayhost>,
@@ -609,6 +624,9 @@ pub(crate) struct RawDomainPolicy {
     /// STARTTLS policy for this domain.
     #[serde(default)]
     pub(crate) tls: Option<DeliveryTls>,
+    /// Apply this domain's MTA-STS policy (default: `delivery.mta_sts`).
+    #[serde(default)]
+    pub(crate) mta_sts: Option<bool>,
 }
 
 /// `[dkim]`.
@@ -738,6 +756,8 @@ impl Default for RawDelivery {
             public_ips: Vec::new(),
             verify_certificates: false,
             ca_file: None,
+            mta_sts: true,
+            mta_sts_https_port: default_https_port(),
             relayhost: None,
             breaker: None,
             domains: std::collections::BTreeMap::new(),
@@ -747,6 +767,9 @@ impl Default for RawDelivery {
 
 fn default_delivery_port() -> u16 {
     25
+}
+fn default_https_port() -> u16 {
+    443
 }
 fn default_max_concurrent() -> usize {
     256
@@ -1106,6 +1129,12 @@ impl Config {
         if raw.delivery.port == 0 {
             return Err(invalid(
                 "delivery.port",
+                "must be a port number from 1 to 65535",
+            ));
+        }
+        if raw.delivery.mta_sts_https_port == 0 {
+            return Err(invalid(
+                "delivery.mta_sts_https_port",
                 "must be a port number from 1 to 65535",
             ));
         }

@@ -14,8 +14,8 @@ use postrider_bounces::VerpSigner;
 use postrider_core::Domain;
 use postrider_core::bounce::BounceRules;
 use postrider_delivery::{
-    BreakerSettings, DeliverySettings, DomainPolicy, RelayTls, Relayhost, Route, SmtpTimeouts,
-    TlsMode,
+    BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, RelayTls, Relayhost, Route,
+    SmtpTimeouts, TlsMode,
 };
 use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpSettings, SmtpUser};
 
@@ -40,6 +40,8 @@ pub(crate) struct Prepared {
     /// Failure classification: the operator's rules (`bounces.rules_file`) before the built-in
     /// ones.
     pub(crate) bounce_rules: BounceRules,
+    /// The resolver's timeouts and caches.
+    pub(crate) dns: DnsSettings,
 }
 
 /// Reads, checks and loads the configuration at `path` (the embedded defaults without one).
@@ -60,6 +62,7 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
     let webhooks = webhook_settings(&config)?;
     let bounce_rules = load_bounce_rules(&config)?;
     delivery.verp = verp_signer(&config)?;
+    let dns = dns_settings(&config)?;
     Ok(Prepared {
         config,
         smtp,
@@ -68,6 +71,7 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         dkim,
         webhooks,
         bounce_rules,
+        dns,
     })
 }
 
@@ -138,6 +142,40 @@ fn load_bounce_rules(config: &Config) -> Result<BounceRules, ConfigError> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| cannot(&e))?;
     BounceRules::with_overrides(&text).map_err(|e| cannot(&e))
+}
+
+/// `[dns]`: timeouts, tries and the cache bounds of the one resolver every lookup goes through.
+fn dns_settings(config: &Config) -> Result<DnsSettings, ConfigError> {
+    let raw = &config.raw.dns;
+    let mut dns = DnsSettings::default();
+    if let Some(t) = raw.timeout {
+        dns.timeout = t.0;
+    }
+    if let Some(a) = raw.attempts {
+        dns.attempts = a;
+    }
+    if let Some(c) = raw.cache_size {
+        dns.cache_size = c;
+    }
+    if let Some(t) = raw.min_ttl {
+        dns.positive_min_ttl = t.0;
+    }
+    if let Some(t) = raw.max_ttl {
+        dns.positive_max_ttl = t.0;
+    }
+    if let Some(t) = raw.negative_max_ttl {
+        dns.negative_max_ttl = t.0;
+    }
+    if dns.positive_min_ttl > dns.positive_max_ttl {
+        return Err(invalid(
+            "dns.min_ttl",
+            "is longer than dns.max_ttl; set min_ttl at most max_ttl",
+        ));
+    }
+    if dns.timeout.is_zero() {
+        return Err(invalid("dns.timeout", "must be longer than 0s"));
+    }
+    Ok(dns)
 }
 
 /// `data_dir` must be a directory, or not exist yet (it is created at start).
@@ -317,6 +355,7 @@ fn delivery_settings(config: &Config) -> Result<DeliverySettings, ConfigError> {
                     max_connections: p.max_connections,
                     messages_per_minute: p.messages_per_minute,
                     tls: p.tls.map(tls_mode),
+                    mta_sts: p.mta_sts,
                 },
             )
         })
@@ -339,6 +378,8 @@ fn delivery_settings(config: &Config) -> Result<DeliverySettings, ConfigError> {
             .map_or(defaults.connection_idle_timeout, |d| d.0),
         verify_certificates: raw.verify_certificates,
         ca_file: raw.ca_file.clone(),
+        mta_sts: raw.mta_sts,
+        mta_sts_https_port: raw.mta_sts_https_port,
         routes: routes(config)?,
         relayhost,
         domains,

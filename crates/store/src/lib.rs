@@ -55,6 +55,7 @@ mod repair;
 mod suppress;
 #[cfg(test)]
 mod test_support;
+mod tls_policy;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -84,6 +85,7 @@ pub use repair::{
 pub use suppress::{
     MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, is_hard_bounce, suppression_key,
 };
+pub use tls_policy::CachedStsPolicy;
 
 use crate::codec::{DATA_FORMAT_VERSION, FORMAT_VERSION_KEY};
 use crate::commit::GroupCommit;
@@ -172,6 +174,8 @@ pub(crate) struct Trees {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) trees: Trees,
+    /// Cached outbound TLS policies (not journaled: a cache, see [`tls_policy`]).
+    pub(crate) tls_policies: sled::Tree,
     /// The lock every write runs under, and the records not yet synced.
     pub(crate) journal: Arc<journal::Journal>,
     pub(crate) commit: GroupCommit,
@@ -415,6 +419,7 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 trees,
+                tls_policies: db.open_tree(tls_policy::TREE)?,
                 journal,
                 commit,
                 work: Notify::new(),

@@ -9,6 +9,8 @@
 //! - [`DnsServer`]: an authoritative DNS server (hickory-server, UDP and
 //!   TCP on one port) serving [`Zone`]s, with injected SERVFAIL, REFUSED or
 //!   silence per query name ([`Failure`]).
+//! - [`HttpsServer`]: an HTTPS server with a self-signed certificate that
+//!   answers programmed responses per path and records every request.
 //!
 //! Several MX hosts are modelled as sinks on different `127.0.0.x`
 //! addresses sharing one port (Linux routes all of `127.0.0.0/8` to `lo`):
@@ -50,6 +52,7 @@
 //! ```
 
 mod dns;
+mod https;
 mod smtp;
 mod tls;
 
@@ -57,6 +60,7 @@ use std::net::SocketAddr;
 
 pub use dns::{DnsQuery, DnsServer, Failure, Zone};
 pub use hickory_proto::rr::RecordType;
+pub use https::{HttpRequest, HttpResponse, HttpsServer};
 pub use smtp::behaviour::{Behaviour, Extensions, FailFirst, Phase, RcptMatch, RcptRule};
 pub use smtp::reply::Reply;
 pub use smtp::sink::{ReceivedMessage, SmtpSink, SmtpSinkBuilder};

@@ -9,17 +9,14 @@ use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hickory_resolver::TokioResolver;
-use hickory_resolver::proto::rr::RData;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfResult};
 use postrider_core::Domain;
+use postrider_core::mx::is_null_mx;
+use postrider_dns::{HickoryMxResolver, MxError, MxResolver};
 use serde::Serialize;
 
 use crate::dkim::{DkimAlgorithm, DkimPublicKey, rsa_pkcs1_from_spki};
-
-/// Most TXT records looked at per name (a name with more is misconfigured anyway).
-const MAX_TXT_RECORDS: usize = 64;
 
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -150,23 +147,23 @@ fn label(status: CheckStatus) -> &'static str {
 /// Checks SPF (are all `egress_ips` authorised?), DKIM (does each key of `dkim` whose domain
 /// is `domain` match its published record?), DMARC and MX for `domain`.
 ///
-/// `dkim` may hold keys of other domains; they are skipped. Lookups go through `resolver`
+/// `dkim` may hold keys of other domains; they are skipped. Lookups go through `dns`
 /// (use the relay's resolver so the answer is what receivers would see from here).
 pub async fn check_domain(
-    resolver: &TokioResolver,
+    dns: &HickoryMxResolver,
     domain: &Domain,
     egress_ips: &[IpAddr],
     dkim: &[DkimPublicKey],
 ) -> DomainReport {
     let mut checks = Vec::new();
-    checks.push(check_spf(resolver, domain, egress_ips).await);
+    checks.push(check_spf(dns, domain, egress_ips).await);
     for key in dkim.iter().filter(|k| k.domain == domain.as_str()) {
         let name = format!("{}.", key.dns_name());
-        let found = txt_records(resolver, &name).await;
+        let found = txt_records(dns, &name).await;
         checks.push(evaluate_dkim(key, found));
     }
-    checks.push(check_dmarc(resolver, domain).await);
-    checks.push(check_mx(resolver, domain).await);
+    checks.push(check_dmarc(dns, domain).await);
+    checks.push(check_mx(dns, domain).await);
     let report = DomainReport::new(domain, checks);
     tracing::info!(domain = %domain, status = report.status.as_str(), "domain checked");
     report
@@ -176,14 +173,14 @@ pub async fn check_domain(
 /// the envelope sender of every message (are all `egress_ips` authorised?), and its MX must lead
 /// to `receiving_host`, the relay that takes the returned reports in.
 pub async fn check_bounce_domain(
-    resolver: &TokioResolver,
+    dns: &HickoryMxResolver,
     domain: &Domain,
     egress_ips: &[IpAddr],
     receiving_host: &str,
 ) -> DomainReport {
     let checks = vec![
-        check_spf(resolver, domain, egress_ips).await,
-        bounce_mx_check(domain, mx_hosts(resolver, domain).await, receiving_host),
+        check_spf(dns, domain, egress_ips).await,
+        bounce_mx_check(domain, mx_hosts(dns, domain).await, receiving_host),
     ];
     let report = DomainReport::new(domain, checks);
     tracing::info!(domain = %domain, status = report.status.as_str(), "bounce domain checked");
@@ -191,22 +188,13 @@ pub async fn check_bounce_domain(
 }
 
 /// The MX host names of `domain` (without the trailing dot, lowercased), or why there are none.
-async fn mx_hosts(resolver: &TokioResolver, domain: &Domain) -> Result<Vec<String>, String> {
-    match resolver.mx_lookup(domain.to_fqdn()).await {
-        Ok(lookup) => Ok(lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::MX(mx) => Some(
-                    mx.exchange
-                        .to_ascii()
-                        .trim_end_matches('.')
-                        .to_ascii_lowercase(),
-                ),
-                _ => None,
-            })
+async fn mx_hosts(dns: &HickoryMxResolver, domain: &Domain) -> Result<Vec<String>, String> {
+    match dns.mx_records(domain).await {
+        Ok(records) => Ok(records
+            .into_iter()
+            .map(|r| r.exchange.to_ascii_lowercase())
             .collect()),
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+        Err(MxError::NoSuchDomain) => Ok(Vec::new()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -237,26 +225,10 @@ fn bounce_mx_check(
     }
 }
 
-/// TXT records at `fqdn`, each one's strings concatenated. NXDOMAIN / no data is `Ok(empty)`.
-async fn txt_records(resolver: &TokioResolver, fqdn: &str) -> Result<Vec<String>, String> {
-    match resolver.txt_lookup(fqdn).await {
-        Ok(lookup) => Ok(lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(txt) => Some(
-                    txt.txt_data
-                        .iter()
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect::<String>(),
-                ),
-                _ => None,
-            })
-            .take(MAX_TXT_RECORDS)
-            .collect()),
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
-        Err(e) => Err(e.to_string()),
-    }
+/// TXT records at `fqdn`, each one's strings concatenated (at most
+/// [`postrider_dns::MAX_TXT_RECORDS`]). NXDOMAIN / no data is `Ok(empty)`.
+async fn txt_records(dns: &HickoryMxResolver, fqdn: &str) -> Result<Vec<String>, String> {
+    dns.lookup_txt(fqdn).await.map_err(|e| e.to_string())
 }
 
 fn is_spf(record: &str) -> bool {
@@ -310,8 +282,8 @@ pub(crate) fn spf_with_mechanisms(record: &str, mechanisms: &[String]) -> String
     terms.join(" ")
 }
 
-async fn check_spf(resolver: &TokioResolver, domain: &Domain, egress_ips: &[IpAddr]) -> Check {
-    let records = match txt_records(resolver, &domain.to_fqdn()).await {
+async fn check_spf(dns: &HickoryMxResolver, domain: &Domain, egress_ips: &[IpAddr]) -> Check {
+    let records = match txt_records(dns, &domain.to_fqdn()).await {
         Ok(r) => r,
         Err(e) => return Check::warn("spf", format!("TXT lookup failed: {e}"), None),
     };
@@ -347,7 +319,7 @@ async fn check_spf(resolver: &TokioResolver, domain: &Domain, egress_ips: &[IpAd
             )),
         );
     }
-    let authenticator = MessageAuthenticator(resolver.clone());
+    let authenticator = MessageAuthenticator(dns.resolver().clone());
     let sender = format!("postmaster@{domain}");
     let mut missing = Vec::new();
     let mut problems = Vec::new();
@@ -513,14 +485,14 @@ fn is_dmarc(record: &str) -> bool {
         .is_some_and(|(k, v)| k == "v" && v.eq_ignore_ascii_case("DMARC1"))
 }
 
-async fn check_dmarc(resolver: &TokioResolver, domain: &Domain) -> Check {
+async fn check_dmarc(dns: &HickoryMxResolver, domain: &Domain) -> Check {
     // RFC 7489 §6.6.3: the policy of the domain itself, else of the organisational domain. Without
     // a public suffix list, every parent with at least two labels stands in for the latter.
     let mut candidate = domain.as_str();
     let mut first_error = None;
     loop {
         let name = format!("_dmarc.{candidate}.");
-        match txt_records(resolver, &name).await {
+        match txt_records(dns, &name).await {
             Ok(records) => {
                 let found: Vec<&String> = records.iter().filter(|r| is_dmarc(r)).collect();
                 if !found.is_empty() {
@@ -581,19 +553,15 @@ fn evaluate_dmarc(domain: &Domain, at: &str, found: &[&String]) -> Check {
     }
 }
 
-async fn check_mx(resolver: &TokioResolver, domain: &Domain) -> Check {
-    match resolver.mx_lookup(domain.to_fqdn()).await {
-        Ok(lookup) => {
-            let mut hosts: Vec<(u16, String)> = lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
-                    _ => None,
-                })
-                .collect();
-            hosts.sort();
-            if hosts.len() == 1 && hosts[0].1 == "." {
+async fn check_mx(resolver: &HickoryMxResolver, domain: &Domain) -> Check {
+    match resolver.mx_records(domain).await {
+        Ok(records) if records.is_empty() => Check::warn(
+            "mx",
+            format!("{domain} has no MX record; bounces and replies rely on its A/AAAA record"),
+            Some(format!("publish an MX record for {domain}")),
+        ),
+        Ok(records) => {
+            if is_null_mx(&records) {
                 return Check::warn(
                     "mx",
                     format!("{domain} publishes a null MX: bounces and replies cannot reach it"),
@@ -602,21 +570,18 @@ async fn check_mx(resolver: &TokioResolver, domain: &Domain) -> Check {
                     )),
                 );
             }
-            let list: Vec<String> = hosts
+            let mut hosts: Vec<(u16, &str)> = records
                 .iter()
-                .map(|(p, h)| format!("{p} {}", h.trim_end_matches('.')))
+                .map(|r| (r.preference, r.exchange.as_str()))
                 .collect();
+            hosts.sort();
+            let list: Vec<String> = hosts.iter().map(|(p, h)| format!("{p} {h}")).collect();
             Check::pass("mx", format!("MX {}", list.join(", ")))
         }
-        Err(e) if e.is_nx_domain() => Check::fail(
+        Err(MxError::NoSuchDomain) => Check::fail(
             "mx",
             format!("{domain} does not exist in DNS (NXDOMAIN)"),
             format!("register/publish {domain} before sending from it"),
-        ),
-        Err(e) if e.is_no_records_found() => Check::warn(
-            "mx",
-            format!("{domain} has no MX record; bounces and replies rely on its A/AAAA record"),
-            Some(format!("publish an MX record for {domain}")),
         ),
         Err(e) => Check::warn("mx", format!("MX lookup failed: {e}"), None),
     }

@@ -27,7 +27,7 @@ mod verify;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hickory_resolver::TokioResolver;
+use postrider_dns::HickoryMxResolver;
 
 pub use check::{Check, CheckStatus, DomainReport, check_bounce_domain, check_domain};
 pub use dkim::{
@@ -37,25 +37,11 @@ pub use dkim::{
 };
 pub use verify::{Deliverability, Verifier, VerifierSettings, VerifyError, VerifyResult};
 
-/// The resolver could not be built from the system configuration.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the DNS resolver: {0}")]
-pub struct ResolverError(String);
-
-/// A resolver from the system configuration (`/etc/resolv.conf`), for [`check_domain`] and
-/// [`Verifier::new`] in production.
-pub fn system_resolver() -> Result<TokioResolver, ResolverError> {
-    TokioResolver::builder_tokio()
-        .map_err(|e| ResolverError(e.to_string()))?
-        .build()
-        .map_err(|e| ResolverError(e.to_string()))
-}
-
 /// Everything the API's trust routes need. Build once at start; share behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct TrustServices {
     /// Resolver for `check-domain` lookups (the relay's own, so answers match what it sees).
-    pub resolver: TokioResolver,
+    pub resolver: HickoryMxResolver,
     /// The relay's public egress addresses, checked against SPF.
     pub egress_ips: Vec<IpAddr>,
     /// Public halves of the configured DKIM keys ([`DkimSigner::public_keys`]).

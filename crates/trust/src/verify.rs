@@ -12,12 +12,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::proto::rr::RData;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
-use postrider_core::{Address, Domain, EnhancedStatus, SmtpReply};
+use postrider_core::{Address, Domain, SmtpReply};
+use postrider_dns::{HickoryMxResolver, MxHost, MxResolver};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -131,7 +130,7 @@ pub enum VerifyError {
 /// behind an `Arc`.
 pub struct Verifier {
     settings: VerifierSettings,
-    resolver: TokioResolver,
+    resolver: HickoryMxResolver,
     cache: Mutex<AnswerCache>,
     limiter: Mutex<DomainRateLimiter>,
     slots: Semaphore,
@@ -147,7 +146,7 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     /// A verifier resolving MX hosts through `resolver`.
-    pub fn new(settings: VerifierSettings, resolver: TokioResolver) -> Self {
+    pub fn new(settings: VerifierSettings, resolver: HickoryMxResolver) -> Self {
         Verifier {
             cache: Mutex::new(AnswerCache::new(settings.cache_capacity)),
             limiter: Mutex::new(DomainRateLimiter::new(
@@ -329,12 +328,6 @@ impl Verifier {
     }
 }
 
-/// A mail host of the domain with its addresses.
-struct MailHost {
-    name: String,
-    addresses: Vec<IpAddr>,
-}
-
 /// Why a domain has no host to ask.
 enum MxOutcome {
     /// The domain accepts no mail (NXDOMAIN, RFC 7505 null MX): a synthetic permanent reply.
@@ -343,76 +336,21 @@ enum MxOutcome {
     Unknown(String),
 }
 
-/// The domain's mail hosts, best preference first (RFC 5321 §5.1: MX records, else the domain
-/// itself as implicit MX), at most `limit`, each with at least one address.
+/// The domain's mail hosts, best preference first, at most `limit`, each with at least one
+/// address: the same lookup (and cached answer) delivery uses.
 async fn mail_hosts(
-    resolver: &TokioResolver,
+    resolver: &HickoryMxResolver,
     domain: &Domain,
     limit: usize,
-) -> Result<Vec<MailHost>, MxOutcome> {
-    if let Some(ip) = domain.address_literal() {
-        return Ok(vec![MailHost {
-            name: domain.to_string(),
-            addresses: vec![ip],
-        }]);
-    }
-    let mut records: Vec<(u16, String)> = match resolver.mx_lookup(domain.to_fqdn()).await {
-        Ok(lookup) => lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::MX(mx) => Some((
-                    mx.preference,
-                    mx.exchange
-                        .to_ascii()
-                        .trim_end_matches('.')
-                        .to_ascii_lowercase(),
-                )),
-                _ => None,
-            })
-            .collect(),
-        Err(e) if e.is_nx_domain() => {
-            return Err(MxOutcome::NoMail(SmtpReply::synthetic(
-                550,
-                EnhancedStatus::new(5, 1, 2),
-                format!("domain {domain} does not exist (NXDOMAIN)"),
-            )));
+) -> Result<Vec<MxHost>, MxOutcome> {
+    match resolver.resolve(domain).await {
+        Ok(mut hosts) => {
+            hosts.truncate(limit.max(1));
+            Ok(hosts)
         }
-        Err(e) if e.is_no_records_found() => Vec::new(),
-        Err(e) => return Err(MxOutcome::Unknown(format!("MX lookup failed: {e}"))),
-    };
-    if !records.is_empty() && records.iter().all(|(_, host)| host.is_empty()) {
-        return Err(MxOutcome::NoMail(SmtpReply::synthetic(
-            556,
-            EnhancedStatus::new(5, 1, 10),
-            format!("domain {domain} does not accept mail (null MX)"),
-        )));
+        Err(e) if e.is_permanent() => Err(MxOutcome::NoMail(e.reply(domain))),
+        Err(e) => Err(MxOutcome::Unknown(format!("{e} ({domain})"))),
     }
-    records.retain(|(_, host)| !host.is_empty());
-    if records.is_empty() {
-        records.push((0, domain.as_str().to_owned()));
-    }
-    records.sort();
-    records.dedup_by(|a, b| a.1 == b.1);
-    let mut hosts = Vec::new();
-    let mut last_error = None;
-    for (_, name) in records.into_iter().take(limit.max(1)) {
-        match resolver.lookup_ip(format!("{name}.")).await {
-            Ok(ips) => {
-                let addresses: Vec<IpAddr> = ips.iter().collect();
-                if !addresses.is_empty() {
-                    hosts.push(MailHost { name, addresses });
-                }
-            }
-            Err(e) => last_error = Some(format!("address lookup of {name} failed: {e}")),
-        }
-    }
-    if hosts.is_empty() {
-        return Err(MxOutcome::Unknown(last_error.unwrap_or_else(|| {
-            format!("no mail host of {domain} has an address")
-        })));
-    }
-    Ok(hosts)
 }
 
 /// The outcome of one command: a reply (any code), or no usable reply.

@@ -22,7 +22,9 @@ fn key(domain: &str, selector: &str, txt: &str) -> DkimPublicKey {
 }
 
 async fn run(dns: &DnsServer, domain: &str, keys: &[DkimPublicKey]) -> DomainReport {
-    let resolver = dns.resolver(Duration::from_secs(2)).unwrap();
+    let resolver =
+        postrider_dns::HickoryMxResolver::with_nameservers(&[dns.addr()], Duration::from_secs(2))
+            .unwrap();
     check_domain(&resolver, &Domain::parse(domain).unwrap(), &[EGRESS], keys).await
 }
 
@@ -177,7 +179,9 @@ async fn bounce_domain_needs_spf_and_an_mx_to_the_relay() {
         .a("relay.good.test", Ipv4Addr::new(192, 0, 2, 10))
         .a("bounces.bare.test", Ipv4Addr::new(192, 0, 2, 30));
     let dns = DnsServer::start([zone]).await.unwrap();
-    let resolver = dns.resolver(Duration::from_secs(2)).unwrap();
+    let resolver =
+        postrider_dns::HickoryMxResolver::with_nameservers(&[dns.addr()], Duration::from_secs(2))
+            .unwrap();
     let check = |domain: &'static str| {
         let resolver = resolver.clone();
         async move {

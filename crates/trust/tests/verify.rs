@@ -39,7 +39,11 @@ async fn world(per_domain_per_minute: u32) -> World {
         per_domain_per_minute,
         ..VerifierSettings::default()
     };
-    let verifier = Verifier::new(settings, dns.resolver(Duration::from_secs(2)).unwrap());
+    let verifier = Verifier::new(
+        settings,
+        postrider_dns::HickoryMxResolver::with_nameservers(&[dns.addr()], Duration::from_secs(2))
+            .unwrap(),
+    );
     World {
         sink,
         _dns: dns,

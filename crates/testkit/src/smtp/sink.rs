@@ -197,15 +197,7 @@ impl SmtpSinkBuilder {
     /// Binds the listener, generates the certificate if TLS is on, and
     /// starts accepting connections.
     pub async fn start(self) -> Result<SmtpSink, SinkError> {
-        let requested = SocketAddr::new(self.ip, self.port);
-        let listener = bind_listener(requested).map_err(|source| SinkError::Bind {
-            addr: requested,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| SinkError::Bind {
-            addr: requested,
-            source,
-        })?;
+        let (listener, addr) = listen(SocketAddr::new(self.ip, self.port))?;
         let certificate = if self.tls || self.implicit_tls {
             let mut names = vec![
                 self.behaviour.hostname.clone(),
@@ -405,6 +397,17 @@ impl Drop for SmtpSink {
             task.abort();
         }
     }
+}
+
+/// A listener on `requested` (port 0: ephemeral) and the address it got.
+pub(crate) fn listen(requested: SocketAddr) -> Result<(TcpListener, SocketAddr), SinkError> {
+    let bind_error = |source| SinkError::Bind {
+        addr: requested,
+        source,
+    };
+    let listener = bind_listener(requested).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, addr))
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
