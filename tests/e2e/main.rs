@@ -19,6 +19,7 @@ mod http_api;
 mod journal_damage;
 mod lifecycle;
 mod observability;
+mod proxy_protocol;
 mod queue_cli;
 mod reload;
 mod sandbox;

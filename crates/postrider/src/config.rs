@@ -129,6 +129,9 @@ pub(crate) struct RawConfig {
     /// REST API, `/metrics`, `/healthz`.
     #[serde(default)]
     pub(crate) http: RawHttp,
+    /// Load balancers in front of the listeners that announce clients with the PROXY protocol.
+    #[serde(default)]
+    pub(crate) proxy: RawProxy,
     /// DNS resolution for delivery.
     #[serde(default)]
     pub(crate) dns: RawDns,
@@ -829,6 +832,33 @@ fn default_retention() -> HumanDuration {
     HumanDuration(Duration::from_secs(7 * 86_400))
 }
 
+/// `[proxy]`.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    /// Networks of load balancers whose every connection (SMTP listeners and HTTP API) starts
+    /// with a PROXY protocol header (v1 or v2); connections from elsewhere are served as they
+    /// are.
+    #[serde(default)]
+    pub(crate) trusted: Vec<IpNet>,
+    /// How long such a connection may take to send its header before it is closed.
+    #[serde(default = "default_proxy_header_timeout")]
+    pub(crate) header_timeout: HumanDuration,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            trusted: Vec::new(),
+            header_timeout: default_proxy_header_timeout(),
+        }
+    }
+}
+
+fn default_proxy_header_timeout() -> HumanDuration {
+    HumanDuration(postrider_smtp::proxy_protocol::DEFAULT_HEADER_TIMEOUT)
+}
+
 /// `[shutdown]`.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1096,6 +1126,13 @@ impl Config {
             raw.retry.max_age.0,
         )
         .map_err(|e| invalid("retry.intervals", e.to_string()))?;
+        let proxy_timeout = raw.proxy.header_timeout.0;
+        if proxy_timeout.is_zero() || proxy_timeout > Duration::from_secs(60) {
+            return Err(invalid(
+                "proxy.header_timeout",
+                "must be positive and at most 1m",
+            ));
+        }
         if raw.retry.max_age.0.is_zero() {
             return Err(invalid("retry.max_age", "must be longer than zero"));
         }
