@@ -57,6 +57,7 @@ KNOWN = {
     "postrider_outbound_connections": set(),
     "postrider_dns_lookups_total": {"result"},
     "postrider_destinations_suspended": set(),
+    "postrider_cluster_up": set(),
     "postrider_delivery_queue_time_seconds": {"histogram"},
     "postrider_outbound_tls_total": {"result"},
     "postrider_webhook_deliveries_total": {"result"},

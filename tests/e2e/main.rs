@@ -9,6 +9,7 @@ mod world;
 
 mod admin;
 mod bounces;
+mod cluster;
 mod compat;
 mod console;
 mod crash;

@@ -7,6 +7,7 @@
 //! - [`SmtpReply`] and [`classify_reply`]: what a remote server said and what it means for us.
 //! - [`RetryPolicy`]: when to try again and when to give up (RFC 5321 §4.5.4.1).
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
+//! - [`shared`]: the traits through which nodes of a cluster share state (idempotency keys).
 //!
 //! Everything here is deterministic: time and randomness are arguments, so the policy can be
 //! tested with whole tables of expected values.
@@ -18,6 +19,7 @@ mod id;
 mod message;
 mod reply;
 mod retry;
+pub mod shared;
 mod time;
 
 pub use address::{Address, AddressError, Domain, ReversePath};

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::prepare::Prepared;
 use crate::proxied_listener::{self, ClientAddr, ProxiedListener};
+use postrider_cluster::Cluster;
 
 /// How often finished messages past their retention are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
@@ -151,9 +152,14 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
             })
             .collect()
     });
-    let api_state = ApiState::new(store.clone(), metrics.clone(), api_settings)
+    let mut api_state = ApiState::new(store.clone(), metrics.clone(), api_settings)
         .with_trust(Arc::new(trust))
         .with_suspended(suspended);
+    if let Some(cluster) = &raw.cluster {
+        let cluster = Cluster::start(cluster.settings(), metrics.clone(), shutdown.clone())
+            .context("invalid [cluster] settings")?;
+        api_state = api_state.with_idempotency_ledger(Arc::new(cluster.idempotency()));
+    }
     let router = proxied_listener::with_client_addresses(postrider_api::router(api_state.clone()));
     let http_shutdown = shutdown.clone();
     let http_addr = http_listener.local_addr().ok();

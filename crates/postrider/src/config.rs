@@ -132,6 +132,9 @@ pub(crate) struct RawConfig {
     /// Load balancers in front of the listeners that announce clients with the PROXY protocol.
     #[serde(default)]
     pub(crate) proxy: RawProxy,
+    /// Cluster mode: state shared with other nodes in Valkey/Redis (none: a single node).
+    #[serde(default)]
+    pub(crate) cluster: Option<RawCluster>,
     /// DNS resolution for delivery.
     #[serde(default)]
     pub(crate) dns: RawDns,
@@ -859,6 +862,34 @@ fn default_proxy_header_timeout() -> HumanDuration {
     HumanDuration(postrider_smtp::proxy_protocol::DEFAULT_HEADER_TIMEOUT)
 }
 
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    /// `redis://host:port/db`, or `rediss://` for TLS; Valkey or Redis.
+    pub(crate) url: String,
+    /// This node's unique, stable name.
+    pub(crate) node_id: String,
+    /// Bound on each call to Valkey on the submission path; then the node uses local state.
+    #[serde(default = "default_cluster_timeout")]
+    pub(crate) timeout: HumanDuration,
+}
+
+impl RawCluster {
+    /// The settings of the cluster crate.
+    pub(crate) fn settings(&self) -> postrider_cluster::ClusterSettings {
+        postrider_cluster::ClusterSettings {
+            url: self.url.clone(),
+            node_id: self.node_id.clone(),
+            timeout: self.timeout.0,
+        }
+    }
+}
+
+fn default_cluster_timeout() -> HumanDuration {
+    HumanDuration(postrider_cluster::DEFAULT_TIMEOUT)
+}
+
 /// `[shutdown]`.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1126,6 +1157,12 @@ impl Config {
             raw.retry.max_age.0,
         )
         .map_err(|e| invalid("retry.intervals", e.to_string()))?;
+        if let Some(cluster) = &raw.cluster {
+            cluster
+                .settings()
+                .validate()
+                .map_err(|e| invalid("cluster", e.to_string()))?;
+        }
         let proxy_timeout = raw.proxy.header_timeout.0;
         if proxy_timeout.is_zero() || proxy_timeout > Duration::from_secs(60) {
             return Err(invalid(
