@@ -59,6 +59,7 @@ KNOWN = {
     "postrider_dns_lookups_total": {"result"},
     "postrider_dns_cache_lookups_total": {"result"},
     "postrider_destinations_suspended": set(),
+    "postrider_cluster_up": set(),
     "postrider_delivery_queue_time_seconds": {"histogram"},
     "postrider_outbound_tls_total": {"result"},
     "postrider_tls_policy_results_total": {"policy", "result"},

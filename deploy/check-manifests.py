@@ -313,8 +313,13 @@ def check_docker():
 def check_haproxy():
     lines = [ln.split("#", 1)[0].strip() for ln in (DEPLOY / "haproxy/haproxy.cfg").read_text(encoding="utf-8").splitlines()]
     directives = [ln for ln in lines if ln]
-    if any("send-proxy" in d or "accept-proxy" in d for d in directives):
-        problem("haproxy: Postrider does not speak the PROXY protocol: no send-proxy")
+    # Nodes see the real clients through the PROXY protocol, and their checks must send it too
+    # (a node refuses a connection from a trusted proxy that lacks the header).
+    for server in (d for d in directives if d.startswith("server ")):
+        if "send-proxy-v2" not in server.split() or "check-send-proxy" not in server.split():
+            problem(f"haproxy: `{server}` needs send-proxy-v2 and check-send-proxy")
+    if any(d.startswith("tcp-check connect") and "send-proxy" not in d.split() for d in directives):
+        problem("haproxy: every `tcp-check connect` needs send-proxy (the node expects the header)")
     for want in (
         "balance leastconn",
         "mode tcp",

@@ -18,6 +18,13 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
 fi
+# The cluster tests (tests/e2e/cluster.rs) start their own redis-server on loopback (Debian 12
+# has no valkey package; the protocol is the same). The service itself is not started.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq redis-server >/dev/null
+fi
 cargo test --workspace --locked --no-fail-fast
 
 for extra in tests/check-*.sh; do

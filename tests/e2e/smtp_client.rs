@@ -27,6 +27,11 @@ impl SmtpClient {
             .await
             .expect("connect timeout")
             .expect("connect");
+        SmtpClient::over(s).await
+    }
+
+    /// Speaks SMTP on an already connected stream (e.g. after a PROXY header): reads the greeting.
+    pub async fn over(s: TcpStream) -> (SmtpClient, Reply) {
         let mut c = SmtpClient {
             stream: BufReader::new(s),
         };

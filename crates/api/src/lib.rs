@@ -43,6 +43,7 @@ mod extract;
 mod openapi;
 mod queue;
 mod routes;
+mod shared_idempotency;
 mod suppressions;
 mod trust_routes;
 
@@ -203,6 +204,10 @@ pub struct ApiState {
     /// Destinations the delivery side currently suspends, for `GET /v1/queue/stats`; `None`
     /// reports an empty list. Set with [`ApiState::with_suspended`].
     pub suspended: Option<SuspendedSource>,
+    /// Idempotency keys shared with the other nodes of a cluster, checked before the local
+    /// ones; `None` (the default, a single node) uses the local keys only. Set with
+    /// [`ApiState::with_idempotency_ledger`].
+    pub idempotency_ledger: Option<Arc<dyn postrider_core::shared::IdempotencyLedger>>,
 }
 
 /// One destination the delivery side's circuit breaker has suspended.
@@ -247,6 +252,7 @@ impl ApiState {
             settings: Arc::new(settings),
             trust: None,
             suspended: None,
+            idempotency_ledger: None,
         }
     }
 
@@ -273,6 +279,15 @@ impl ApiState {
     /// Enables the trust endpoints with these services.
     pub fn with_trust(mut self, trust: Arc<postrider_trust::TrustServices>) -> Self {
         self.trust = Some(trust);
+        self
+    }
+
+    /// Shares idempotency keys with the other nodes of a cluster.
+    pub fn with_idempotency_ledger(
+        mut self,
+        ledger: Arc<dyn postrider_core::shared::IdempotencyLedger>,
+    ) -> Self {
+        self.idempotency_ledger = Some(ledger);
         self
     }
 

@@ -124,7 +124,7 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/v1/messages",
         scope: Some(Scope::Send),
         operation_id: "sendMessage",
-        summary: "Submit one message (structured JSON, or raw RFC 5322 with `raw`). Optional `Idempotency-Key` header: a retry with the same key and body within the key lifetime answers like the first call with `Idempotent-Replayed: true`; another body gives 409 `idempotency_key_reused`.",
+        summary: "Submit one message (structured JSON, or raw RFC 5322 with `raw`). Optional `Idempotency-Key` header: a retry with the same key and body within the key lifetime answers like the first call with `Idempotent-Replayed: true`; another body gives 409 `idempotency_key_reused`; in cluster mode the key holds on every node, and while another node is still submitting under it the answer is 409 `idempotency_key_in_flight`.",
         params: &[Param {
             name: "Idempotency-Key",
             location: "header",

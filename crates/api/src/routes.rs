@@ -9,6 +9,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use postrider_core::shared::IdempotencyRef;
 use postrider_core::{
     BounceCategory, MessageId, QueuedMessage, RecipientStatus, SmtpReply, Timestamp, TlsInfo,
     failure_category,
@@ -23,6 +24,7 @@ use crate::auth::Principal;
 use crate::compose::{ComposeContext, Composed, compose};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ClientAddr, JsonBody, RawJsonBody, decode};
+use crate::shared_idempotency::{self, Before};
 
 /// `202` body of an accepted message.
 #[derive(Debug, Serialize)]
@@ -195,6 +197,42 @@ pub(crate) async fn submit(
             replayed: false,
         });
     };
+    let scope = principal.map_or_else(|| "loopback".to_owned(), |Extension(p)| p.name);
+    let body_sha256: [u8; 32] = Sha256::digest(body).into();
+    let shared = IdempotencyRef {
+        scope: &scope,
+        key: &key,
+        body_sha256: &body_sha256,
+    };
+    let ledger = state.idempotency_ledger.as_deref();
+    let claimed = match shared_idempotency::claim(ledger, shared).await {
+        Before::Proceed { claimed } => claimed,
+        Before::Replay(accepted) => {
+            tracing::info!(id = %accepted.id, "idempotent submission replayed from the cluster");
+            return Ok(Submitted {
+                accepted,
+                replayed: true,
+            });
+        }
+        Before::Refuse(error) => return Err(error),
+    };
+    let submitted = submit_idempotent_locally(state, &scope, &key, body_sha256, composed).await;
+    if claimed {
+        let accepted = submitted.as_ref().ok().map(|s| &s.accepted);
+        let ttl = state.settings.idempotency_ttl;
+        shared_idempotency::finish(ledger, shared, accepted, ttl).await;
+    }
+    submitted
+}
+
+/// Queues a composed message under an idempotency key kept in this node's store.
+async fn submit_idempotent_locally(
+    state: &ApiState,
+    scope: &str,
+    key: &str,
+    body_sha256: [u8; 32],
+    composed: Composed,
+) -> Result<Submitted, ApiError> {
     let label = composed.state();
     let message_id = composed.message_id;
     let recipients = composed.message.envelope.recipients().len();
@@ -204,11 +242,10 @@ pub(crate) async fn submit(
         message_id: message_id.clone(),
     })
     .unwrap_or_default();
-    let scope = principal.map_or_else(|| "loopback".to_owned(), |Extension(p)| p.name);
     let request = IdempotencyKey {
-        scope,
-        key,
-        body_sha256: Sha256::digest(body).into(),
+        scope: scope.to_owned(),
+        key: key.to_owned(),
+        body_sha256,
         reply,
         valid_after: Timestamp::from_millis(now.as_millis().saturating_sub(
             u64::try_from(state.settings.idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
@@ -252,12 +289,7 @@ pub(crate) async fn submit(
                 replayed: true,
             })
         }
-        EnqueueResult::Conflict => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used with a different request body",
-        )
-        .with_field("Idempotency-Key")),
+        EnqueueResult::Conflict => Err(shared_idempotency::key_reused()),
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`mx`]: MX ordering, implicit MX and null MX (RFC 5321 §5.1, RFC 7505).
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
 //! - [`mta_sts`]: RFC 8461 policy files and MX pattern matching.
+//! - [`shared`]: the traits through which nodes of a cluster share state (idempotency keys).
 //!
 //! Everything here is deterministic: time and randomness are arguments, so the policy can be
 //! tested with whole tables of expected values.
@@ -24,6 +25,7 @@ pub mod mta_sts;
 pub mod mx;
 mod reply;
 mod retry;
+pub mod shared;
 mod time;
 
 pub use address::{Address, AddressError, Domain, ReversePath};

@@ -186,6 +186,11 @@ pub struct Metrics {
     /// `postrider_config_last_reload_success_timestamp_seconds`: when the configuration in force
     /// was loaded (start-up or the last successful reload), in Unix seconds.
     pub config_last_reload_success: IntGauge,
+
+    // ---- cluster mode ----
+    /// `postrider_cluster_up`: 1 while this node reaches the cluster's Valkey/Redis, 0 while it
+    /// runs degraded on local state (and always 0 on a single node).
+    pub cluster_up: IntGauge,
 }
 
 impl Metrics {
@@ -549,6 +554,14 @@ impl Metrics {
         registry
             .register(Box::new(config_last_reload_success.clone()))
             .expect("metric registered once");
+        let cluster_up = IntGauge::new(
+            "postrider_cluster_up",
+            "1 while the cluster's Valkey/Redis answers, 0 while degraded or single-node.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(cluster_up.clone()))
+            .expect("metric registered once");
         Metrics {
             registry,
             messages_accepted,
@@ -592,6 +605,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             webhook_outbox,
+            cluster_up,
         }
     }
 

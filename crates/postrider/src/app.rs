@@ -18,6 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::prepare::Prepared;
+use crate::proxied_listener::{self, ClientAddr, ProxiedListener};
+use postrider_cluster::Cluster;
 
 /// How often finished messages past their retention are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
@@ -142,14 +144,25 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
             })
             .collect()
     });
-    let api_state = ApiState::new(store.clone(), metrics.clone(), api_settings)
+    let mut api_state = ApiState::new(store.clone(), metrics.clone(), api_settings)
         .with_trust(Arc::new(trust))
         .with_suspended(suspended);
-    let router = postrider_api::router(api_state.clone());
+    if let Some(cluster) = &raw.cluster {
+        let cluster = Cluster::start(cluster.settings(), metrics.clone(), shutdown.clone())
+            .context("invalid [cluster] settings")?;
+        api_state = api_state.with_idempotency_ledger(Arc::new(cluster.idempotency()));
+    }
+    let router = proxied_listener::with_client_addresses(postrider_api::router(api_state.clone()));
     let http_shutdown = shutdown.clone();
     let http_addr = http_listener.local_addr().ok();
+    let http_listener = ProxiedListener::spawn(
+        http_listener,
+        crate::prepare::proxy_trust(&config),
+        shutdown.clone(),
+    )
+    .context("cannot serve http.listen")?;
     let http = tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let service = router.into_make_service_with_connect_info::<ClientAddr>();
         if let Err(e) = axum::serve(http_listener, service)
             .with_graceful_shutdown(http_shutdown.cancelled_owned())
             .await

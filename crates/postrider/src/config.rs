@@ -129,6 +129,12 @@ pub(crate) struct RawConfig {
     /// REST API, `/metrics`, `/healthz`.
     #[serde(default)]
     pub(crate) http: RawHttp,
+    /// Load balancers in front of the listeners that announce clients with the PROXY protocol.
+    #[serde(default)]
+    pub(crate) proxy: RawProxy,
+    /// Cluster mode: state shared with other nodes in Valkey/Redis (none: a single node).
+    #[serde(default)]
+    pub(crate) cluster: Option<RawCluster>,
     /// DNS resolution for delivery.
     #[serde(default)]
     pub(crate) dns: RawDns,
@@ -873,6 +879,61 @@ fn default_retention() -> HumanDuration {
     HumanDuration(Duration::from_secs(7 * 86_400))
 }
 
+/// `[proxy]`.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    /// Networks of load balancers whose every connection (SMTP listeners and HTTP API) starts
+    /// with a PROXY protocol header (v1 or v2); connections from elsewhere are served as they
+    /// are.
+    #[serde(default)]
+    pub(crate) trusted: Vec<IpNet>,
+    /// How long such a connection may take to send its header before it is closed.
+    #[serde(default = "default_proxy_header_timeout")]
+    pub(crate) header_timeout: HumanDuration,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            trusted: Vec::new(),
+            header_timeout: default_proxy_header_timeout(),
+        }
+    }
+}
+
+fn default_proxy_header_timeout() -> HumanDuration {
+    HumanDuration(postrider_smtp::proxy_protocol::DEFAULT_HEADER_TIMEOUT)
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    /// `redis://host:port/db`, or `rediss://` for TLS; Valkey or Redis.
+    pub(crate) url: String,
+    /// This node's unique, stable name.
+    pub(crate) node_id: String,
+    /// Bound on each call to Valkey on the submission path; then the node uses local state.
+    #[serde(default = "default_cluster_timeout")]
+    pub(crate) timeout: HumanDuration,
+}
+
+impl RawCluster {
+    /// The settings of the cluster crate.
+    pub(crate) fn settings(&self) -> postrider_cluster::ClusterSettings {
+        postrider_cluster::ClusterSettings {
+            url: self.url.clone(),
+            node_id: self.node_id.clone(),
+            timeout: self.timeout.0,
+        }
+    }
+}
+
+fn default_cluster_timeout() -> HumanDuration {
+    HumanDuration(postrider_cluster::DEFAULT_TIMEOUT)
+}
+
 /// `[shutdown]`.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1146,6 +1207,19 @@ impl Config {
             raw.retry.max_age.0,
         )
         .map_err(|e| invalid("retry.intervals", e.to_string()))?;
+        if let Some(cluster) = &raw.cluster {
+            cluster
+                .settings()
+                .validate()
+                .map_err(|e| invalid("cluster", e.to_string()))?;
+        }
+        let proxy_timeout = raw.proxy.header_timeout.0;
+        if proxy_timeout.is_zero() || proxy_timeout > Duration::from_secs(60) {
+            return Err(invalid(
+                "proxy.header_timeout",
+                "must be positive and at most 1m",
+            ));
+        }
         if raw.retry.max_age.0.is_zero() {
             return Err(invalid("retry.max_age", "must be longer than zero"));
         }

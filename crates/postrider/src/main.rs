@@ -13,6 +13,7 @@ mod logging;
 mod mailq;
 mod pidfile;
 mod prepare;
+mod proxied_listener;
 mod reload;
 mod sendmail;
 mod storage;

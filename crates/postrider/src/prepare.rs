@@ -17,6 +17,7 @@ use postrider_delivery::{
     BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, RelayTls, Relayhost, Route,
     SmtpTimeouts, TlsMode,
 };
+use postrider_smtp::proxy_protocol::ProxyTrust;
 use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpSettings, SmtpUser};
 
 use crate::config::{
@@ -223,6 +224,7 @@ fn smtp_settings(config: &Config) -> Result<SmtpSettings, ConfigError> {
             BareNewlines::Normalize => BareNewlinePolicy::Normalize,
         },
         trusted_networks: raw.trusted_networks.clone(),
+        proxy: proxy_trust(config),
         tls,
         users: raw
             .users
@@ -252,6 +254,12 @@ fn smtp_settings(config: &Config) -> Result<SmtpSettings, ConfigError> {
         .validate()
         .map_err(|e| invalid("smtp", format!("{e}; fix it in [smtp] or [[smtp.users]]")))?;
     Ok(settings)
+}
+
+/// The load balancers of `[proxy]`, for the SMTP and HTTP listeners.
+pub(crate) fn proxy_trust(config: &Config) -> ProxyTrust {
+    let raw = &config.raw.proxy;
+    ProxyTrust::new(raw.trusted.clone()).with_header_timeout(raw.header_timeout.0)
 }
 
 /// Whether `delivery.mode = "capture"`: every message is captured, none sent.

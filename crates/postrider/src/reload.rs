@@ -106,7 +106,7 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (od, nd) = (&o.delivery, &n.delivery);
     let (os, ns) = (&o.smtp, &n.smtp);
     let (ol, nl) = (&os.limits, &ns.limits);
-    let changed: [(&'static str, bool); 34] = [
+    let changed: [(&'static str, bool); 36] = [
         ("hostname", old.hostname != new.hostname),
         ("data_dir", o.data_dir != n.data_dir),
         (
@@ -162,6 +162,8 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
                 != (nl.overload_percent, nl.overload_timeout),
         ),
         ("http.listen", o.http.listen != n.http.listen),
+        ("proxy", o.proxy != n.proxy),
+        ("cluster", o.cluster != n.cluster),
         (
             "http.max_body_size",
             o.http.max_body_size != n.http.max_body_size,

@@ -9,6 +9,8 @@
 //!   with `452 4.3.1` while the [`postrider_store::Store`] refuses writes, and queues accepted
 //!   messages in it before answering 250.
 //! - [`SmtpSettings`]: limits, timeouts, trusted networks, TLS, users.
+//! - [`proxy_protocol`]: the real client address announced by a trusted load balancer
+//!   (PROXY protocol v1/v2), for these listeners and the HTTP API's.
 //! - [`hash_password`]: argon2 PHC strings for the `users` setting.
 //! - [`FromPolicy`]: an authenticated user's `From:`/`Sender:` must name senders the user may
 //!   use, like the envelope sender; otherwise the message is refused or gets a `Sender:`.
@@ -17,6 +19,7 @@
 //! users may submit mail, and AUTH is only offered over TLS or from a trusted network.
 
 pub mod proto;
+pub mod proxy_protocol;
 
 mod auth_throttle;
 mod author;

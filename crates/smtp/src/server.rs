@@ -32,6 +32,7 @@ use crate::proto::{
     Admission, AuthOutcome, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig,
     Rejection, Reply, Submission, SubmitOutcome,
 };
+use crate::proxy_protocol::ProxyTrust;
 use crate::settings::{SmtpSettings, SmtpUser};
 
 /// Octets read from the socket at a time.
@@ -61,6 +62,8 @@ struct Inner {
     data_timeout: Duration,
     overload_timeout: Duration,
     trusted_networks: Vec<ipnet::IpNet>,
+    /// Load balancers whose connections start with a PROXY header.
+    proxy: ProxyTrust,
     store: Store,
     metrics: Metrics,
     tls: Option<TlsAcceptor>,
@@ -129,6 +132,7 @@ impl SmtpServer {
             data_timeout: settings.data_timeout,
             overload_timeout: settings.overload_timeout,
             trusted_networks: settings.trusted_networks.clone(),
+            proxy: settings.proxy.clone(),
             open_sessions: SessionTable::new(
                 high_water_mark(settings.max_connections, settings.overload_percent),
                 metrics.clone(),
@@ -201,7 +205,7 @@ impl SmtpServer {
                 biased;
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => self.accept(tcp, peer, implicit_tls, &shutdown),
+                    Ok((tcp, peer)) => self.accept_maybe_proxied(tcp, peer, implicit_tls, &shutdown),
                     Err(error) => {
                         // Usually out of file descriptors: back off briefly instead of spinning.
                         tracing::warn!(%error, "smtp accept failed");
@@ -238,6 +242,34 @@ impl SmtpServer {
     /// Sessions running now.
     pub fn active_sessions(&self) -> usize {
         self.inner.sessions.len()
+    }
+
+    /// Starts the session of a new connection. One from a trusted proxy first has its PROXY
+    /// header read (in its own task, so a slow proxy never holds up accepting) and then counts
+    /// as coming from the client the header names: limits, policies and logs see that address.
+    fn accept_maybe_proxied(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        implicit_tls: bool,
+        shutdown: &CancellationToken,
+    ) {
+        if !self.inner.proxy.expects_header(peer.ip()) {
+            return self.accept(tcp, peer, implicit_tls, shutdown);
+        }
+        let server = self.clone();
+        let shutdown = shutdown.clone();
+        self.inner.sessions.spawn(async move {
+            match server.inner.proxy.client_address(&mut tcp, peer).await {
+                Ok(client) => {
+                    tracing::debug!(proxy = %peer, client_ip = %client.ip(), "smtp connection through a proxy");
+                    server.accept(tcp, client, implicit_tls, &shutdown);
+                }
+                Err(error) => {
+                    tracing::warn!(proxy = %peer, %error, "smtp connection from a trusted proxy refused");
+                }
+            }
+        });
     }
 
     fn accept(

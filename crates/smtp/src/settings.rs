@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use crate::author::FromPolicy;
 use crate::error::SmtpError;
 use crate::password::validate_password_hash;
+use crate::proxy_protocol::ProxyTrust;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -78,6 +79,9 @@ pub struct SmtpSettings {
     /// Clients that may relay without AUTH and may AUTH without TLS.
     /// Default `127.0.0.0/8` and `::1/128`.
     pub trusted_networks: Vec<IpNet>,
+    /// Load balancers that announce the real client with a PROXY header (which connections from
+    /// them must send). Default none.
+    pub proxy: ProxyTrust,
     /// Certificate for STARTTLS and implicit-TLS listeners; see [`load_tls_config`]. Default none.
     pub tls: Option<Arc<ServerConfig>>,
     /// Users for AUTH. Default none.
@@ -127,6 +131,7 @@ impl Default for SmtpSettings {
                     ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default(),
                 ),
             ],
+            proxy: ProxyTrust::default(),
             tls: None,
             users: Vec::new(),
             messages_per_minute_per_ip: None,

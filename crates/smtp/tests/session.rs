@@ -1267,3 +1267,26 @@ async fn a_reload_changes_the_message_rate_limit_and_refuses_bad_users() {
         "450 4.7.1 Rate limit exceeded, try again later\r\n"
     );
 }
+
+#[tokio::test]
+async fn implicit_tls_behind_a_proxy_reads_the_header_before_the_handshake() {
+    let settings = SmtpSettings {
+        trusted_networks: vec!["203.0.113.0/24".parse().unwrap()],
+        proxy: postrider_smtp::proxy_protocol::ProxyTrust::new(vec![
+            "127.0.0.1/32".parse().unwrap(),
+        ]),
+        ..settings()
+    };
+    let server = start(settings, true).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 465\r\n")
+        .await
+        .unwrap();
+    let mut client = tls_handshake(&server, tcp).await;
+    assert!(client.reply().await.unwrap().starts_with("220 "));
+    assert!(client.cmd("EHLO c").await.starts_with("250"));
+    // Relaying without AUTH is allowed for the announced client only.
+    let id = queued_id(&send_message(&mut client, "s@a.test", "r@b.test", "x\r\n").await);
+    let body = String::from_utf8(server.store.body(id).unwrap().unwrap()).unwrap();
+    assert!(body.contains("[203.0.113.7]"), "{body}");
+}
