@@ -22,17 +22,6 @@ const MAX_PAGE: usize = 1000;
 /// Most domains in `GET /v1/queue/stats`.
 const MAX_TOP: usize = 100;
 
-/// Every message state, in lifecycle order (also the console's state filters).
-pub(crate) const STATES: [MessageState; 7] = [
-    MessageState::Queued,
-    MessageState::Scheduled,
-    MessageState::Deferred,
-    MessageState::Held,
-    MessageState::Delivered,
-    MessageState::Bounced,
-    MessageState::PartiallyBounced,
-];
-
 fn query_error(e: QueryRejection) -> ApiError {
     ApiError::invalid(
         "invalid_query",
@@ -46,12 +35,12 @@ fn parse_state(state: Option<&str>, code: &'static str) -> Result<Option<Message
     let Some(s) = state.filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    STATES
+    MessageState::ALL
         .into_iter()
         .find(|st| st.as_str() == s)
         .map(Some)
         .ok_or_else(|| {
-            let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
+            let names: Vec<&str> = MessageState::ALL.iter().map(|s| s.as_str()).collect();
             ApiError::invalid(
                 code,
                 "state",

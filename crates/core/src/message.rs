@@ -149,6 +149,18 @@ pub enum MessageState {
 }
 
 impl MessageState {
+    /// Every state, in lifecycle order: the API's filters, the console and the queue counts all
+    /// list them from here.
+    pub const ALL: [MessageState; 7] = [
+        MessageState::Queued,
+        MessageState::Scheduled,
+        MessageState::Deferred,
+        MessageState::Held,
+        MessageState::Delivered,
+        MessageState::Bounced,
+        MessageState::PartiallyBounced,
+    ];
+
     /// Stable label for the API and admin tools.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -87,16 +87,6 @@ pub struct PendingSummary {
     pub oldest_received_at: Option<Timestamp>,
 }
 
-const ALL_STATES: [MessageState; 7] = [
-    MessageState::Queued,
-    MessageState::Scheduled,
-    MessageState::Deferred,
-    MessageState::Held,
-    MessageState::Delivered,
-    MessageState::Bounced,
-    MessageState::PartiallyBounced,
-];
-
 fn has_domain(m: &QueuedMessage, domain: &Domain) -> bool {
     m.recipients
         .iter()
@@ -215,7 +205,7 @@ impl Store {
         let mut top_domains: Vec<(Domain, u64)> = domains.into_iter().collect();
         top_domains.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top_domains.truncate(top_n.min(MAX_TOP_DOMAINS));
-        let by_state: Vec<_> = ALL_STATES
+        let by_state: Vec<_> = MessageState::ALL
             .iter()
             .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
             .collect();
@@ -267,7 +257,7 @@ impl Store {
                 oldest_received_at,
             });
         }
-        let mut counts = [0u64; ALL_STATES.len()];
+        let mut counts = [0u64; MessageState::ALL.len()];
         let mut oldest_received_at: Option<Timestamp> = None;
         for entry in entries {
             let Some((id, scheduled_at)) = entry? else {
@@ -287,7 +277,7 @@ impl Store {
             if !counted_here {
                 continue;
             }
-            if let Some(i) = ALL_STATES
+            if let Some(i) = MessageState::ALL
                 .iter()
                 .position(|s| *s == state && s.is_pending())
             {
@@ -296,7 +286,7 @@ impl Store {
                 oldest_received_at = Some(oldest_received_at.map_or(at, |o| o.min(at)));
             }
         }
-        let by_state = ALL_STATES
+        let by_state = MessageState::ALL
             .iter()
             .copied()
             .zip(counts)

@@ -25,7 +25,6 @@ use crate::content::{
 };
 use crate::error::ApiError;
 use crate::extract::ClientAddr;
-use crate::queue::STATES as MESSAGE_STATES;
 use crate::{ApiState, Scope};
 
 /// Messages per page of the message list.
@@ -397,7 +396,7 @@ impl Search {
         let state = match self.state.trim() {
             "" => None,
             s => Some(
-                MESSAGE_STATES
+                MessageState::ALL
                     .into_iter()
                     .find(|st| st.as_str() == s)
                     .ok_or_else(|| format!("unknown state {s:?}"))?,
@@ -596,7 +595,7 @@ pub(super) async fn messages(
             label { "State"
                 select name="state" {
                     option value="" { "any" }
-                    @for s in MESSAGE_STATES {
+                    @for s in MessageState::ALL {
                         option value=(s.as_str()) selected[search_form.state == s.as_str()] { (s.as_str()) }
                     }
                 }
@@ -998,7 +997,7 @@ pub(super) async fn queue(
 ) -> Response {
     let q = query.map(|Query(q)| q).unwrap_or_default();
     let now = crate::now();
-    let wanted = MESSAGE_STATES
+    let wanted = MessageState::ALL
         .into_iter()
         .find(|s| s.as_str() == q.state && s.is_pending());
     let filter = ListFilter {
@@ -1016,7 +1015,7 @@ pub(super) async fn queue(
             label { "State"
                 select name="state" {
                     option value="" { "any pending" }
-                    @for s in MESSAGE_STATES.into_iter().filter(|s| s.is_pending()) {
+                    @for s in MessageState::ALL.into_iter().filter(|s| s.is_pending()) {
                         option value=(s.as_str()) selected[q.state == s.as_str()] { (s.as_str()) }
                     }
                 }
