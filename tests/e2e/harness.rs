@@ -10,10 +10,42 @@ use std::time::{Duration, Instant};
 /// How long any condition in these tests may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A free TCP port on `ip` (bound and released; the relay binds it right after).
+/// The ports [`free_port`] hands out: below Linux's ephemeral range (32768–60999), so an
+/// outgoing connection of a parallel test can never take a port between the check and the
+/// relay's bind.
+const HANDED_OUT_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A free TCP port on `ip` (bound and released; the relay binds it right after). Each call in
+/// this process returns a different port, starting at a random point of [`HANDED_OUT_PORTS`].
 pub fn free_port(ip: &str) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(HANDED_OUT_PORTS.end - HANDED_OUT_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        random_start() % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = HANDED_OUT_PORTS.start + offset as u16;
+        if StdListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
     let l = StdListener::bind((ip, 0)).expect("bind ephemeral port");
     l.local_addr().expect("local addr").port()
+}
+
+/// A start point that differs between test processes (pid and clock), so parallel runs of
+/// the suite on one machine do not walk the same ports.
+fn random_start() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().wrapping_mul(2_654_435_761)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after [`PATIENCE`].
@@ -62,6 +94,22 @@ impl TestRelay {
 
     /// Starts a relay on an existing data directory (a restart).
     pub async fn start_in(dir: Arc<tempfile::TempDir>, extra: &str) -> TestRelay {
+        // A port found free can still be taken by another process before the relay binds it:
+        // that start is repeated on new ports.
+        for _ in 0..4 {
+            match Self::try_start_in(dir.clone(), extra).await {
+                Ok(relay) => return relay,
+                Err(log) => eprintln!("relay start lost its port to another process, retrying:\n{log}"),
+            }
+        }
+        match Self::try_start_in(dir, extra).await {
+            Ok(relay) => relay,
+            Err(log) => panic!("postrider could not bind its ports; log:\n{log}"),
+        }
+    }
+
+    /// One start on newly chosen ports; `Err` with the log when a port was already in use.
+    async fn try_start_in(dir: Arc<tempfile::TempDir>, extra: &str) -> Result<TestRelay, String> {
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
             .parse()
             .expect("addr");
@@ -84,8 +132,11 @@ impl TestRelay {
             log: Arc::default(),
         };
         relay.spawn();
-        relay.wait_healthy().await;
-        relay
+        match relay.wait_until_healthy().await {
+            Ok(()) => Ok(relay),
+            Err(log) if log.contains("already in use") => Err(log),
+            Err(log) => panic!("postrider exited early; log:\n{log}"),
+        }
     }
 
     /// Starts the relay process. Its log filter is `RUST_LOG=info` (or `POSTRIDER_TEST_LOG`),
@@ -125,17 +176,23 @@ impl TestRelay {
     }
 
     async fn wait_healthy(&mut self) {
+        if let Err(log) = self.wait_until_healthy().await {
+            panic!("postrider exited early; log:\n{log}");
+        }
+    }
+
+    /// Waits for the health check; `Err` with the log when the process exited first.
+    async fn wait_until_healthy(&mut self) -> Result<(), String> {
         let http = self.http;
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Ok(Some(status)) = self.child.as_mut().expect("child").try_wait() {
-                panic!(
-                    "postrider exited early with {status}; log:\n{}",
-                    self.log_text()
-                );
+                // The stderr reader may still be catching up with the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Err(format!("exit {status}\n{}", self.log_text()));
             }
             if let Ok((200, _)) = http_request(http, "GET", "/healthz", None, &[]).await {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 panic!(
