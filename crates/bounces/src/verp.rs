@@ -7,11 +7,8 @@
 //! no padding): 24 characters. A report returned to that address names the message and
 //! recipient, and nobody without the secret can forge one for another message.
 
-use hmac::{Hmac, Mac as _};
+use postrider_core::signed_token::TokenKey;
 use postrider_core::{Address, Domain, MessageId};
-use sha2::Sha256;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The local part before the `+` of every return path.
 pub const LOCAL_PREFIX: &str = "b";
@@ -19,8 +16,8 @@ pub const LOCAL_PREFIX: &str = "b";
 pub const MIN_SECRET_LEN: usize = 16;
 /// Bytes of the MAC kept in a token (40 bits: guessing one takes ~10¹² tries).
 const MAC_LEN: usize = 5;
-/// Bytes of a token before encoding: id, index, MAC.
-const TOKEN_LEN: usize = 8 + 2 + MAC_LEN;
+/// Bytes of the signed payload: id and index.
+const PAYLOAD_LEN: usize = 8 + 2;
 
 /// A bounce domain and secret that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +40,7 @@ pub struct VerpTarget {
 #[derive(Clone)]
 pub struct VerpSigner {
     domain: Domain,
-    secret: Vec<u8>,
+    key: TokenKey,
 }
 
 impl std::fmt::Debug for VerpSigner {
@@ -62,7 +59,8 @@ impl VerpSigner {
         }
         Ok(VerpSigner {
             domain,
-            secret: secret.as_bytes().to_vec(),
+            // No context label: tokens stay those of earlier releases.
+            key: TokenKey::new(secret.as_bytes(), b"", MAC_LEN),
         })
     }
 
@@ -71,27 +69,14 @@ impl VerpSigner {
         &self.domain
     }
 
-    fn mac(&self, payload: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.secret)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(payload);
-        mac
-    }
-
     /// The token for recipient `index` of message `id`; `None` when the index does not fit
     /// (more than 65536 recipients).
     pub fn token(&self, target: VerpTarget) -> Option<String> {
         let index = u16::try_from(target.index).ok()?;
-        let mut raw = [0u8; TOKEN_LEN];
-        raw[..8].copy_from_slice(&target.id.to_be_bytes());
-        raw[8..10].copy_from_slice(&index.to_be_bytes());
-        let tag = self.mac(&raw[..10]).finalize().into_bytes();
-        raw[10..].copy_from_slice(&tag[..MAC_LEN]);
-        Some(
-            data_encoding::BASE32HEX_NOPAD
-                .encode(&raw)
-                .to_ascii_lowercase(),
-        )
+        let mut payload = [0u8; PAYLOAD_LEN];
+        payload[..8].copy_from_slice(&target.id.to_be_bytes());
+        payload[8..].copy_from_slice(&index.to_be_bytes());
+        Some(self.key.seal(&payload))
     }
 
     /// The return path for recipient `index` of message `id`.
@@ -102,21 +87,12 @@ impl VerpSigner {
 
     /// The message and recipient of a valid token (any case); `None` for anything else.
     pub fn check_token(&self, token: &str) -> Option<VerpTarget> {
-        if token.len() != 24 {
-            return None;
-        }
-        let raw = data_encoding::BASE32HEX_NOPAD
-            .decode(token.to_ascii_uppercase().as_bytes())
-            .ok()?;
-        let raw: [u8; TOKEN_LEN] = raw.try_into().ok()?;
-        self.mac(&raw[..10])
-            .verify_truncated_left(&raw[10..])
-            .ok()?;
+        let raw = self.key.open(token, PAYLOAD_LEN)?;
         let mut id = [0u8; 8];
-        id.copy_from_slice(&raw[..8]);
+        id.copy_from_slice(raw.get(..8)?);
         Some(VerpTarget {
             id: MessageId::from_u64(u64::from_be_bytes(id)),
-            index: usize::from(u16::from_be_bytes([raw[8], raw[9]])),
+            index: usize::from(u16::from_be_bytes([*raw.get(8)?, *raw.get(9)?])),
         })
     }
 

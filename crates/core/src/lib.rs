@@ -10,6 +10,8 @@
 //! - [`mx`]: MX ordering, implicit MX and null MX (RFC 5321 §5.1, RFC 7505).
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
 //! - [`mta_sts`]: RFC 8461 policy files and MX pattern matching.
+//! - [`signed_token`]: short HMAC-signed tokens (VERP return paths, unsubscribe links).
+//! - [`unsubscribe`]: RFC 8058 one-click unsubscribe links and their header fields.
 //! - [`shared`]: the traits through which nodes of a cluster share state (idempotency keys).
 //!
 //! Everything here is deterministic: time and randomness are arguments, so the policy can be
@@ -26,7 +28,9 @@ pub mod mx;
 mod reply;
 mod retry;
 pub mod shared;
+pub mod signed_token;
 mod time;
+pub mod unsubscribe;
 
 pub use address::{Address, AddressError, Domain, ReversePath};
 pub use bounce::{BounceCategory, classify_failure, failure_category};

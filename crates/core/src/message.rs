@@ -206,6 +206,9 @@ pub struct NewMessage {
     /// Captured, not sent: delivery is simulated locally and nothing leaves the machine
     /// (submitted with a sandbox API key or SMTP user, or while the relay captures everything).
     pub sandbox: bool,
+    /// Whether each copy carries a per-recipient RFC 8058 one-click unsubscribe link
+    /// (`List-Unsubscribe` and `List-Unsubscribe-Post`), added at each delivery attempt.
+    pub unsubscribe: bool,
 }
 
 impl NewMessage {
@@ -220,6 +223,7 @@ impl NewMessage {
             tags: Vec::new(),
             metadata: BTreeMap::new(),
             sandbox: false,
+            unsubscribe: false,
         }
     }
 
@@ -285,6 +289,11 @@ pub struct QueuedMessage {
     /// real delivery; absent (false) in records of ordinary messages.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
+    /// Whether each copy gets its own one-click unsubscribe link ([`NewMessage::unsubscribe`]),
+    /// which also makes every recipient its own transaction. Absent (false) in records of
+    /// messages without it, and in records written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsubscribe: bool,
 }
 
 impl QueuedMessage {
@@ -314,6 +323,7 @@ impl QueuedMessage {
             delay_notified: false,
             suppression_notice_due: false,
             sandbox: msg.sandbox,
+            unsubscribe: msg.unsubscribe,
         }
     }
 
