@@ -52,6 +52,10 @@ pub struct ApiKey {
     /// test token): stored, shown and evented like real ones, with simulated outcomes.
     #[serde(default)]
     pub sandbox: bool,
+    /// Messages submitted with this key get one-click unsubscribe links unless a request says
+    /// `"unsubscribe": false` (needs the relay's unsubscribe settings).
+    #[serde(default)]
+    pub unsubscribe: bool,
 }
 
 /// Token-bucket rate limit applied per API key (or once for all loopback clients in
@@ -179,6 +183,8 @@ pub(crate) struct RingKey {
     pub(crate) scopes: Vec<Scope>,
     /// Whether what the key submits is captured rather than sent.
     pub(crate) sandbox: bool,
+    /// Whether what the key submits gets unsubscribe links by default.
+    pub(crate) unsubscribe: bool,
 }
 
 impl KeyRing {
@@ -193,6 +199,7 @@ impl KeyRing {
                     hash,
                     scopes: k.scopes.clone(),
                     sandbox: k.sandbox,
+                    unsubscribe: k.unsubscribe,
                 }),
                 None => {
                     tracing::warn!(key = %k.name, "api key has a malformed key_hash and is ignored");
@@ -229,7 +236,7 @@ pub(crate) struct Access {
     /// Whether keys are configured, even ones whose hash is malformed (those never match, so
     /// the API stays closed rather than falling back to loopback-only mode).
     configured: bool,
-    rate_limit: Option<RateLimit>,
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 impl Access {
@@ -292,6 +299,8 @@ pub(crate) struct Principal {
     pub(crate) name: String,
     /// Whether the key is a sandbox key: what it submits is captured, never sent.
     pub(crate) sandbox: bool,
+    /// Whether what the key submits gets unsubscribe links by default.
+    pub(crate) unsubscribe: bool,
 }
 
 /// Route-layer state: the API state plus the scope a group of routes needs.
@@ -334,6 +343,7 @@ pub(crate) fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, 
         Principal {
             name: "loopback".to_owned(),
             sandbox: false,
+            unsubscribe: false,
         }
     } else {
         let presented = match postmark_server_token(req) {
@@ -355,6 +365,7 @@ pub(crate) fn authorize(guard: &ScopeGuard, req: &Request) -> Result<Principal, 
         Principal {
             name: key.name.clone(),
             sandbox: key.sandbox,
+            unsubscribe: key.unsubscribe,
         }
     };
     if let Some(limit) = access.rate_limit
@@ -420,6 +431,7 @@ mod tests {
             key_hash: hash,
             scopes: vec![Scope::Send],
             sandbox: false,
+            unsubscribe: false,
         }]);
         assert_eq!(ring.find(&key).map(|k| k.name.as_str()), Some("a"));
         assert!(ring.find("pr_wrong").is_none());
@@ -442,6 +454,7 @@ mod tests {
             key_hash: hash_api_key("k"),
             scopes: vec![Scope::Read],
             sandbox: false,
+            unsubscribe: false,
         };
         assert_eq!(validate_keys(std::slice::from_ref(&good)), Ok(()));
         let bad = ApiKey {

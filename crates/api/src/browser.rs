@@ -38,6 +38,15 @@ pub(crate) async fn guard_browser_requests(
 
 /// The checks of [`guard_browser_requests`]; `keyless` adds the host and origin checks.
 fn check_request(req: &Request, keyless: bool) -> Result<(), ApiError> {
+    if req
+        .uri()
+        .path()
+        .starts_with(crate::unsubscribe::PATH_PREFIX)
+    {
+        // One-click unsubscribe links: opened and posted from anywhere, with a form body; the
+        // signed token in the path is their only credential, and it is checked there.
+        return Ok(());
+    }
     if keyless {
         if let Some(host) = request_host(req)
             && !is_loopback_host(host)

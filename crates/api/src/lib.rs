@@ -20,6 +20,8 @@
 //!   [`ApiSettings::metrics_auth`]. Web pages cannot drive the API through a browser: bodies
 //!   must be declared JSON, JSON objects must not repeat a key, and without keys only loopback
 //!   host names and same-site origins are served (`browser.rs`).
+//! - `GET/POST /unsubscribe/{token}` (`unsubscribe.rs`): RFC 8058 one-click unsubscribe, open
+//!   (the signed token is the credential), with an HTML confirm page for people.
 //! - The web console under `/ui/` (`console`): server-rendered pages over the same store and
 //!   keys, with server-side sessions and CSRF tokens.
 //! - Every error is `{"error": {"code", "message", "field"?}}` ([`ErrorBody`]), except on the
@@ -46,6 +48,7 @@ mod routes;
 mod shared_idempotency;
 mod suppressions;
 mod trust_routes;
+mod unsubscribe;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +98,10 @@ pub struct ApiSettings {
     /// Whether every submitted message is captured instead of sent (`delivery.mode =
     /// "capture"`): each is marked sandbox, as those of a sandbox [`ApiKey`] always are.
     pub capture_all: bool,
+    /// One-click unsubscribe links (`[unsubscribe]`): checks the tokens of
+    /// `/unsubscribe/{token}`; `None` (the default) refuses messages that ask for links and
+    /// answers every token with 404.
+    pub unsubscribe: Option<postrider_core::unsubscribe::UnsubscribeLinks>,
 }
 
 impl Default for ApiSettings {
@@ -111,6 +118,7 @@ impl Default for ApiSettings {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             metrics_auth: false,
             capture_all: false,
+            unsubscribe: None,
         }
     }
 }
@@ -177,6 +185,7 @@ mod tests {
             key_hash: "nothex".into(),
             scopes: vec![Scope::Send],
             sandbox: false,
+            unsubscribe: false,
         };
         let bad_key = ApiSettings {
             api_keys: vec![key],

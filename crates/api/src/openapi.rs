@@ -9,7 +9,7 @@ use axum::Json;
 use axum::routing::{MethodRouter, delete, get, post};
 use serde_json::{Value, json};
 
-use crate::{ApiState, Scope, content, events, queue, routes, suppressions};
+use crate::{ApiState, Scope, content, events, queue, routes, suppressions, unsubscribe};
 
 /// A path or query parameter.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +70,18 @@ impl Route {
     }
 }
 
+const SCOPE: Param = Param {
+    name: "scope",
+    location: "query",
+    kind: "string",
+    description: "The sender domain of a scoped entry; absent: the global entry.",
+};
+const TOKEN: Param = Param {
+    name: "token",
+    location: "path",
+    kind: "string",
+    description: "The signed token of a `List-Unsubscribe` link.",
+};
 const ID: Param = Param {
     name: "id",
     location: "path",
@@ -286,7 +298,11 @@ pub(crate) const ROUTES: &[Route] = &[
         operation_id: "listSuppressions",
         summary: "Suppressed addresses in address order.",
         params: &[
-            q("after", "string", "Cursor: the last address seen."),
+            q(
+                "after",
+                "string",
+                "Cursor: the `next_after` of the previous page (the last entry's address, followed by a space and its scope when it has one).",
+            ),
             q("limit", "integer", "Page size, 1 to 1000 (default 100)."),
         ],
         request: None,
@@ -326,7 +342,7 @@ pub(crate) const ROUTES: &[Route] = &[
         scope: Some(Scope::Read),
         operation_id: "getSuppression",
         summary: "The suppression entry of an address.",
-        params: &[ADDRESS],
+        params: &[ADDRESS, SCOPE],
         request: None,
         responses: &[r(200, "The entry.", Some("Suppression")), E400, E404],
         handler: || get(suppressions::show),
@@ -337,7 +353,7 @@ pub(crate) const ROUTES: &[Route] = &[
         scope: Some(Scope::Admin),
         operation_id: "deleteSuppression",
         summary: "Remove an address from the suppression list.",
-        params: &[ADDRESS],
+        params: &[ADDRESS, SCOPE],
         request: None,
         responses: &[r(204, "Removed.", None), E400, E404],
         handler: || delete(suppressions::remove),
@@ -484,6 +500,44 @@ pub(crate) const ROUTES: &[Route] = &[
     },
     Route {
         method: "get",
+        path: "/unsubscribe/{token}",
+        scope: None,
+        operation_id: "unsubscribePage",
+        summary: "The page a `List-Unsubscribe` link opens in a browser: a confirm button that POSTs the one-click form. Changes nothing by itself (link scanners fetch URLs).",
+        params: &[TOKEN],
+        request: None,
+        responses: &[
+            r(200, "An HTML page with the confirm button.", None),
+            r(
+                404,
+                "An HTML page: the link is not valid (or its message is gone).",
+                None,
+            ),
+        ],
+        handler: || get(unsubscribe::page),
+    },
+    Route {
+        method: "post",
+        path: "/unsubscribe/{token}",
+        scope: None,
+        operation_id: "unsubscribeOneClick",
+        summary: "RFC 8058 one-click unsubscribe: body `List-Unsubscribe=One-Click` (form-encoded). Suppresses the recipient for the message's sender domain (reason `unsubscribed`) and logs an `unsubscribed` event; a repeat changes nothing.",
+        params: &[TOKEN],
+        request: None,
+        responses: &[
+            r(
+                200,
+                "`{\"status\": \"unsubscribed\"}`, or `already_unsubscribed`.",
+                Some("Object"),
+            ),
+            E400,
+            E404,
+            E503,
+        ],
+        handler: || post(unsubscribe::one_click),
+    },
+    Route {
+        method: "get",
         path: "/healthz",
         scope: None,
         operation_id: "health",
@@ -563,7 +617,7 @@ fn schemas() -> Value {
         "Mailbox": {"description": "`\"a@b.c\"`, `\"Name <a@b.c>\"` or `{\"email\", \"name\"}`.",
             "oneOf": [s("string"), {"type": "object", "required": ["email"], "properties": {
                 "email": s("string"), "name": s("string")}}]},
-        "SendRequest": {"type": "object", "description": "Structured form; or the raw form `{\"raw\": \"<RFC 5322>\", \"envelope\"?: {\"from\"?, \"to\"?}, \"tags\"?, \"metadata\"?, \"send_at\"?}`.",
+        "SendRequest": {"type": "object", "description": "Structured form; or the raw form `{\"raw\": \"<RFC 5322>\", \"envelope\"?: {\"from\"?, \"to\"?}, \"tags\"?, \"metadata\"?, \"send_at\"?, \"unsubscribe\"?}`.",
             "properties": {
                 "from": {"$ref": "#/components/schemas/Mailbox"},
                 "to": {"type": "array", "items": {"$ref": "#/components/schemas/Mailbox"}},
@@ -579,6 +633,7 @@ fn schemas() -> Value {
                 "tags": {"type": "array", "items": s("string")},
                 "metadata": {"type": "object", "additionalProperties": s("string")},
                 "send_at": {"type": "string", "format": "date-time"},
+                "unsubscribe": {"type": "boolean", "description": "Give each recipient its own RFC 8058 one-click unsubscribe link (needs `[unsubscribe]`); default: the API key's `unsubscribe` setting."},
                 "raw": s("string"),
                 "envelope": {"type": "object", "properties": {"from": s("string"), "to": {"type": "array", "items": s("string")}}}}},
         "Accepted": {"type": "object", "required": ["id", "state"], "properties": {
@@ -630,7 +685,7 @@ fn schemas() -> Value {
             "name": {"type": "string", "nullable": true}, "email": {"type": "string", "nullable": true}}},
         "Event": {"type": "object", "required": ["seq", "type", "id", "at"], "properties": {
             "seq": s("integer"),
-            "type": {"type": "string", "enum": ["accepted", "deferred", "delivered", "bounced", "suppressed", "expired", "complained"]},
+            "type": {"type": "string", "enum": ["accepted", "deferred", "delivered", "bounced", "suppressed", "expired", "complained", "unsubscribed"]},
             "id": {"type": "string", "description": "The queue id of the message (as in /v1/messages/{id})."},
             "recipient": s("string"),
             "reply": {"$ref": "#/components/schemas/Reply"}, "mx_host": s("string"),
@@ -643,14 +698,16 @@ fn schemas() -> Value {
             "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
             "next_cursor": s("integer")}},
         "Suppression": {"type": "object", "properties": {
-            "address": s("string"), "reason": {"type": "string", "enum": ["hard_bounce", "manual"]},
+            "address": s("string"), "reason": {"type": "string", "enum": ["hard_bounce", "manual", "unsubscribed"]},
+            "scope": {"type": "string", "description": "Present when the entry suppresses only messages from this sender domain (one-click unsubscribes); absent: all messages."},
             "created_at": {"type": "string", "format": "date-time"},
             "source_message": s("string"), "reply": {"$ref": "#/components/schemas/Reply"}}},
         "SuppressionPage": {"type": "object", "properties": {
             "suppressions": {"type": "array", "items": {"$ref": "#/components/schemas/Suppression"}},
             "next_after": {"type": "string", "nullable": true}}},
         "AddSuppression": {"type": "object", "required": ["address"], "properties": {
-            "address": s("string"), "reason": {"type": "string", "enum": ["manual", "hard_bounce"]}}},
+            "address": s("string"), "reason": {"type": "string", "enum": ["manual", "hard_bounce", "unsubscribed"]},
+            "scope": {"type": "string", "description": "Suppress only messages from this sender domain; absent: all messages."}}},
         "QueuePage": {"type": "object", "properties": {
             "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
             "next_after": {"type": "string", "nullable": true}}},

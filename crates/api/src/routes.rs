@@ -74,10 +74,43 @@ pub(crate) fn store_error(e: StoreError, action: &'static str) -> ApiError {
     }
 }
 
-/// Whether what `principal` submits is captured rather than sent: always while the relay
-/// captures everything, else when the key is a sandbox key.
-pub(crate) fn is_sandboxed(state: &ApiState, principal: Option<&Principal>) -> bool {
-    state.settings.capture_all || principal.is_some_and(|p| p.sandbox)
+/// What the submitting key decides for each message it submits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyDefaults {
+    /// Captured rather than sent: always while the relay captures everything, else when the
+    /// key is a sandbox key.
+    pub(crate) sandbox: bool,
+    /// One-click unsubscribe links unless the request says otherwise (the key's
+    /// `unsubscribe` setting).
+    pub(crate) unsubscribe: bool,
+}
+
+/// The [`KeyDefaults`] of `principal`.
+pub(crate) fn key_defaults(state: &ApiState, principal: Option<&Principal>) -> KeyDefaults {
+    KeyDefaults {
+        sandbox: state.settings.capture_all || principal.is_some_and(|p| p.sandbox),
+        unsubscribe: principal.is_some_and(|p| p.unsubscribe),
+    }
+}
+
+/// Marks `composed` with the key's defaults and its own `unsubscribe` choice; a message that
+/// asks for unsubscribe links while `[unsubscribe]` is not configured is refused (400).
+pub(crate) fn apply_defaults(
+    state: &ApiState,
+    defaults: KeyDefaults,
+    composed: &mut Composed,
+) -> Result<(), ApiError> {
+    composed.message.sandbox = defaults.sandbox;
+    let unsubscribe = composed.unsubscribe.unwrap_or(defaults.unsubscribe);
+    if unsubscribe && state.settings.unsubscribe.is_none() {
+        return Err(ApiError::invalid(
+            "unsubscribe_not_configured",
+            "unsubscribe",
+            "one-click unsubscribe links need [unsubscribe] base_url and secret in the relay's configuration",
+        ));
+    }
+    composed.message.unsubscribe = unsubscribe;
+    Ok(())
 }
 
 /// Enqueues a composed message; `Ok` only once it is durable.
@@ -189,7 +222,11 @@ pub(crate) async fn submit(
     body: &[u8],
     mut composed: Composed,
 ) -> Result<Submitted, ApiError> {
-    composed.message.sandbox = is_sandboxed(state, principal.as_deref());
+    apply_defaults(
+        state,
+        key_defaults(state, principal.as_deref()),
+        &mut composed,
+    )?;
     let Some(key) = key else {
         let accepted = enqueue(state, composed).await?;
         return Ok(Submitted {
@@ -316,7 +353,7 @@ pub(crate) async fn send_batch(
     JsonBody(value): JsonBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let batch: BatchRequest = decode(value)?;
-    let sandbox = is_sandboxed(&state, principal.as_deref());
+    let defaults = key_defaults(&state, principal.as_deref());
     if batch.messages.is_empty() {
         return Err(ApiError::invalid(
             "empty_batch",
@@ -341,7 +378,7 @@ pub(crate) async fn send_batch(
         .into_iter()
         .map(|item| compose(item, &ctx.for_next_message()))
         .collect();
-    let results: Vec<BatchItem> = enqueue_all(&state, composed, sandbox)
+    let results: Vec<BatchItem> = enqueue_all(&state, composed, defaults)
         .await
         .into_iter()
         .map(|outcome| match outcome {
@@ -354,19 +391,22 @@ pub(crate) async fn send_batch(
 
 /// Enqueues the composed items of a batch concurrently (the store commits concurrent enqueues
 /// together) and returns each item's outcome in request order; items that failed to compose
-/// keep their error; `sandbox` marks every item captured (see [`is_sandboxed`]). The caller
+/// keep their error; each item gets the key's `defaults` ([`apply_defaults`]). The caller
 /// bounds the count (`max_batch`).
 pub(crate) async fn enqueue_all(
     state: &ApiState,
     items: Vec<Result<Composed, ApiError>>,
-    sandbox: bool,
+    defaults: KeyDefaults,
 ) -> Vec<Result<Accepted, ApiError>> {
     let mut results: Vec<Option<Result<Accepted, ApiError>>> = Vec::with_capacity(items.len());
     let mut tasks = JoinSet::new();
     for (index, item) in items.into_iter().enumerate() {
         match item {
             Ok(mut composed) => {
-                composed.message.sandbox = sandbox;
+                if let Err(e) = apply_defaults(state, defaults, &mut composed) {
+                    results.push(Some(Err(e)));
+                    continue;
+                }
                 results.push(None);
                 let state = state.clone();
                 tasks.spawn(async move { (index, enqueue(&state, composed).await) });

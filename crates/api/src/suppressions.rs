@@ -1,11 +1,12 @@
-//! The suppression list: `GET/POST /v1/suppressions`, `GET/DELETE /v1/suppressions/{address}`.
+//! The suppression list: `GET/POST /v1/suppressions`, `GET/DELETE /v1/suppressions/{address}`
+//! (`?scope=<domain>` names an entry scoped to a sender domain).
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use postrider_core::Address;
+use postrider_core::{Address, Domain};
 use postrider_store::{MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,8 @@ pub(crate) struct SuppressionView {
     source_message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply: Option<ReplyView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
 }
 
 impl From<&Suppression> for SuppressionView {
@@ -37,6 +40,7 @@ impl From<&Suppression> for SuppressionView {
             created_at: s.created_at.to_rfc3339(),
             source_message: s.source_message.map(|id| id.to_string()),
             reply: s.reply.as_ref().map(ReplyView::from),
+            scope: s.scope.clone(),
         }
     }
 }
@@ -68,13 +72,48 @@ pub(crate) async fn list(
         .list_suppressions(q.after.as_deref(), limit)
         .map_err(|e| store_error(e, "list suppressions"))?;
     let next_after = (page.len() == limit)
-        .then(|| page.last().map(|s| s.address.clone()))
+        .then(|| page.last().map(Suppression::key))
         .flatten();
     let items: Vec<SuppressionView> = page.iter().map(SuppressionView::from).collect();
     Ok(Json(serde_json::json!({
         "suppressions": items,
         "next_after": next_after,
     })))
+}
+
+/// Query of the single-entry routes: the sender domain of a scoped entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScopeQuery {
+    scope: Option<String>,
+}
+
+/// The `scope` of a request, checked to be a domain (lowercased); `None` when absent.
+fn checked_scope(scope: Option<&str>) -> Result<Option<String>, ApiError> {
+    scope
+        .map(|text| {
+            Domain::parse(text.trim())
+                .map(|d| d.as_str().to_lowercase())
+                .map_err(|_| {
+                    ApiError::invalid("invalid_scope", "scope", "scope must be a domain name")
+                })
+        })
+        .transpose()
+}
+
+fn query_scope(
+    query: Result<Query<ScopeQuery>, QueryRejection>,
+) -> Result<Option<String>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", "", e.body_text()))?;
+    checked_scope(q.scope.as_deref())
+}
+
+/// How an entry is named in messages: the address, and its scope when it has one.
+fn entry_name(address: &Address, scope: Option<&str>) -> String {
+    match scope {
+        Some(domain) => format!("{address} (for mail from {domain})"),
+        None => address.to_string(),
+    }
 }
 
 fn path_address(path: Result<Path<String>, PathRejection>) -> Result<Address, ApiError> {
@@ -87,13 +126,20 @@ fn path_address(path: Result<Path<String>, PathRejection>) -> Result<Address, Ap
 pub(crate) async fn show(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ScopeQuery>, QueryRejection>,
 ) -> Result<Json<SuppressionView>, ApiError> {
     let address = path_address(path)?;
+    let scope = query_scope(query)?;
     let entry = state
         .store
-        .suppression(&address.to_string())
+        .suppression(&address.to_string(), scope.as_deref())
         .map_err(|e| store_error(e, "read suppression"))?
-        .ok_or_else(|| ApiError::not_found(format!("{address} is not suppressed")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "{} is not suppressed",
+                entry_name(&address, scope.as_deref())
+            ))
+        })?;
     Ok(Json(SuppressionView::from(&entry)))
 }
 
@@ -103,10 +149,12 @@ struct AddRequest {
     address: String,
     #[serde(default)]
     reason: Option<SuppressionReason>,
+    #[serde(default)]
+    scope: Option<String>,
 }
 
-/// `POST /v1/suppressions {"address", "reason"?}`: `201` with the entry when added, `200`
-/// with the existing entry when the address was already listed.
+/// `POST /v1/suppressions {"address", "reason"?, "scope"?}`: `201` with the entry when added,
+/// `200` with the existing entry when the address was already listed in that scope.
 pub(crate) async fn add(
     State(state): State<ApiState>,
     JsonBody(value): JsonBody,
@@ -119,12 +167,14 @@ pub(crate) async fn add(
             format!("invalid address: {e}"),
         )
     })?;
+    let scope = checked_scope(req.scope.as_deref())?;
     let entry = Suppression {
         address: address.to_string(),
         reason: req.reason.unwrap_or(SuppressionReason::Manual),
         created_at: crate::now(),
         source_message: None,
         reply: None,
+        scope: scope.clone(),
     };
     let added = state
         .store
@@ -133,7 +183,7 @@ pub(crate) async fn add(
         .map_err(|e| store_error(e, "add suppression"))?;
     let current = state
         .store
-        .suppression(&address.to_string())
+        .suppression(&address.to_string(), scope.as_deref())
         .map_err(|e| store_error(e, "read suppression"))?
         .ok_or_else(ApiError::store_unavailable)?;
     let status = if added {
@@ -148,16 +198,21 @@ pub(crate) async fn add(
 pub(crate) async fn remove(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ScopeQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let address = path_address(path)?;
+    let scope = query_scope(query)?;
     let removed = state
         .store
-        .remove_suppression(&address.to_string())
+        .remove_suppression(&address.to_string(), scope.as_deref())
         .await
         .map_err(|e| store_error(e, "remove suppression"))?;
     if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("{address} is not suppressed")))
+        Err(ApiError::not_found(format!(
+            "{} is not suppressed",
+            entry_name(&address, scope.as_deref())
+        )))
     }
 }

@@ -331,12 +331,14 @@ mod tests {
                     key_hash: read_hash,
                     scopes: vec![Scope::Read],
                     sandbox: false,
+                    unsubscribe: false,
                 },
                 ApiKey {
                     name: "sender".into(),
                     key_hash: send_hash,
                     scopes: vec![Scope::Send],
                     sandbox: false,
+                    unsubscribe: false,
                 },
             ],
             ..ApiSettings::default()

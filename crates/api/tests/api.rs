@@ -1299,18 +1299,21 @@ fn keyed_with(base: ApiSettings) -> (Harness, String, String, String) {
                 key_hash: send_hash,
                 scopes: vec![Scope::Send],
                 sandbox: false,
+                unsubscribe: false,
             },
             ApiKey {
                 name: "dash".into(),
                 key_hash: read_hash,
                 scopes: vec![Scope::Read],
                 sandbox: false,
+                unsubscribe: false,
             },
             ApiKey {
                 name: "ops".into(),
                 key_hash: admin_hash,
                 scopes: vec![Scope::Admin],
                 sandbox: false,
+                unsubscribe: false,
             },
         ],
         ..base
@@ -2066,6 +2069,7 @@ async fn replaced_keys_apply_to_the_next_request() {
         key_hash,
         scopes: vec![Scope::Read],
         sandbox: false,
+        unsubscribe: false,
     };
     let state = ApiState::new(
         store,

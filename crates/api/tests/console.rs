@@ -248,12 +248,14 @@ async fn keyed_console_needs_a_login() {
                 key_hash: read_hash,
                 scopes: vec![Scope::Read, Scope::Send],
                 sandbox: false,
+                unsubscribe: false,
             },
             ApiKey {
                 name: "app".into(),
                 key_hash: send_hash,
                 scopes: vec![Scope::Send],
                 sandbox: false,
+                unsubscribe: false,
             },
         ],
         ..settings()

@@ -163,12 +163,14 @@ async fn idempotency_keys_are_scoped_per_api_key_and_concurrent_duplicates_queue
             key_hash: h1,
             scopes: vec![Scope::Send],
             sandbox: false,
+            unsubscribe: false,
         },
         ApiKey {
             name: "two".into(),
             key_hash: h2,
             scopes: vec![Scope::Send],
             sandbox: false,
+            unsubscribe: false,
         },
     ];
     let api = app(
@@ -270,6 +272,7 @@ async fn events_need_the_read_scope() {
         key_hash: hash,
         scopes: vec![Scope::Send],
         sandbox: false,
+        unsubscribe: false,
     }];
     let api = app(
         &store,

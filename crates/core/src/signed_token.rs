@@ -13,7 +13,7 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Makes and checks the tokens of one purpose: a key, a context label and a MAC length.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TokenKey {
     secret: Vec<u8>,
     context: &'static [u8],

@@ -45,7 +45,7 @@ pub struct UnsubscribeTarget {
 }
 
 /// Makes and checks one-click unsubscribe links for one public base URL and secret.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsubscribeLinks {
     base_url: String,
     key: TokenKey,

@@ -288,6 +288,11 @@ pub struct DeliverySettings {
     /// a sender gets its own transaction from `b+<token>@<bounce domain>`; messages with the
     /// null reverse-path (notifications) keep it. `None` sends from the message's own sender.
     pub verp: Option<postrider_bounces::VerpSigner>,
+    /// One-click unsubscribe links (`[unsubscribe]`): each recipient of a message marked
+    /// [`postrider_core::QueuedMessage::unsubscribe`] gets its own transaction and its own
+    /// `List-Unsubscribe` / `List-Unsubscribe-Post` fields, added before DKIM signing. `None`
+    /// sends such messages without links.
+    pub unsubscribe: Option<postrider_core::unsubscribe::UnsubscribeLinks>,
 }
 
 impl Default for DeliverySettings {
@@ -325,6 +330,7 @@ impl Default for DeliverySettings {
             metrics_max_domains: 50,
             signer: None,
             verp: None,
+            unsubscribe: None,
             capture_all: false,
         }
     }

@@ -239,7 +239,13 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, id: MessageId) {
     };
     let settings = shared.settings();
     let message = &lease.message;
+    let personal = has_personal_copies(&settings, message);
+    if message.unsubscribe && !personal {
+        tracing::warn!(id = %id, "message asks for unsubscribe links but [unsubscribe] is not configured; sent without them");
+    }
     let body = match shared.store.body(id) {
+        // Copies with their own unsubscribe link are signed per transaction instead.
+        Ok(body) if personal => body.map(Arc::new),
         Ok(body) => body.map(|b| Arc::new(sign(settings.signer.as_deref(), b))),
         Err(e) => {
             // Nothing recorded: the lease expires and the message is tried again later.
@@ -642,17 +648,25 @@ async fn deliver_all(
     all
 }
 
+/// Whether each recipient of `message` gets a copy of its own (with its own unsubscribe link).
+fn has_personal_copies(settings: &DeliverySettings, message: &QueuedMessage) -> bool {
+    message.unsubscribe && settings.unsubscribe.is_some()
+}
+
 /// The envelope sender of each transaction to `recipients` of `message`, with the recipients it
-/// carries: one transaction from the message's sender, or, with VERP, one per recipient from
-/// its signed return path (a recipient whose return path cannot be made keeps the sender).
+/// carries: one transaction from the message's sender, or one per recipient with VERP (from
+/// its signed return path; a recipient whose return path cannot be made keeps the sender) or
+/// when `one_per_recipient` (each copy is personal).
 fn transactions_of(
     verp: Option<&postrider_bounces::VerpSigner>,
+    one_per_recipient: bool,
     message: &QueuedMessage,
     recipients: &[(usize, RecipientRequest)],
 ) -> Vec<(ReversePath, Vec<(usize, RecipientRequest)>)> {
-    let Some(verp) = verp.filter(|_| !message.sender.is_null()) else {
+    let verp = verp.filter(|_| !message.sender.is_null());
+    if verp.is_none() && !one_per_recipient {
         return vec![(message.sender.clone(), recipients.to_vec())];
-    };
+    }
     recipients
         .iter()
         .map(|(index, r)| {
@@ -661,11 +675,38 @@ fn transactions_of(
                 index: *index,
             };
             let sender = verp
-                .return_path(target)
+                .and_then(|v| v.return_path(target))
                 .map_or_else(|| message.sender.clone(), ReversePath::Address);
             (sender, vec![(*index, r.clone())])
         })
         .collect()
+}
+
+/// The bytes sent to `group`: the shared (already signed) body, or, for a personal copy, the
+/// stored message with the recipient's unsubscribe fields in front, then signed, so the DKIM
+/// signature covers them. A message that brought its own `List-Unsubscribe` keeps it and gets
+/// none of ours.
+fn copy_for<'a>(
+    settings: &DeliverySettings,
+    message: &QueuedMessage,
+    group: &[(usize, RecipientRequest)],
+    body: &'a [u8],
+) -> std::borrow::Cow<'a, [u8]> {
+    let (Some(links), [(index, _)]) = (
+        settings
+            .unsubscribe
+            .as_ref()
+            .filter(|_| message.unsubscribe),
+        group,
+    ) else {
+        return std::borrow::Cow::Borrowed(body);
+    };
+    let target = postrider_core::unsubscribe::UnsubscribeTarget {
+        id: message.id,
+        index: *index,
+    };
+    let copy = postrider_core::unsubscribe::with_unsubscribe_headers(links, target, body);
+    std::borrow::Cow::Owned(sign(settings.signer.as_deref(), copy))
 }
 
 /// The transactions of `message` to one domain (one, or one per recipient with VERP), in turn.
@@ -678,8 +719,10 @@ async fn deliver_domain(
 ) -> Vec<Timed> {
     let settings = shared.settings();
     let mut all = Vec::with_capacity(recipients.len());
-    for (sender, group) in transactions_of(settings.verp.as_ref(), message, recipients) {
-        all.extend(deliver_transaction(shared, message, &sender, domain, &group, body).await);
+    let personal = has_personal_copies(&settings, message);
+    for (sender, group) in transactions_of(settings.verp.as_ref(), personal, message, recipients) {
+        let copy = copy_for(&settings, message, &group, body);
+        all.extend(deliver_transaction(shared, message, &sender, domain, &group, &copy).await);
     }
     all
 }

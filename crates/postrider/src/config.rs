@@ -171,6 +171,24 @@ pub(crate) struct RawConfig {
     /// Bounce handling: failure classification rules.
     #[serde(default)]
     pub(crate) bounces: RawBounces,
+    /// RFC 8058 one-click unsubscribe links.
+    #[serde(default)]
+    pub(crate) unsubscribe: RawUnsubscribe,
+}
+
+/// `[unsubscribe]`.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUnsubscribe {
+    /// The relay's public `https://` address; links are `<base_url>/unsubscribe/<token>`.
+    #[serde(default)]
+    pub(crate) base_url: Option<String>,
+    /// The key of the link tokens (at least 32 bytes); or `secret_file`.
+    #[serde(default)]
+    pub(crate) secret: Option<String>,
+    /// A file holding the secret (surrounding whitespace ignored).
+    #[serde(default)]
+    pub(crate) secret_file: Option<PathBuf>,
 }
 
 /// `[bounces]`.
@@ -466,6 +484,10 @@ pub(crate) struct RawApiKey {
     /// Messages submitted with the key are captured, never sent (see "Sandbox and capture").
     #[serde(default)]
     pub(crate) sandbox: bool,
+    /// Messages submitted with the key get one-click unsubscribe links unless they say
+    /// otherwise (needs `[unsubscribe]`).
+    #[serde(default)]
+    pub(crate) unsubscribe: bool,
 }
 
 /// `[dns]`.

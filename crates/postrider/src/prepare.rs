@@ -13,6 +13,7 @@ use postrider_api::{ApiKey, ApiSettings, RateLimit, Scope};
 use postrider_bounces::VerpSigner;
 use postrider_core::Domain;
 use postrider_core::bounce::BounceRules;
+use postrider_core::unsubscribe::{UnsubscribeError, UnsubscribeLinks};
 use postrider_delivery::{
     BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, RelayTls, Relayhost, Route,
     SmtpTimeouts, TlsMode,
@@ -54,7 +55,15 @@ pub(crate) fn prepare(path: Option<&Path>) -> Result<Prepared, ConfigError> {
 pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
     check_data_dir(&config.raw.data_dir)?;
     let smtp = smtp_settings(&config)?;
-    let api = api_settings(&config)?;
+    let mut api = api_settings(&config)?;
+    let unsubscribe = unsubscribe_links(&config)?;
+    if unsubscribe.is_none() && api.api_keys.iter().any(|k| k.unsubscribe) {
+        return Err(invalid(
+            "http.api_keys.unsubscribe",
+            "a key gives messages unsubscribe links by default, but [unsubscribe] is not configured",
+        ));
+    }
+    api.unsubscribe.clone_from(&unsubscribe);
     let dkim = load_dkim(&config)?;
     let mut delivery = delivery_settings(&config)?;
     delivery.signer = dkim
@@ -63,6 +72,7 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
     let webhooks = webhook_settings(&config)?;
     let bounce_rules = load_bounce_rules(&config)?;
     delivery.verp = verp_signer(&config)?;
+    delivery.unsubscribe = unsubscribe;
     let dns = dns_settings(&config)?;
     Ok(Prepared {
         config,
@@ -96,33 +106,74 @@ fn verp_signer(config: &Config) -> Result<Option<VerpSigner>, ConfigError> {
         .ok()
         .filter(|d| d.address_literal().is_none())
         .ok_or_else(|| invalid("bounces.domain", format!("{domain:?} is not a domain name")))?;
-    let secret = match (&b.secret, &b.secret_file) {
-        (Some(s), None) => s.clone(),
+    let secret = one_secret(
+        ["bounces.secret", "bounces.secret_file"],
+        "a bounce domain",
+        b.secret.as_deref(),
+        b.secret_file.as_deref(),
+    )?;
+    VerpSigner::new(domain, &secret)
+        .map(Some)
+        .map_err(|e| invalid("bounces.secret", e.to_string()))
+}
+
+/// The secret given by exactly one of `secret` (key `keys[0]`) and `secret_file` (`keys[1]`,
+/// whose content is read, surrounding whitespace dropped); `needer` names what needs it in
+/// the error.
+fn one_secret(
+    keys: [&'static str; 2],
+    needer: &str,
+    secret: Option<&str>,
+    secret_file: Option<&Path>,
+) -> Result<String, ConfigError> {
+    match (secret, secret_file) {
+        (Some(s), None) => Ok(s.to_owned()),
         (None, Some(path)) => {
-            let cannot = |e: &dyn std::fmt::Display| {
-                invalid("bounces.secret_file", format!("{}: {e}", path.display()))
-            };
+            let cannot =
+                |e: &dyn std::fmt::Display| invalid(keys[1], format!("{}: {e}", path.display()));
             let size = std::fs::metadata(path).map_err(|e| cannot(&e))?.len();
             if size > MAX_SECRET_FILE {
                 return Err(cannot(&format!(
                     "{size} bytes; a secret file holds at most {MAX_SECRET_FILE}"
                 )));
             }
-            std::fs::read_to_string(path)
+            Ok(std::fs::read_to_string(path)
                 .map_err(|e| cannot(&e))?
                 .trim()
-                .to_owned()
+                .to_owned())
         }
-        _ => {
+        _ => Err(invalid(
+            keys[0],
+            format!("{needer} needs exactly one of {} and {}", keys[0], keys[1]),
+        )),
+    }
+}
+
+/// The link maker of `[unsubscribe]` (`base_url` and exactly one of `secret` and
+/// `secret_file`); `None` when the section is empty.
+fn unsubscribe_links(config: &Config) -> Result<Option<UnsubscribeLinks>, ConfigError> {
+    let u = &config.raw.unsubscribe;
+    let Some(base_url) = &u.base_url else {
+        if u.secret.is_some() || u.secret_file.is_some() {
             return Err(invalid(
-                "bounces.secret",
-                "a bounce domain needs exactly one of bounces.secret and bounces.secret_file",
+                "unsubscribe.base_url",
+                "a secret is set but no base URL; set unsubscribe.base_url or remove the secret",
             ));
         }
+        return Ok(None);
     };
-    VerpSigner::new(domain, &secret)
+    let secret = one_secret(
+        ["unsubscribe.secret", "unsubscribe.secret_file"],
+        "unsubscribe.base_url",
+        u.secret.as_deref(),
+        u.secret_file.as_deref(),
+    )?;
+    UnsubscribeLinks::new(base_url, secret.as_bytes())
         .map(Some)
-        .map_err(|e| invalid("bounces.secret", e.to_string()))
+        .map_err(|e| match e {
+            UnsubscribeError::ShortSecret => invalid("unsubscribe.secret", e.to_string()),
+            UnsubscribeError::BaseUrl => invalid("unsubscribe.base_url", e.to_string()),
+        })
 }
 
 /// Largest `bounces.rules_file` accepted.
@@ -287,6 +338,7 @@ fn api_settings(config: &Config) -> Result<ApiSettings, ConfigError> {
                 })
                 .collect(),
             sandbox: k.sandbox,
+            unsubscribe: k.unsubscribe,
         })
         .collect();
     let settings = ApiSettings {

@@ -106,7 +106,7 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (od, nd) = (&o.delivery, &n.delivery);
     let (os, ns) = (&o.smtp, &n.smtp);
     let (ol, nl) = (&os.limits, &ns.limits);
-    let changed: [(&'static str, bool); 36] = [
+    let changed: [(&'static str, bool); 37] = [
         ("hostname", old.hostname != new.hostname),
         ("data_dir", o.data_dir != n.data_dir),
         (
@@ -202,6 +202,7 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("delivery.breaker", od.breaker != nd.breaker),
         ("delivery.public_ips", od.public_ips != nd.public_ips),
         ("dkim", o.dkim != n.dkim),
+        ("unsubscribe", o.unsubscribe != n.unsubscribe),
         ("verify", o.verify != n.verify),
         (
             "queue.retention / events.retention",

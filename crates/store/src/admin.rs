@@ -318,7 +318,10 @@ impl Store {
                 .insert(&id_bytes[..], codec::encode_message(&new)?);
             match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(Some(plan)),
-                Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
+                Verdict::RecordChanged
+                | Verdict::NotScheduled
+                | Verdict::Idempotent(_)
+                | Verdict::AlreadySuppressed => continue,
             }
         }
         Err(StoreError::Conflict(id))
@@ -473,7 +476,10 @@ impl Store {
             }
             match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(()),
-                Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
+                Verdict::RecordChanged
+                | Verdict::NotScheduled
+                | Verdict::Idempotent(_)
+                | Verdict::AlreadySuppressed => continue,
             }
         }
         Err(StoreError::Conflict(id))
@@ -587,9 +593,10 @@ impl Store {
                 tracing::info!(%id, finished = update.next_attempt_at.is_none(), "message completed by operator");
                 Ok(notes.iter().map(|n| n.id).collect())
             }
-            Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => {
-                Err(StoreError::Conflict(id))
-            }
+            Verdict::RecordChanged
+            | Verdict::NotScheduled
+            | Verdict::Idempotent(_)
+            | Verdict::AlreadySuppressed => Err(StoreError::Conflict(id)),
         }
     }
 
@@ -655,7 +662,10 @@ impl Store {
             }
             match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(drops),
-                Verdict::RecordChanged | Verdict::NotScheduled | Verdict::Idempotent(_) => continue,
+                Verdict::RecordChanged
+                | Verdict::NotScheduled
+                | Verdict::Idempotent(_)
+                | Verdict::AlreadySuppressed => continue,
             }
         }
         Ok(false)

@@ -50,11 +50,14 @@ pub enum EventKind {
     /// A recipient reported a delivered message as unwanted (spam complaint), recorded by
     /// [`Store::record_complaint`]; today only simulated by sandbox messages.
     Complained,
+    /// A recipient used the message's one-click unsubscribe link
+    /// ([`Store::record_unsubscribe`]).
+    Unsubscribed,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Accepted,
         EventKind::Deferred,
         EventKind::Delivered,
@@ -62,6 +65,7 @@ impl EventKind {
         EventKind::Suppressed,
         EventKind::Expired,
         EventKind::Complained,
+        EventKind::Unsubscribed,
     ];
 
     /// Stable label (`accepted`, `deferred`, …).
@@ -74,6 +78,7 @@ impl EventKind {
             EventKind::Suppressed => "suppressed",
             EventKind::Expired => "expired",
             EventKind::Complained => "complained",
+            EventKind::Unsubscribed => "unsubscribed",
         }
     }
 
@@ -249,7 +254,7 @@ pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<EventRecord> {
     crate::codec::decode_json_record("events", EVENT_RECORD_VERSION, key, bytes)
 }
 
-fn record_for(
+pub(crate) fn record_for(
     m: &QueuedMessage,
     kind: EventKind,
     r: Option<&RecipientStatus>,
@@ -571,6 +576,7 @@ mod tests {
             created_at: Timestamp::from_millis(1_795_411_200_000),
             source_message: Some(MessageId::from_u64(0x1234)),
             reply: Some(SmtpReply::new(550, "5.1.1 no such user")),
+            scope: None,
         }
     }
 

@@ -12,7 +12,7 @@
 //! - `meta`: the data-directory format version and the last event sequence number,
 //! - `events`: `be_u64(seq)` → an event (accepted, deferred, delivered, …), see [`Event`],
 //! - `webhook_outbox`: pending webhook deliveries of events, see [`WebhookDelivery`],
-//! - `suppressions`: lowercased address → [`Suppression`],
+//! - `suppressions`: lowercased address (plus ` domain` when scoped) → [`Suppression`],
 //! - `idempotency` / `idempotency_expiry`: idempotency keys of submissions, see
 //!   [`Store::enqueue_idempotent`].
 //!
@@ -83,7 +83,8 @@ pub use repair::{
     CheckVerdict, DataDirCheck, RebuildReport, RepairError, SalvagedTree, check_data_dir, rebuild,
 };
 pub use suppress::{
-    MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, is_hard_bounce, suppression_key,
+    MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, UnsubscribeOutcome, is_hard_bounce,
+    scoped_key, suppression_key,
 };
 pub use tls_policy::CachedStsPolicy;
 

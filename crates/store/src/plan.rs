@@ -72,6 +72,9 @@ pub(crate) struct Plan {
     pub(crate) events: Vec<PendingEvent>,
     /// Suppressions `(key, value)` to add unless the address is already listed.
     pub(crate) suppress_if_absent: Vec<(IVec, IVec)>,
+    /// A suppression `(key, value)` that must not be listed yet: when it is, nothing is
+    /// written ([`Verdict::AlreadySuppressed`]), so the plan's events happen once.
+    pub(crate) suppress_new: Option<(IVec, IVec)>,
     /// An idempotency key to check and record.
     pub(crate) idempotency: Option<IdempotencyWrite>,
     /// Change of the pending-message count once applied.
@@ -106,6 +109,8 @@ pub(crate) enum Verdict {
     NotScheduled,
     /// The idempotency key is live; nothing was written. The existing record's bytes.
     Idempotent(IVec),
+    /// The suppression of [`Plan::suppress_new`] was already listed; nothing was written.
+    AlreadySuppressed,
 }
 
 /// Applies `plan` as one journal record. `webhooks` route the plan's
@@ -148,6 +153,12 @@ pub(crate) fn apply(
             {
                 return Ok(Verdict::RecordChanged);
             }
+        }
+        if let Some((key, value)) = &plan.suppress_new {
+            if tx.get(TreeId::Suppressions, key)?.is_some() {
+                return Ok(Verdict::AlreadySuppressed);
+            }
+            tx.insert(TreeId::Suppressions, key.clone(), value.clone())?;
         }
         if let Some(w) = &plan.idempotency {
             if let Some(existing) = tx.get(TreeId::Idempotency, &w.key)? {

@@ -84,7 +84,13 @@ impl Store {
         // its first attempt queues the notice in the transaction that records it.
         if !self.inner.trees.suppressions.is_empty() {
             for r in &mut message.recipients {
-                if self.is_suppressed(&r.request.address)? {
+                if self.is_suppressed(
+                    &r.request.address,
+                    message
+                        .sender
+                        .address()
+                        .map(postrider_core::Address::domain),
+                )? {
                     r.state = RecipientState::Suppressed;
                 }
             }
@@ -233,7 +239,9 @@ impl Store {
             match self.apply_plan(&mut plan)? {
                 Verdict::Applied => return Ok(leased),
                 Verdict::NotScheduled => return Ok(None),
-                Verdict::RecordChanged | Verdict::Idempotent(_) => continue,
+                Verdict::RecordChanged | Verdict::Idempotent(_) | Verdict::AlreadySuppressed => {
+                    continue;
+                }
             }
         }
         Ok(None)
@@ -286,7 +294,9 @@ impl Store {
                     });
                 }
                 Verdict::NotScheduled => return Ok(RecordOutcome::LeaseLost),
-                Verdict::RecordChanged | Verdict::Idempotent(_) => continue,
+                Verdict::RecordChanged | Verdict::Idempotent(_) | Verdict::AlreadySuppressed => {
+                    continue;
+                }
             }
         }
         Err(StoreError::Conflict(id))

@@ -9,7 +9,7 @@ use postrider_core::{NotifyFlags, RecipientState, ReversePath, SmtpReply, Source
 use postrider_metrics::Metrics;
 use postrider_store::{
     EnqueueResult, EventFilter, EventKind, IdempotencyKey, Suppression, SuppressionReason,
-    WebhookSubscription,
+    UnsubscribeOutcome, WebhookSubscription,
 };
 
 fn idem(key: &str, body: u8) -> IdempotencyKey {
@@ -340,19 +340,19 @@ async fn hard_bounces_are_suppressed_and_suppressed_recipients_skipped() {
     update.message.recipients[1].last_reply = Some(SmtpReply::new(550, "5.7.1 policy"));
     let _ = store.record_attempt(&lease, update).await.unwrap();
 
-    let s = store.suppression("gone@x.test").unwrap().unwrap();
+    let s = store.suppression("gone@x.test", None).unwrap().unwrap();
     assert_eq!(s.address, "gone@x.test");
     assert_eq!(s.reason, SuppressionReason::HardBounce);
     assert_eq!(s.source_message, Some(id));
     assert_eq!(s.created_at, ts(T0 + 5));
     assert_eq!(s.reply.as_ref().map(|r| r.code), Some(550));
-    assert!(store.suppression("soft@x.test").unwrap().is_none());
+    assert!(store.suppression("soft@x.test", None).unwrap().is_none());
     assert_eq!(store.suppression_count(), 1);
 
     // Survives a restart; then a message to it is suppressed at enqueue.
     drop(store);
     let store = open_retrying(&path, Metrics::new()).await;
-    assert!(store.suppression("GONE@x.test").unwrap().is_some());
+    assert!(store.suppression("GONE@x.test", None).unwrap().is_some());
     let mixed = store
         .enqueue(new_message(&["gone@x.test", "ok@x.test"], T0 + 100))
         .await
@@ -389,6 +389,7 @@ async fn hard_bounces_are_suppressed_and_suppressed_recipients_skipped() {
         created_at: ts(T0),
         source_message: None,
         reply: None,
+        scope: None,
     };
     assert!(store.add_suppression(manual("B@y.test")).await.unwrap());
     assert!(!store.add_suppression(manual("b@y.test")).await.unwrap());
@@ -407,8 +408,8 @@ async fn hard_bounces_are_suppressed_and_suppressed_recipients_skipped() {
         .map(|s| s.address)
         .collect();
     assert_eq!(page, vec!["gone@x.test"]);
-    assert!(store.remove_suppression("Gone@x.test").await.unwrap());
-    assert!(!store.remove_suppression("gone@x.test").await.unwrap());
+    assert!(store.remove_suppression("Gone@x.test", None).await.unwrap());
+    assert!(!store.remove_suppression("gone@x.test", None).await.unwrap());
     let id = store
         .enqueue(new_message(&["gone@x.test"], T0 + 300))
         .await
@@ -437,6 +438,7 @@ fn manual_suppression(address: &str) -> Suppression {
         created_at: ts(T0),
         source_message: None,
         reply: None,
+        scope: None,
     }
 }
 
@@ -719,4 +721,124 @@ async fn sandbox_mark_survives_reopen_and_complaints_are_evented() {
     assert_eq!(store.purge_finished(ts(T0 + 10)).unwrap(), 2);
     assert!(store.body(sandboxed).unwrap().is_none());
     assert!(store.message(sandboxed).unwrap().is_none());
+}
+
+/// A one-click unsubscribe suppresses the recipient for the sender's domain only, once, with
+/// an `unsubscribed` event and its webhook entry; scoped and global entries live side by side.
+#[tokio::test]
+async fn unsubscribes_are_scoped_to_the_sender_domain_and_evented_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = postrider_store::Store::open(dir.path(), Metrics::new()).unwrap();
+    store.set_webhooks(vec![WebhookSubscription {
+        url: "http://127.0.0.1:9/hook".into(),
+        events: vec![EventKind::Unsubscribed],
+    }]);
+    let mut m = new_message(&["keep@x.test", "Leave@x.test"], T0);
+    m.unsubscribe = true;
+    let id = store.enqueue(m).await.unwrap();
+    let plain = store.enqueue(new_message(&["a@x.test"], T0)).await.unwrap();
+    assert!(store.message(id).unwrap().unwrap().unsubscribe);
+
+    // Unknown message, recipient, or a message sent without links: nothing happens.
+    let unknown = postrider_core::MessageId::from_u64(999_999);
+    for (m, i) in [(unknown, 0), (id, 2), (plain, 0)] {
+        assert_eq!(
+            store.record_unsubscribe(m, i, ts(T0 + 1)).await.unwrap(),
+            UnsubscribeOutcome::Unknown
+        );
+    }
+    let UnsubscribeOutcome::Unsubscribed(entry) =
+        store.record_unsubscribe(id, 1, ts(T0 + 1)).await.unwrap()
+    else {
+        panic!("not unsubscribed");
+    };
+    assert_eq!(entry.address, "leave@x.test");
+    assert_eq!(entry.scope.as_deref(), Some("example.com"));
+    assert_eq!(entry.reason, SuppressionReason::Unsubscribed);
+    assert_eq!(entry.source_message, Some(id));
+    assert_eq!(store.webhook_outbox_len(), 1);
+    // Again: nothing new.
+    assert!(matches!(
+        store.record_unsubscribe(id, 1, ts(T0 + 2)).await.unwrap(),
+        UnsubscribeOutcome::AlreadyUnsubscribed(e) if e.created_at == ts(T0 + 1)
+    ));
+    assert_eq!(store.webhook_outbox_len(), 1);
+    let kinds = event_kinds(&store, id);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventKind::Unsubscribed)
+            .count(),
+        1
+    );
+    let last = store.events_after(0, 100).unwrap().pop().unwrap();
+    assert_eq!(last.recipient.as_deref(), Some("Leave@x.test"));
+    assert_eq!(last.to_json()["type"], "unsubscribed");
+    assert_eq!(
+        EventKind::parse("unsubscribed"),
+        Some(EventKind::Unsubscribed)
+    );
+
+    // Scoped: suppressed for example.com senders, not for others, not globally.
+    let leave = postrider_core::Address::parse("LEAVE@x.test").unwrap();
+    let example = postrider_core::Domain::parse("Example.com").unwrap();
+    let other = postrider_core::Domain::parse("other.test").unwrap();
+    assert!(store.is_suppressed(&leave, Some(&example)).unwrap());
+    assert!(!store.is_suppressed(&leave, Some(&other)).unwrap());
+    assert!(!store.is_suppressed(&leave, None).unwrap());
+    assert!(store.suppression("leave@x.test", None).unwrap().is_none());
+    assert!(
+        store
+            .suppression("leave@x.test", Some("example.com"))
+            .unwrap()
+            .is_some()
+    );
+    let same = store
+        .enqueue(new_message(&["leave@x.test"], T0 + 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.message(same).unwrap().unwrap().recipients[0].state,
+        RecipientState::Suppressed
+    );
+    let mut from_other = new_message(&["leave@x.test"], T0 + 3);
+    from_other.envelope = postrider_core::Envelope::new(
+        ReversePath::parse("news@other.test").unwrap(),
+        from_other.envelope.recipients().to_vec(),
+    )
+    .unwrap();
+    let delivered_to = store.enqueue(from_other).await.unwrap();
+    assert_eq!(
+        store.message(delivered_to).unwrap().unwrap().recipients[0].state,
+        RecipientState::Queued
+    );
+
+    // A global entry beside the scoped one; both listed, the cursor is the entry key.
+    assert!(
+        store
+            .add_suppression(manual_suppression("leave@x.test"))
+            .await
+            .unwrap()
+    );
+    let listed = store.list_suppressions(None, 10).unwrap();
+    let keys: Vec<String> = listed.iter().map(|s| s.key()).collect();
+    assert_eq!(keys, vec!["leave@x.test", "leave@x.test example.com"]);
+    let after_first = store.list_suppressions(Some(&keys[0]), 10).unwrap();
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0].scope.as_deref(), Some("example.com"));
+    assert!(store.is_suppressed(&leave, Some(&other)).unwrap());
+    // Removing the scoped entry leaves the global one.
+    assert!(
+        store
+            .remove_suppression("leave@x.test", Some("EXAMPLE.com"))
+            .await
+            .unwrap()
+    );
+    assert!(store.suppression("leave@x.test", None).unwrap().is_some());
+    assert!(
+        !store
+            .remove_suppression("leave@x.test", Some("example.com"))
+            .await
+            .unwrap()
+    );
 }

@@ -98,7 +98,8 @@ pub struct DkimSettings {
     /// Signing keys. Several keys of one domain all sign (e.g. RSA and Ed25519 dual signing).
     #[serde(default)]
     pub keys: Vec<DkimKeyConfig>,
-    /// Header fields to sign (those present in the message; `From` is always signed).
+    /// Header fields to sign (those present in the message; `From`, `List-Unsubscribe` and
+    /// `List-Unsubscribe-Post` are always signed).
     #[serde(default = "default_signed_headers")]
     pub headers: Vec<String>,
 }
@@ -439,6 +440,13 @@ fn load_key(
     let mut signed: Vec<String> = headers.to_vec();
     if !signed.iter().any(|h| h.eq_ignore_ascii_case("from")) {
         signed.insert(0, "From".to_owned());
+    }
+    // The relay's own one-click unsubscribe fields are always covered when present (RFC 8058
+    // §4 requires the signature to cover them), whatever the configured list says.
+    for field in ["List-Unsubscribe", "List-Unsubscribe-Post"] {
+        if !signed.iter().any(|h| h.eq_ignore_ascii_case(field)) {
+            signed.push(field.to_owned());
+        }
     }
     let signer = MailAuthSigner::from_key(key)
         .domain(domain.clone())

@@ -80,10 +80,16 @@ pub(crate) fn router(state: &ApiState) -> Router<ApiState> {
 /// attempted; Postmark clients expect to hear about them).
 fn suppressed_recipients(state: &ApiState, composed: &Composed) -> Result<Vec<String>, ApiError> {
     let mut suppressed = Vec::new();
+    let sender_domain = composed
+        .message
+        .envelope
+        .sender()
+        .address()
+        .map(postrider_core::Address::domain);
     for r in composed.message.envelope.recipients() {
         if state
             .store
-            .is_suppressed(&r.address)
+            .is_suppressed(&r.address, sender_domain)
             .map_err(|e| store_error(e, "read suppressions"))?
         {
             suppressed.push(r.address.to_string());

@@ -22,7 +22,7 @@ use crate::ApiState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ClientAddr, RawJsonBody};
-use crate::routes::{Accepted, context, enqueue_all, idempotency_key, is_sandboxed, submit};
+use crate::routes::{Accepted, context, enqueue_all, idempotency_key, key_defaults, submit};
 
 /// Postmark's error code for a bad or missing server token.
 const BAD_TOKEN: u16 = 10;
@@ -412,7 +412,7 @@ async fn send_batch(
         }
         composed.push(message);
     }
-    let results = enqueue_all(&state, composed, is_sandboxed(&state, principal.as_deref()))
+    let results = enqueue_all(&state, composed, key_defaults(&state, principal.as_deref()))
         .await
         .into_iter()
         .zip(echoes)

@@ -23,7 +23,7 @@ use crate::auth::Principal;
 use crate::compose::Composed;
 use crate::error::ApiError;
 use crate::extract::{ClientAddr, RawJsonBody};
-use crate::routes::{context, enqueue_all, idempotency_key, is_sandboxed, load, path_id, submit};
+use crate::routes::{context, enqueue_all, idempotency_key, key_defaults, load, path_id, submit};
 
 /// Header choosing how a batch with invalid items is handled (`strict` or `permissive`).
 const BATCH_VALIDATION: &str = "x-batch-validation";
@@ -342,7 +342,7 @@ async fn send_batch(
     }
     let mut data = Vec::new();
     let mut errors = Vec::new();
-    for (index, result) in enqueue_all(&state, composed, is_sandboxed(&state, principal.as_deref()))
+    for (index, result) in enqueue_all(&state, composed, key_defaults(&state, principal.as_deref()))
         .await
         .into_iter()
         .enumerate()

@@ -65,6 +65,8 @@ pub(crate) struct Composed {
     pub(crate) message: NewMessage,
     /// The `Message-ID` header value (with angle brackets), when the message has one.
     pub(crate) message_id: Option<String>,
+    /// The request's `unsubscribe` field; `None` leaves it to the API key's default.
+    pub(crate) unsubscribe: Option<bool>,
 }
 
 impl Composed {

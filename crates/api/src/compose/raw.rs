@@ -19,6 +19,8 @@ pub(super) struct RawRequest {
     metadata: BTreeMap<String, String>,
     #[serde(default)]
     send_at: Option<String>,
+    #[serde(default)]
+    unsubscribe: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +250,7 @@ pub(super) fn compose_raw(req: RawRequest, ctx: &ComposeContext<'_>) -> Result<C
     Ok(Composed {
         message,
         message_id,
+        unsubscribe: req.unsubscribe,
     })
 }
 

@@ -59,6 +59,8 @@ pub(super) struct StructuredRequest {
     metadata: BTreeMap<String, String>,
     #[serde(default)]
     send_at: Option<String>,
+    #[serde(default)]
+    unsubscribe: Option<bool>,
 }
 
 /// Header names the relay sets itself; the `headers` object may not override them.
@@ -347,6 +349,7 @@ pub(super) fn compose_structured(
     Ok(Composed {
         message,
         message_id: Some(format!("<{message_id}>")),
+        unsubscribe: req.unsubscribe,
     })
 }
 

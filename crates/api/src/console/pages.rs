@@ -1298,6 +1298,7 @@ pub(super) async fn add_suppression(
         created_at: crate::now(),
         source_message: None,
         reply: None,
+        scope: None,
     };
     if let Err(e) = state.store.add_suppression(entry).await {
         return error_page(&crate::routes::store_error(e, "console add suppression"));
@@ -1317,7 +1318,11 @@ pub(super) async fn remove_suppression(
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(e) = state.store.remove_suppression(&address.to_string()).await {
+    if let Err(e) = state
+        .store
+        .remove_suppression(&address.to_string(), None)
+        .await
+    {
         return error_page(&crate::routes::store_error(e, "console remove suppression"));
     }
     tracing::info!(%address, viewer = %viewer.name, "console suppression removed");
