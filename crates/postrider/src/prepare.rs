@@ -584,6 +584,35 @@ mod tests {
     }
 
     #[test]
+    fn unsubscribe_needs_an_https_base_url_and_one_long_secret() {
+        let secret = "secret = \"0123456789abcdef0123456789abcdef\"\n";
+        refused(&format!("[unsubscribe]\n{secret}"), "unsubscribe.base_url");
+        refused(
+            &format!("[unsubscribe]\nbase_url = \"http://mail.example.com\"\n{secret}"),
+            "unsubscribe.base_url",
+        );
+        let base = "[unsubscribe]\nbase_url = \"https://mail.example.com\"\n";
+        refused(base, "unsubscribe.secret");
+        refused(
+            &format!("{base}secret = \"too short\"\n"),
+            "unsubscribe.secret",
+        );
+        let hash = "c".repeat(64);
+        refused(
+            &format!(
+                "[[http.api_keys]]\nname = \"k\"\nkey_hash = \"{hash}\"\nscopes = [\"send\"]\nunsubscribe = true\n"
+            ),
+            "http.api_keys.unsubscribe",
+        );
+        let p = prepare_config(Config::from_toml(&format!("{base}{secret}")).unwrap()).unwrap();
+        assert_eq!(
+            p.api.unsubscribe.as_ref().map(|l| l.base_url()),
+            Some("https://mail.example.com")
+        );
+        assert_eq!(p.delivery.unsubscribe, p.api.unsubscribe);
+    }
+
+    #[test]
     fn missing_tls_files_are_refused() {
         refused(
             "[smtp.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"",
