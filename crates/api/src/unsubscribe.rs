@@ -76,7 +76,7 @@ fn rate_limited(state: &ApiState) -> Option<ApiError> {
     Some(e)
 }
 
-/// An HTML page with the headers every page here carries.
+/// An HTML page with its own content policy and the console's other hardening headers.
 fn html_page(status: StatusCode, title: &str, body: Markup) -> Response {
     let markup = html! {
         (DOCTYPE)
@@ -92,17 +92,12 @@ fn html_page(status: StatusCode, title: &str, body: Markup) -> Response {
         }
     };
     let mut response = (status, Html(markup.into_string())).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(PAGE_CSP),
     );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    // The console's hardening: no sniffing, no caching, no framing beyond the policy above.
+    crate::console::harden(response)
 }
 
 /// The page of a link that is not (or no longer) valid.

@@ -7,8 +7,8 @@
 //! no padding): 24 characters. A report returned to that address names the message and
 //! recipient, and nobody without the secret can forge one for another message.
 
-use postrider_core::signed_token::TokenKey;
-use postrider_core::{Address, Domain, MessageId};
+use postrider_core::signed_token::{RecipientRef, TokenKey};
+use postrider_core::{Address, Domain};
 
 /// The local part before the `+` of every return path.
 pub const LOCAL_PREFIX: &str = "b";
@@ -16,8 +16,6 @@ pub const LOCAL_PREFIX: &str = "b";
 pub const MIN_SECRET_LEN: usize = 16;
 /// Bytes of the MAC kept in a token (40 bits: guessing one takes ~10¹² tries).
 const MAC_LEN: usize = 5;
-/// Bytes of the signed payload: id and index.
-const PAYLOAD_LEN: usize = 8 + 2;
 
 /// A bounce domain and secret that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +26,7 @@ pub enum VerpError {
 }
 
 /// The message and recipient a return path was made for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VerpTarget {
-    /// The message's queue id.
-    pub id: MessageId,
-    /// The recipient's index in the message's recipient list.
-    pub index: usize,
-}
+pub type VerpTarget = RecipientRef;
 
 /// Makes and checks the return paths of one bounce domain.
 #[derive(Clone)]
@@ -72,11 +64,7 @@ impl VerpSigner {
     /// The token for recipient `index` of message `id`; `None` when the index does not fit
     /// (more than 65536 recipients).
     pub fn token(&self, target: VerpTarget) -> Option<String> {
-        let index = u16::try_from(target.index).ok()?;
-        let mut payload = [0u8; PAYLOAD_LEN];
-        payload[..8].copy_from_slice(&target.id.to_be_bytes());
-        payload[8..].copy_from_slice(&index.to_be_bytes());
-        Some(self.key.seal(&payload))
+        self.key.seal_recipient(target)
     }
 
     /// The return path for recipient `index` of message `id`.
@@ -87,13 +75,7 @@ impl VerpSigner {
 
     /// The message and recipient of a valid token (any case); `None` for anything else.
     pub fn check_token(&self, token: &str) -> Option<VerpTarget> {
-        let raw = self.key.open(token, PAYLOAD_LEN)?;
-        let mut id = [0u8; 8];
-        id.copy_from_slice(raw.get(..8)?);
-        Some(VerpTarget {
-            id: MessageId::from_u64(u64::from_be_bytes(id)),
-            index: usize::from(u16::from_be_bytes([*raw.get(8)?, *raw.get(9)?])),
-        })
+        self.key.open_recipient(token)
     }
 
     /// The target of a return path `b+<token>@<bounce domain>` (case ignored); `None` when the
@@ -125,6 +107,7 @@ impl VerpSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postrider_core::MessageId;
 
     fn signer(secret: &str) -> VerpSigner {
         VerpSigner::new(Domain::parse("bounces.example.com").unwrap(), secret).unwrap()

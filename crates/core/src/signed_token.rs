@@ -10,7 +10,21 @@
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
+use crate::MessageId;
+
 type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes of a [`RecipientRef`] payload: queue id (8) and recipient index (2).
+const RECIPIENT_PAYLOAD_LEN: usize = 10;
+
+/// One recipient of one queued message, as a token names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipientRef {
+    /// The message's queue id.
+    pub id: MessageId,
+    /// The recipient's index in the message's recipient list.
+    pub index: usize,
+}
 
 /// Makes and checks the tokens of one purpose: a key, a context label and a MAC length.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,6 +94,27 @@ impl TokenKey {
         let tag = raw.split_off(payload_len);
         self.mac(&raw).verify_truncated_left(&tag).ok()?;
         Some(raw)
+    }
+
+    /// The token naming `recipient` (id and index, 10 bytes); `None` when the index does not
+    /// fit (more than 65536 recipients).
+    pub fn seal_recipient(&self, recipient: RecipientRef) -> Option<String> {
+        let index = u16::try_from(recipient.index).ok()?;
+        let mut payload = [0u8; RECIPIENT_PAYLOAD_LEN];
+        payload[..8].copy_from_slice(&recipient.id.to_be_bytes());
+        payload[8..].copy_from_slice(&index.to_be_bytes());
+        Some(self.seal(&payload))
+    }
+
+    /// The recipient a valid [`TokenKey::seal_recipient`] token names; `None` for anything else.
+    pub fn open_recipient(&self, token: &str) -> Option<RecipientRef> {
+        let raw = self.open(token, RECIPIENT_PAYLOAD_LEN)?;
+        let mut id = [0u8; 8];
+        id.copy_from_slice(raw.get(..8)?);
+        Some(RecipientRef {
+            id: MessageId::from_u64(u64::from_be_bytes(id)),
+            index: usize::from(u16::from_be_bytes([*raw.get(8)?, *raw.get(9)?])),
+        })
     }
 }
 

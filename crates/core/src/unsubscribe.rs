@@ -7,16 +7,13 @@
 //! HMAC-SHA256 tag ([`crate::signed_token`]): 32 lowercase base32 characters. The recipient's
 //! address never appears in the URL, and a token cannot be made or altered without the secret.
 
-use crate::MessageId;
-use crate::signed_token::TokenKey;
+use crate::signed_token::{RecipientRef, TokenKey};
 
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
 /// Bytes of the MAC kept in a token (80 bits: the endpoint is public, so guessing must be
 /// hopeless even at a high request rate).
 const MAC_LEN: usize = 10;
-/// Bytes of the signed payload: queue id (8) and recipient index (2).
-const PAYLOAD_LEN: usize = 10;
 /// The path prefix of the links, under the base URL.
 pub const PATH_PREFIX: &str = "/unsubscribe/";
 /// The `List-Unsubscribe-Post` value (and the form body) RFC 8058 prescribes.
@@ -36,13 +33,7 @@ pub enum UnsubscribeError {
 }
 
 /// The message and recipient an unsubscribe token was made for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnsubscribeTarget {
-    /// The message's queue id.
-    pub id: MessageId,
-    /// The recipient's index in the message's recipient list.
-    pub index: usize,
-}
+pub type UnsubscribeTarget = RecipientRef;
 
 /// Makes and checks one-click unsubscribe links for one public base URL and secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,11 +66,7 @@ impl UnsubscribeLinks {
 
     /// The token of `target`; `None` when the index does not fit (more than 65536 recipients).
     pub fn token(&self, target: UnsubscribeTarget) -> Option<String> {
-        let index = u16::try_from(target.index).ok()?;
-        let mut payload = [0u8; PAYLOAD_LEN];
-        payload[..8].copy_from_slice(&target.id.to_be_bytes());
-        payload[8..].copy_from_slice(&index.to_be_bytes());
-        Some(self.key.seal(&payload))
+        self.key.seal_recipient(target)
     }
 
     /// The link of `target`: `{base_url}/unsubscribe/{token}`.
@@ -93,14 +80,7 @@ impl UnsubscribeLinks {
 
     /// The message and recipient of a valid token (any case); `None` for anything else.
     pub fn check_token(&self, token: &str) -> Option<UnsubscribeTarget> {
-        let raw = self.key.open(token, PAYLOAD_LEN)?;
-        let mut id = [0u8; 8];
-        id.copy_from_slice(raw.get(..8)?);
-        let index = u16::from_be_bytes([*raw.get(8)?, *raw.get(9)?]);
-        Some(UnsubscribeTarget {
-            id: MessageId::from_u64(u64::from_be_bytes(id)),
-            index: usize::from(index),
-        })
+        self.key.open_recipient(token)
     }
 
     /// The two header fields (each ending in CRLF) that offer `target` a one-click
@@ -175,6 +155,7 @@ pub fn with_unsubscribe_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MessageId;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
