@@ -599,7 +599,8 @@ fn schemas() -> Value {
             "mx_host": s("string"), "last_attempt_at": {"type": "string", "format": "date-time"},
             "tls": {"type": "object", "description": "Transport of the last attempt that reached a server.",
                 "properties": {"encrypted": s("boolean"), "version": {"type": "string", "example": "TLSv1.3"},
-                    "verified": s("boolean")}}}},
+                    "verified": s("boolean")}},
+            "async": {"type": "boolean", "description": "Present (true) when the recipient was delivered and then bounced by a DSN that came back to the bounce domain."}}},
         "Message": {"type": "object", "properties": {
             "id": s("string"),
             "state": {"type": "string", "enum": ["queued", "scheduled", "deferred", "held", "delivered", "bounced", "partially_bounced"]},
@@ -638,14 +639,19 @@ fn schemas() -> Value {
             "source": {"type": "string", "enum": ["smtp", "http", "dsn"]},
             "tags": {"type": "array", "items": s("string")},
             "metadata": {"type": "object", "additionalProperties": s("string")},
-            "at": {"type": "string", "format": "date-time"}}},
+            "at": {"type": "string", "format": "date-time"},
+            "async": {"type": "boolean", "description": "Present (true) on a bounced event reported by a DSN after delivery."}}},
         "EventPage": {"type": "object", "properties": {
             "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
             "next_cursor": s("integer")}},
         "Suppression": {"type": "object", "properties": {
-            "address": s("string"), "reason": {"type": "string", "enum": ["hard_bounce", "manual"]},
+            "address": s("string"), "reason": {"type": "string", "enum": ["hard_bounce", "manual", "complaint"]},
             "created_at": {"type": "string", "format": "date-time"},
-            "source_message": s("string"), "reply": {"$ref": "#/components/schemas/Reply"}}},
+            "source_message": s("string"), "reply": {"$ref": "#/components/schemas/Reply"},
+            "source_report": {"type": "object", "description": "The report received at the bounce domain that listed the address (asynchronous bounces, complaints).",
+                "properties": {"report_id": s("string"), "received_at": {"type": "string", "format": "date-time"},
+                    "status": {"type": "string", "description": "The DSN's status (5.1.1) or the complaint's feedback type (abuse)."},
+                    "diagnostic": s("string")}}}},
         "SuppressionPage": {"type": "object", "properties": {
             "suppressions": {"type": "array", "items": {"$ref": "#/components/schemas/Suppression"}},
             "next_after": {"type": "string", "nullable": true}}},

@@ -1739,6 +1739,7 @@ async fn bounce_now_also_reports_suppressed_recipients_still_owed_to_an_smtp_sen
                 created_at: Timestamp::from_millis(now_ms()),
                 source_message: None,
                 reply: None,
+                source_report: None,
             })
             .await
             .unwrap()

@@ -451,6 +451,7 @@ async fn suppressed_recipients_of_smtp_submissions_get_a_failure_notice() {
             created_at: now(),
             source_message: None,
             reply: None,
+            source_report: None,
         })
         .await
         .unwrap();

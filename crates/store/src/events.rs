@@ -101,6 +101,9 @@ pub(crate) struct EventRecord {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) metadata: BTreeMap<String, String>,
     pub(crate) at: Timestamp,
+    /// A bounce reported by a DSN after the recipient was delivered.
+    #[serde(default, rename = "async", skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) async_bounce: bool,
 }
 
 /// One event of the log.
@@ -126,6 +129,8 @@ pub struct Event {
     pub metadata: BTreeMap<String, String>,
     /// When it happened.
     pub at: Timestamp,
+    /// A `bounced` event of a recipient that had been delivered: a DSN came back later.
+    pub async_bounce: bool,
 }
 
 impl Event {
@@ -141,13 +146,14 @@ impl Event {
             tags: r.tags,
             metadata: r.metadata,
             at: r.at,
+            async_bounce: r.async_bounce,
         }
     }
 
     /// The JSON shown by `GET /v1/events` and POSTed to webhooks:
     /// `{seq, type, id, recipient?, reply?: {code, enhanced?, text}, category?, mx_host?, source,
-    /// tags, metadata, at (RFC 3339)}`; `category` (why it failed) is there when the reply is a
-    /// failure. `id` is the queue id, as everywhere in the API (`message_id`
+    /// tags, metadata, at (RFC 3339), async?}`; `category` (why it failed) is there when the
+    /// reply is a failure, `async: true` on a bounce reported by a DSN after delivery. `id` is the queue id, as everywhere in the API (`message_id`
     /// names only the `Message-ID` header).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
@@ -175,6 +181,9 @@ impl Event {
             }
             if let Some(h) = &self.mx_host {
                 obj.insert("mx_host".into(), h.clone().into());
+            }
+            if self.async_bounce {
+                obj.insert("async".into(), true.into());
             }
         }
         v
@@ -249,7 +258,7 @@ pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<EventRecord> {
     crate::codec::decode_json_record("events", EVENT_RECORD_VERSION, key, bytes)
 }
 
-fn record_for(
+pub(crate) fn record_for(
     m: &QueuedMessage,
     kind: EventKind,
     r: Option<&RecipientStatus>,
@@ -265,6 +274,7 @@ fn record_for(
         tags: m.tags.clone(),
         metadata: m.metadata.clone(),
         at,
+        async_bounce: kind == EventKind::Bounced && r.is_some_and(|r| r.async_bounce),
     }
 }
 
@@ -561,6 +571,7 @@ mod tests {
             tags: vec!["newsletter".into()],
             metadata: BTreeMap::from([("campaign".to_string(), "c-7".to_string())]),
             at: Timestamp::from_millis(1_795_411_200_000),
+            async_bounce: false,
         }
     }
 
@@ -571,6 +582,7 @@ mod tests {
             created_at: Timestamp::from_millis(1_795_411_200_000),
             source_message: Some(MessageId::from_u64(0x1234)),
             reply: Some(SmtpReply::new(550, "5.1.1 no such user")),
+            source_report: None,
         }
     }
 

@@ -14,7 +14,9 @@
 //! - `webhook_outbox`: pending webhook deliveries of events, see [`WebhookDelivery`],
 //! - `suppressions`: lowercased address → [`Suppression`],
 //! - `idempotency` / `idempotency_expiry`: idempotency keys of submissions, see
-//!   [`Store::enqueue_idempotent`].
+//!   [`Store::enqueue_idempotent`],
+//! - `bounce_inbox`: reports (DSNs, complaints) received at the bounce domain until they are
+//!   processed, see [`Store::receive_report`].
 //!
 //! Every unfinished message that is not held has exactly one `schedule` entry: its next
 //! attempt, or while an attempt is in flight, its lease expiry. Every state change is one
@@ -46,6 +48,7 @@ mod damage;
 mod error;
 mod events;
 mod idempotency;
+mod inbox;
 mod journal;
 mod keys;
 mod outbox;
@@ -77,13 +80,18 @@ pub use events::{
     Event, EventFilter, EventKind, EventPage, MAX_EVENTS_PAGE, MAX_EVENTS_SCAN, WebhookSubscription,
 };
 pub use idempotency::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
+pub use inbox::{
+    InboxEffect, InboxOutcome, MAX_INBOX_REPORT, ReceivedReport, ReportEnvelope,
+    is_hard_async_bounce,
+};
 pub use journal::{DamageKind, JournalDamage, JournalReport, inspect_journal};
 pub use outbox::{MAX_OUTBOX_LEASE, WebhookDelivery};
 pub use repair::{
     CheckVerdict, DataDirCheck, RebuildReport, RepairError, SalvagedTree, check_data_dir, rebuild,
 };
 pub use suppress::{
-    MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, is_hard_bounce, suppression_key,
+    MAX_SUPPRESSIONS_PAGE, ReportSource, Suppression, SuppressionReason, is_hard_bounce,
+    suppression_key,
 };
 pub use tls_policy::CachedStsPolicy;
 
@@ -169,6 +177,8 @@ pub(crate) struct Trees {
     pub(crate) suppressions: sled::Tree,
     pub(crate) idempotency: sled::Tree,
     pub(crate) idempotency_expiry: sled::Tree,
+    /// Reports received at the bounce domain, waiting to be processed (see `inbox.rs`).
+    pub(crate) inbox: sled::Tree,
 }
 
 #[derive(Debug)]
@@ -181,6 +191,8 @@ pub(crate) struct Inner {
     pub(crate) commit: GroupCommit,
     pub(crate) work: Notify,
     pub(crate) webhook_work: Notify,
+    /// Wakes the processor of received reports ([`Store::wait_for_reports`]).
+    pub(crate) inbox_work: Notify,
     pub(crate) webhooks: RwLock<Arc<Vec<WebhookSubscription>>>,
     pub(crate) pending: AtomicI64,
     pub(crate) fail_writes: AtomicBool,
@@ -375,6 +387,7 @@ impl Store {
             suppressions: db.open_tree("suppressions")?,
             idempotency: db.open_tree("idempotency")?,
             idempotency_expiry: db.open_tree("idempotency_expiry")?,
+            inbox: db.open_tree(inbox::TREE)?,
         };
         // sled's flush writes its log with sync_file_range on Linux, which neither flushes the
         // drive's write cache nor persists the file's size; checkpoints add an fdatasync.
@@ -424,6 +437,7 @@ impl Store {
                 commit,
                 work: Notify::new(),
                 webhook_work: Notify::new(),
+                inbox_work: Notify::new(),
                 webhooks: RwLock::new(Arc::new(Vec::new())),
                 pending: AtomicI64::new(pending),
                 fail_writes: AtomicBool::new(false),

@@ -31,14 +31,17 @@ pub enum SuppressionReason {
     HardBounce,
     /// Added by an operator or application.
     Manual,
+    /// The recipient complained about a message (an ARF feedback report came back).
+    Complaint,
 }
 
 impl SuppressionReason {
-    /// Stable label (`hard_bounce`, `manual`).
+    /// Stable label (`hard_bounce`, `manual`, `complaint`).
     pub fn as_str(self) -> &'static str {
         match self {
             SuppressionReason::HardBounce => "hard_bounce",
             SuppressionReason::Manual => "manual",
+            SuppressionReason::Complaint => "complaint",
         }
     }
 }
@@ -58,6 +61,24 @@ pub struct Suppression {
     /// The bounce reply (hard bounces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<SmtpReply>,
+    /// The received report that listed it (asynchronous bounces and complaints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_report: Option<ReportSource>,
+}
+
+/// A short record of the report (DSN or complaint) received at the bounce domain that listed
+/// an address, kept with its suppression so operators can see why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportSource {
+    /// The report's id in the inbox (16 hex digits, like queue ids).
+    pub report_id: MessageId,
+    /// When the report was received.
+    pub received_at: Timestamp,
+    /// The DSN's status (`5.1.1`), or the complaint's feedback type (`abuse`).
+    pub status: String,
+    /// The DSN's diagnostic text, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostic: Option<String>,
 }
 
 /// The key of an address: its text lowercased.
@@ -189,6 +210,7 @@ pub(crate) fn plan_hard_bounces(
             created_at: new.last_attempt_at.unwrap_or(now),
             source_message: Some(after.id),
             reply: Some(reply.clone()),
+            source_report: None,
         };
         plan.suppress_if_absent
             .push((entry.address.as_bytes().into(), encode_suppression(&entry)?));

@@ -389,6 +389,7 @@ async fn hard_bounces_are_suppressed_and_suppressed_recipients_skipped() {
         created_at: ts(T0),
         source_message: None,
         reply: None,
+        source_report: None,
     };
     assert!(store.add_suppression(manual("B@y.test")).await.unwrap());
     assert!(!store.add_suppression(manual("b@y.test")).await.unwrap());
@@ -437,6 +438,7 @@ fn manual_suppression(address: &str) -> Suppression {
         created_at: ts(T0),
         source_message: None,
         reply: None,
+        source_report: None,
     }
 }
 

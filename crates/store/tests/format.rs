@@ -86,6 +86,7 @@ async fn kept_pending_count_matches_a_recount_after_every_kind_of_change() {
                 created_at: ts(T0),
                 source_message: None,
                 reply: None,
+                source_report: None,
             })
             .await
             .unwrap();

@@ -1298,6 +1298,7 @@ pub(super) async fn add_suppression(
         created_at: crate::now(),
         source_message: None,
         reply: None,
+        source_report: None,
     };
     if let Err(e) = state.store.add_suppression(entry).await {
         return error_page(&crate::routes::store_error(e, "console add suppression"));
