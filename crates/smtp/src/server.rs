@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use postrider_core::{NewMessage, Source, Timestamp};
 use postrider_metrics::Metrics;
-use postrider_store::Store;
+use postrider_store::{ReportEnvelope, Store};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -30,7 +30,7 @@ use crate::overload::{
 use crate::password::verify_password;
 use crate::proto::{
     Admission, AuthOutcome, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig,
-    Rejection, Reply, Submission, SubmitOutcome,
+    Rejection, Reply, SessionRole, Submission, SubmitOutcome,
 };
 use crate::proxy_protocol::ProxyTrust;
 use crate::settings::{SmtpSettings, SmtpUser};
@@ -125,6 +125,7 @@ impl SmtpServer {
             max_errors: settings.max_errors,
             bare_newlines: settings.bare_newlines,
             tls_available: settings.tls.is_some(),
+            role: settings.role.clone(),
         });
         let inner = Inner {
             protocol,
@@ -839,6 +840,9 @@ impl Session {
     }
 
     async fn submit(&mut self, submission: Submission) -> SubmitOutcome {
+        if self.inner.protocol.role != SessionRole::Submission {
+            return self.receive_report(submission).await;
+        }
         let now = now_timestamp();
         let unique = format!("{:x}.{:016x}", now.as_millis(), random_u64());
         let trace = TraceInfo {
@@ -897,6 +901,43 @@ impl Session {
                     .with_label_values(&["failed"])
                     .inc();
                 tracing::error!(%error, client_ip = %self.client_ip, sender = %sender, "smtp message could not be queued");
+                SubmitOutcome::Failed
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Stores a message received by a receive-only server in the report inbox, durably,
+    /// before its `250`.
+    async fn receive_report(&mut self, submission: Submission) -> SubmitOutcome {
+        let envelope = ReportEnvelope {
+            mail_from: submission.envelope.sender().to_string(),
+            rcpt_to: submission
+                .envelope
+                .recipients()
+                .iter()
+                .map(|r| r.address.to_string())
+                .collect(),
+            client_ip: Some(self.client_ip.to_string()),
+        };
+        let size = submission.body.len();
+        let transactions = &self.inner.metrics.smtp_transactions;
+        match self
+            .inner
+            .store
+            .receive_report(envelope, &submission.body, now_timestamp())
+            .await
+        {
+            Ok(id) => {
+                self.messages += 1;
+                transactions.with_label_values(&["accepted"]).inc();
+                tracing::info!(report = %id, size, client_ip = %self.client_ip, "report received at the bounce domain");
+                SubmitOutcome::Queued(id)
+            }
+            Err(error) => {
+                transactions.with_label_values(&["failed"]).inc();
+                tracing::error!(%error, client_ip = %self.client_ip, "received report could not be stored");
                 SubmitOutcome::Failed
             }
         }
