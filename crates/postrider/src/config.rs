@@ -189,6 +189,12 @@ pub(crate) struct RawBounces {
     /// A file holding the secret (surrounding whitespace ignored).
     #[serde(default)]
     pub(crate) secret_file: Option<PathBuf>,
+    /// A receive-only SMTP listener for the bounce domain (reports come back there).
+    #[serde(default)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Largest report the bounce listener accepts (default 10 MiB).
+    #[serde(default)]
+    pub(crate) max_report_size: Option<ByteSize>,
 }
 
 fn default_data_dir() -> PathBuf {

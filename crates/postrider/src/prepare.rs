@@ -43,6 +43,18 @@ pub(crate) struct Prepared {
     pub(crate) bounce_rules: BounceRules,
     /// The resolver's timeouts and caches.
     pub(crate) dns: DnsSettings,
+    /// The receive-only listener of the bounce domain (`bounces.listen`), when configured.
+    pub(crate) bounce_listener: Option<BounceListener>,
+}
+
+/// The receive-only SMTP listener where reports come back to the bounce domain.
+pub(crate) struct BounceListener {
+    /// Where it listens.
+    pub(crate) addr: std::net::SocketAddr,
+    /// Submission's limits, timeouts and TLS, in the receive-only role for the bounce domain.
+    pub(crate) smtp: SmtpSettings,
+    /// Checks the return paths reports arrive at.
+    pub(crate) verp: VerpSigner,
 }
 
 /// Reads, checks and loads the configuration at `path` (the embedded defaults without one).
@@ -63,6 +75,7 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
     let webhooks = webhook_settings(&config)?;
     let bounce_rules = load_bounce_rules(&config)?;
     delivery.verp = verp_signer(&config)?;
+    let bounce_listener = bounce_listener(&config, &smtp, delivery.verp.as_ref())?;
     let dns = dns_settings(&config)?;
     Ok(Prepared {
         config,
@@ -73,7 +86,61 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         webhooks,
         bounce_rules,
         dns,
+        bounce_listener,
     })
+}
+
+/// Default of `bounces.max_report_size`: 10 MiB.
+const DEFAULT_MAX_REPORT_SIZE: u64 = 10 * 1024 * 1024;
+
+/// The bounce-domain listener of `bounces.listen`: the submission server's limits, timeouts
+/// and TLS, receive-only for the bounce domain (no users, no trusted networks, reports up to
+/// `bounces.max_report_size`).
+fn bounce_listener(
+    config: &Config,
+    smtp: &SmtpSettings,
+    verp: Option<&VerpSigner>,
+) -> Result<Option<BounceListener>, ConfigError> {
+    let b = &config.raw.bounces;
+    let Some(addr) = b.listen else {
+        if b.max_report_size.is_some() {
+            return Err(invalid(
+                "bounces.max_report_size",
+                "set without bounces.listen; set bounces.listen or remove it",
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(verp) = verp else {
+        return Err(invalid(
+            "bounces.listen",
+            "the bounce listener needs bounces.domain (and its secret)",
+        ));
+    };
+    let size = b.max_report_size.map_or(DEFAULT_MAX_REPORT_SIZE, |s| s.0);
+    let max = postrider_store::MAX_INBOX_REPORT as u64;
+    if !(1024..=max).contains(&size) {
+        return Err(invalid(
+            "bounces.max_report_size",
+            format!("must be between 1KiB and {max} bytes"),
+        ));
+    }
+    let smtp = SmtpSettings {
+        role: postrider_smtp::proto::SessionRole::ReceiveOnly {
+            domain: verp.domain().as_str().to_owned(),
+        },
+        max_message_size: usize::try_from(size).unwrap_or(usize::MAX),
+        users: Vec::new(),
+        trusted_networks: Vec::new(),
+        messages_per_minute_per_user: None,
+        capture_all: false,
+        ..smtp.clone()
+    };
+    Ok(Some(BounceListener {
+        addr,
+        smtp,
+        verp: verp.clone(),
+    }))
 }
 
 /// Largest `bounces.secret_file` accepted.
@@ -249,6 +316,7 @@ fn smtp_settings(config: &Config) -> Result<SmtpSettings, ConfigError> {
         overload_percent: raw.limits.overload_percent,
         overload_timeout: raw.limits.overload_timeout.0,
         capture_all: captures_all(config),
+        role: postrider_smtp::proto::SessionRole::Submission,
     };
     settings
         .validate()
