@@ -35,6 +35,8 @@ KNOWN = {
     "postrider_delivery_attempts_total": {"result"},
     "postrider_bounces_generated_total": set(),
     "postrider_bounces_total": {"category", "kind"},
+    "postrider_inbound_reports_total": {"type"},
+    "postrider_complaints_total": set(),
     "postrider_queue_messages": set(),
     "postrider_delivery_duration_seconds": {"histogram"},
     "postrider_smtp_sessions_total": set(),

@@ -47,8 +47,9 @@ pub enum EventKind {
     Suppressed,
     /// A recipient was given up after the maximum queue lifetime (its last reply was transient).
     Expired,
-    /// A recipient reported a delivered message as unwanted (spam complaint), recorded by
-    /// [`Store::record_complaint`]; today only simulated by sandbox messages.
+    /// A recipient reported a delivered message as unwanted (spam complaint): an ARF report
+    /// received at the bounce domain ([`Store::finish_report`]), or simulated for sandbox
+    /// messages ([`Store::record_complaint`]).
     Complained,
 }
 
