@@ -99,7 +99,9 @@ impl TestRelay {
         for _ in 0..4 {
             match Self::try_start_in(dir.clone(), extra).await {
                 Ok(relay) => return relay,
-                Err(log) => eprintln!("relay start lost its port to another process, retrying:\n{log}"),
+                Err(log) => {
+                    eprintln!("relay start lost its port to another process, retrying:\n{log}")
+                }
             }
         }
         match Self::try_start_in(dir, extra).await {

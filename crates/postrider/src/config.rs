@@ -1523,6 +1523,11 @@ warn_after = "0s"
         assert!(!c.raw.http.metrics_auth);
         assert_eq!(c.raw.smtp.users.len(), 1);
         assert_eq!(c.raw.smtp.users[0].from_policy, RawFromPolicy::Reject);
+        assert!(c.raw.bounces.listen.is_some());
+        assert_eq!(
+            c.raw.bounces.max_report_size,
+            Some(ByteSize(10 * 1024 * 1024))
+        );
     }
 
     #[test]

@@ -653,6 +653,34 @@ mod tests {
     }
 
     #[test]
+    fn the_bounce_listener_is_receive_only_and_needs_a_bounce_domain() {
+        refused("[bounces]\nlisten = \"127.0.0.1:2526\"\n", "bounces.listen");
+        refused(
+            "[bounces]\nmax_report_size = \"1MB\"\n",
+            "bounces.max_report_size",
+        );
+        let domain = "[bounces]\ndomain = \"bounces.example.com\"\nsecret = \"0123456789abcdef\"\n";
+        refused(
+            &format!("{domain}listen = \"127.0.0.1:2526\"\nmax_report_size = \"1GB\"\n"),
+            "bounces.max_report_size",
+        );
+        let text = format!("{domain}listen = \"127.0.0.1:2526\"\nmax_report_size = \"2MiB\"\n");
+        let p = prepare_config(Config::from_toml(&text).unwrap()).unwrap();
+        let listener = p.bounce_listener.expect("a bounce listener");
+        assert_eq!(listener.addr, "127.0.0.1:2526".parse().unwrap());
+        assert_eq!(listener.smtp.max_message_size, 2 * 1024 * 1024);
+        assert!(listener.smtp.trusted_networks.is_empty());
+        assert!(listener.smtp.users.is_empty());
+        assert_eq!(
+            listener.smtp.role,
+            postrider_smtp::proto::SessionRole::ReceiveOnly {
+                domain: "bounces.example.com".into()
+            }
+        );
+        assert!(p.smtp.role == postrider_smtp::proto::SessionRole::Submission);
+    }
+
+    #[test]
     fn missing_dkim_key_file_is_refused() {
         refused(
             "[[dkim.keys]]\ndomain = \"example.com\"\nselector = \"s1\"\nkey_file = \"/nonexistent/dkim.pem\"",
