@@ -27,6 +27,7 @@ mod reply;
 mod retry;
 pub mod shared;
 mod time;
+pub mod tls_report;
 
 pub use address::{Address, AddressError, Domain, ReversePath};
 pub use bounce::{BounceCategory, classify_failure, failure_category};

@@ -56,6 +56,7 @@ mod suppress;
 #[cfg(test)]
 mod test_support;
 mod tls_policy;
+mod tls_report;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -86,6 +87,7 @@ pub use suppress::{
     MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, is_hard_bounce, suppression_key,
 };
 pub use tls_policy::CachedStsPolicy;
+pub use tls_report::TlsReportRun;
 
 use crate::codec::{DATA_FORMAT_VERSION, FORMAT_VERSION_KEY};
 use crate::commit::GroupCommit;
@@ -176,6 +178,10 @@ pub(crate) struct Inner {
     pub(crate) trees: Trees,
     /// Cached outbound TLS policies (not journaled: a cache, see [`tls_policy`]).
     pub(crate) tls_policies: sled::Tree,
+    /// TLS report session counts (not journaled, see [`tls_report`]).
+    pub(crate) tls_report_counts: sled::Tree,
+    /// TLS report runs per day.
+    pub(crate) tls_report_runs: sled::Tree,
     /// The lock every write runs under, and the records not yet synced.
     pub(crate) journal: Arc<journal::Journal>,
     pub(crate) commit: GroupCommit,
@@ -420,6 +426,8 @@ impl Store {
             inner: Arc::new(Inner {
                 trees,
                 tls_policies: db.open_tree(tls_policy::TREE)?,
+                tls_report_counts: db.open_tree(tls_report::COUNTS_TREE)?,
+                tls_report_runs: db.open_tree(tls_report::RUNS_TREE)?,
                 journal,
                 commit,
                 work: Notify::new(),
