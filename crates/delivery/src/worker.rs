@@ -31,6 +31,9 @@ use arc_swap::ArcSwap;
 
 /// State shared by the scheduler and its workers.
 pub(crate) struct Shared {
+    /// This state itself, for tasks that outlive the call that starts them (background
+    /// policy refreshes).
+    pub(crate) me: std::sync::Weak<Shared>,
     pub(crate) store: Store,
     pub(crate) resolver: Arc<dyn MxResolver>,
     /// The settings in force; a reload replaces them (see [`Shared::settings`]).
@@ -57,6 +60,8 @@ pub(crate) struct Shared {
     /// Serialises MTA-STS policy fetches per domain (striped by domain hash, so bounded): a
     /// burst of messages to a domain with a new policy fetches it once.
     pub(crate) sts_fetch_locks: crate::mta_sts::FetchLocks,
+    /// Session counts for TLS reports; `None` when `[tls_reports]` is off (set at start).
+    pub(crate) tls_counter: Option<crate::tls_report::counter::SessionCounter>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -192,6 +197,16 @@ impl Shared {
             .get_metric_with_label_values(&[policy, result])
         {
             c.inc();
+        }
+    }
+
+    /// Counts one session (or policy fetch) held to `session.domain`'s MTA-STS policy: in
+    /// `postrider_tls_policy_results_total` and, when TLS reports are on, for the domain's
+    /// daily report.
+    pub(crate) fn sts_result(&self, session: crate::tls_report::counter::SessionResult<'_>) {
+        self.policy_result("mta-sts", session.result);
+        if let Some(counter) = &self.tls_counter {
+            counter.record(clock_now(), session);
         }
     }
 

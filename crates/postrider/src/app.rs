@@ -147,6 +147,16 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
     let mut api_state = ApiState::new(store.clone(), metrics.clone(), api_settings)
         .with_trust(Arc::new(trust))
         .with_suspended(suspended);
+    let reporter = delivery.tls_reports();
+    if reporter.enabled() {
+        let trigger: postrider_api::TlsReportTrigger = Arc::new(move |day| {
+            let reporter = reporter.clone();
+            Box::pin(
+                async move { serde_json::to_value(reporter.send(day).await).unwrap_or_default() },
+            )
+        });
+        api_state = api_state.with_tls_reports(trigger);
+    }
     if let Some(cluster) = &raw.cluster {
         let cluster = Cluster::start(cluster.settings(), metrics.clone(), shutdown.clone())
             .context("invalid [cluster] settings")?;

@@ -171,6 +171,28 @@ pub(crate) struct RawConfig {
     /// Bounce handling: failure classification rules.
     #[serde(default)]
     pub(crate) bounces: RawBounces,
+    /// SMTP TLS reporting (RFC 8460): daily reports to domains with an MTA-STS policy.
+    #[serde(default)]
+    pub(crate) tls_reports: RawTlsReports,
+}
+
+/// `[tls_reports]`.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTlsReports {
+    /// Count MTA-STS sessions and send the daily reports (off by default).
+    #[serde(default)]
+    pub(crate) enabled: bool,
+    /// The report's `organization-name`; default: the host name.
+    #[serde(default)]
+    pub(crate) organization: Option<String>,
+    /// The report's `contact-info`: an address to write to about the reports (required when
+    /// enabled).
+    #[serde(default)]
+    pub(crate) contact: Option<String>,
+    /// Sender of the reports sent by mail; default: `contact`.
+    #[serde(default)]
+    pub(crate) from: Option<String>,
 }
 
 /// `[bounces]`.
