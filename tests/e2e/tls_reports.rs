@@ -46,8 +46,8 @@ async fn reports_metric(relay: &TestRelay, transport: &str, result: &str) -> f64
         .unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn daily_report_reaches_the_https_collector_and_the_report_mailbox() {
+/// The world with the report collector answering 200, and a relay sending TLS reports.
+async fn start_with_reports() -> (StsWorld, TestRelay) {
     let world = StsWorld::start().await;
     world.https.respond_to(
         COLLECTOR,
@@ -55,6 +55,34 @@ async fn daily_report_reaches_the_https_collector_and_the_report_mailbox() {
         HttpResponse::ok("text/plain", "thanks\n"),
     );
     let relay = TestRelay::start(&format!("{}{TLS_REPORTS}", world.config())).await;
+    (world, relay)
+}
+
+/// The one report the collector received: a gzipped JSON POST.
+fn uploaded_report(world: &StsWorld) -> serde_json::Value {
+    let uploads: Vec<_> = world
+        .https
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == COLLECTOR_PATH)
+        .collect();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    let upload = &uploads[0];
+    assert_eq!(upload.method, "POST");
+    assert_eq!(
+        upload.header("content-type"),
+        Some("application/tlsrpt+gzip")
+    );
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(upload.body.as_slice())
+        .read_to_string(&mut json)
+        .expect("gzip");
+    serde_json::from_str(&json).expect("report JSON")
+}
+
+#[tokio::test]
+async fn daily_report_reaches_the_https_collector_and_the_report_mailbox() {
+    let (world, relay) = start_with_reports().await;
 
     // enforced.test: the plaintext host (starttls-not-supported) and the wrong-name host
     // (certificate-host-mismatch) fail the policy, the good host passes it.
@@ -98,24 +126,7 @@ async fn daily_report_reaches_the_https_collector_and_the_report_mailbox() {
     );
 
     // The collector got the gzipped JSON report.
-    let uploads: Vec<_> = world
-        .https
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == COLLECTOR_PATH)
-        .collect();
-    assert_eq!(uploads.len(), 1);
-    let upload = &uploads[0];
-    assert_eq!(upload.method, "POST");
-    assert_eq!(
-        upload.header("content-type"),
-        Some("application/tlsrpt+gzip")
-    );
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(upload.body.as_slice())
-        .read_to_string(&mut json)
-        .expect("gzip");
-    let report: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
+    let report = uploaded_report(&world);
     assert_eq!(report["organization-name"], "Sender Org", "{report}");
     assert_eq!(report["contact-info"], "tls-admin@sender.test", "{report}");
     assert_eq!(
@@ -213,4 +224,30 @@ async fn the_trigger_is_refused_while_reports_are_off_or_for_a_bad_day() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn counts_in_memory_are_kept_across_a_restart() {
+    let (world, mut relay) = start_with_reports().await;
+    let id = send(&relay, "user@enforced.test", "before the restart").await;
+    recipient_in(&relay, &id, "delivered").await;
+    // Well within the flush interval: the counts are only in memory until the shutdown.
+    relay.restart().await;
+
+    let (status, body) = relay
+        .post_json(
+            "/v1/tls-reports/send",
+            &serde_json::json!({ "day": today() }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let report = uploaded_report(&world);
+    assert_eq!(
+        report["policies"][0]["summary"],
+        serde_json::json!({
+            "total-successful-session-count": 1,
+            "total-failure-session-count": 2
+        }),
+        "{report}"
+    );
 }
