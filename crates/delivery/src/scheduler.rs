@@ -197,6 +197,7 @@ pub fn spawn_delivery(
             .tls_reports
             .as_ref()
             .map(|_| crate::tls_report::counter::SessionCounter::default()),
+        tls_report_sending: tokio::sync::Mutex::new(()),
         current: ArcSwap::from_pointee(settings),
         metrics,
         inflight: Mutex::new(HashMap::new()),

@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) sts_fetch_locks: crate::mta_sts::FetchLocks,
     /// Session counts for TLS reports; `None` when `[tls_reports]` is off (set at start).
     pub(crate) tls_counter: Option<crate::tls_report::counter::SessionCounter>,
+    /// Held while TLS reports are being sent (one run at a time).
+    pub(crate) tls_report_sending: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -84,13 +84,19 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         counter.flush(&shared.store).await;
         let now = clock_now();
-        if now < UtcDay::of(now).start().saturating_add(delay) || now < pause_until {
+        if !round_due(now, delay, pause_until) {
             continue;
         }
         if !send_due_days(&shared, UtcDay::of(now)).await {
             pause_until = clock_now().saturating_add(ROUND_PAUSE);
         }
     }
+}
+
+/// Whether a daily round may run at `now`: past today's 00:00 UTC plus `delay`, and not in
+/// the pause after a round that left reports to retry.
+fn round_due(now: Timestamp, delay: Duration, pause_until: Timestamp) -> bool {
+    now >= UtcDay::of(now).start().saturating_add(delay) && now >= pause_until
 }
 
 /// Runs a round for every day before `today` with counts whose run is not done. Returns
@@ -147,6 +153,8 @@ async fn scheduled_round(shared: &Shared, day: UtcDay) -> bool {
 /// admin trigger), after flushing the counts in memory. Counts of a domain whose report went
 /// out, or that publishes no reporting record, are removed.
 pub(crate) async fn send_day(shared: &Shared, day: UtcDay) -> DayReport {
+    // One run at a time: the daily round and the admin trigger must not both report a domain.
+    let _sending = shared.tls_report_sending.lock().await;
     if let Some(counter) = &shared.tls_counter {
         counter.flush(&shared.store).await;
     }
@@ -385,6 +393,21 @@ async fn enqueue_mail(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daily_round_waits_for_its_delay_and_the_retry_pause() {
+        let midnight = UtcDay(20_000).start();
+        let at = |secs: u64| midnight.saturating_add(Duration::from_secs(secs));
+        let delay = Duration::from_secs(600);
+        let none = Timestamp::from_millis(0);
+        assert!(!round_due(at(0), delay, none));
+        assert!(!round_due(at(599), delay, none));
+        assert!(round_due(at(600), delay, none));
+        assert!(round_due(at(86_399), delay, none));
+        // Paused after a round with reports left to retry.
+        assert!(!round_due(at(700), delay, at(4_200)));
+        assert!(round_due(at(4_200), delay, at(4_200)));
+    }
 
     #[test]
     fn report_urls_split_into_host_port_and_path() {
