@@ -403,8 +403,5 @@ async fn count_requests(State(state): State<ApiState>, req: Request, next: Next)
 
 /// Wall-clock now as a [`postrider_core::Timestamp`].
 pub(crate) fn now() -> postrider_core::Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    postrider_core::Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }

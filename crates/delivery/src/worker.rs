@@ -239,10 +239,7 @@ impl Drop for InflightGuard<'_> {
 
 /// The wall clock as a [`Timestamp`].
 pub(crate) fn clock_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp::from_millis(ms)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 /// Runs one attempt of message `id`, which must have been registered with [`Shared::begin`].

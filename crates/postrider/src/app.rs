@@ -354,9 +354,7 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, Listen
 }
 
 fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis()
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.

@@ -608,10 +608,7 @@ impl Store {
 
 /// The wall clock as a [`Timestamp`] (used only where the caller gives no time).
 pub(crate) fn clock_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp::from_millis(ms)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 /// Lease expiry for a message claimed at `now` from the entry at `due`: strictly later than
