@@ -18,22 +18,8 @@ const TLS_REPORTS: &str = "\n[tls_reports]\nenabled = true\norganization = \"Sen
 
 /// Today (UTC) as `YYYY-MM-DD`.
 fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 86_400;
-    // Civil date from days since the epoch (proleptic Gregorian).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let now = postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock);
+    postrider_core::tls_report::UtcDay::of(now).to_string()
 }
 
 /// `postrider_tls_reports_total{transport,result}`.
