@@ -65,6 +65,7 @@ KNOWN = {
     "postrider_delivery_queue_time_seconds": {"histogram"},
     "postrider_outbound_tls_total": {"result"},
     "postrider_tls_policy_results_total": {"policy", "result"},
+    "postrider_tls_reports_total": {"transport", "result"},
     "postrider_webhook_deliveries_total": {"result"},
     "postrider_webhook_outbox": set(),
     "postrider_webhook_dropped_total": set(),

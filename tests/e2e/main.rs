@@ -29,3 +29,4 @@ mod sandbox;
 mod sendmail;
 mod startup;
 mod storage;
+mod tls_reports;

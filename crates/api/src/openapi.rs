@@ -9,7 +9,7 @@ use axum::Json;
 use axum::routing::{MethodRouter, delete, get, post};
 use serde_json::{Value, json};
 
-use crate::{ApiState, Scope, content, events, queue, routes, suppressions};
+use crate::{ApiState, Scope, content, events, queue, routes, suppressions, tls_reports};
 
 /// A path or query parameter.
 #[derive(Debug, Clone, Copy)]
@@ -415,6 +415,29 @@ pub(crate) const ROUTES: &[Route] = &[
             E503,
         ],
         handler: || post(queue::bulk),
+    },
+    Route {
+        method: "post",
+        path: "/v1/tls-reports/send",
+        scope: Some(Scope::Admin),
+        operation_id: "sendTlsReports",
+        summary: "Send the SMTP TLS reports (RFC 8460) of one UTC day now, outside the daily schedule: `day` (`YYYY-MM-DD`, default yesterday). Counts in memory are flushed first; counts of a domain whose report went out are removed, so a second call sends nothing for it.",
+        params: &[],
+        request: Some(("Object", r#"{"day": "2026-12-02"}"#, 200)),
+        responses: &[
+            r(
+                200,
+                "`{day, domains: [{domain, sent: [address], failed: [reason]}]}`.",
+                Some("Object"),
+            ),
+            E400,
+            r(
+                501,
+                "TLS reports are not enabled on this relay.",
+                Some("Error"),
+            ),
+        ],
+        handler: || post(tls_reports::send),
     },
     Route {
         method: "get",

@@ -127,7 +127,7 @@ impl ReportProcessor {
     /// Processes one report. Only storage failures are errors (the report then stays in the
     /// inbox); an unreadable report is dropped.
     pub async fn process(&self, id: MessageId) -> Result<(), StoreError> {
-        let now = Timestamp::now();
+        let now = postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock);
         let report = match self.store.received_report(id) {
             Ok(Some(report)) => report,
             Ok(None) => return Ok(()),

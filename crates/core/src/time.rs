@@ -16,14 +16,6 @@ impl Timestamp {
     /// The epoch itself; the smallest timestamp.
     pub const EPOCH: Timestamp = Timestamp(0);
 
-    /// The wall clock now (the epoch when the clock is before it).
-    pub fn now() -> Self {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Timestamp::from_millis(ms)
-    }
-
     /// A timestamp from milliseconds since the epoch.
     pub const fn from_millis(ms: u64) -> Self {
         Timestamp(ms)

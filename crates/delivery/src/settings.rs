@@ -288,6 +288,21 @@ pub struct DeliverySettings {
     /// a sender gets its own transaction from `b+<token>@<bounce domain>`; messages with the
     /// null reverse-path (notifications) keep it. `None` sends from the message's own sender.
     pub verp: Option<postrider_bounces::VerpSigner>,
+    /// SMTP TLS reporting (RFC 8460, `[tls_reports]`): count the sessions held to MTA-STS
+    /// policies and send each policy domain a daily report. `None` (the default) neither
+    /// counts nor sends.
+    pub tls_reports: Option<TlsReportSettings>,
+}
+
+/// Who the daily TLS reports come from (`[tls_reports]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsReportSettings {
+    /// `organization-name` of the reports.
+    pub organization: String,
+    /// `contact-info` of the reports (an address to write to about them).
+    pub contact: String,
+    /// The sender (header and envelope) of reports sent by mail.
+    pub from: postrider_core::Address,
 }
 
 impl Default for DeliverySettings {
@@ -326,6 +341,7 @@ impl Default for DeliverySettings {
             signer: None,
             verp: None,
             capture_all: false,
+            tls_reports: None,
         }
     }
 }

@@ -176,6 +176,10 @@ pub struct Metrics {
     /// lookups held to a TLS policy (`policy` = `mta-sts`), by RFC 8460 result type
     /// (`success`, `starttls-not-supported`, `certificate-host-mismatch`, ...).
     pub tls_policy_results: IntCounterVec,
+    /// `postrider_tls_reports_total{transport,result}`: SMTP TLS reports (RFC 8460) handed to
+    /// a domain's report address, by `transport` (`https`, `mailto`) and `result` (`sent`,
+    /// `failed`).
+    pub tls_reports: IntCounterVec,
     // ---- end of delivery engine metrics ----
 
     // ---- webhook metrics ----
@@ -525,6 +529,16 @@ impl Metrics {
         for r in TLS_POLICY_RESULTS {
             tls_policy_results.with_label_values(&["mta-sts", r]);
         }
+        let tls_reports = counter_vec(
+            "postrider_tls_reports_total",
+            "SMTP TLS reports handed to report addresses, by transport and result.",
+            &["transport", "result"],
+        );
+        for transport in ["https", "mailto"] {
+            for result in ["sent", "failed"] {
+                tls_reports.with_label_values(&[transport, result]);
+            }
+        }
         // ---- end of delivery engine metrics ----
 
         // ---- webhook metrics ----
@@ -632,6 +646,7 @@ impl Metrics {
             delivery_queue_time,
             outbound_tls,
             tls_policy_results,
+            tls_reports,
             webhook_deliveries,
             webhook_dropped,
             config_reloads,

@@ -159,6 +159,16 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
     let mut api_state = ApiState::new(store.clone(), metrics.clone(), api_settings)
         .with_trust(Arc::new(trust))
         .with_suspended(suspended);
+    let reporter = delivery.tls_reports();
+    if reporter.enabled() {
+        let trigger: postrider_api::TlsReportTrigger = Arc::new(move |day| {
+            let reporter = reporter.clone();
+            Box::pin(
+                async move { serde_json::to_value(reporter.send(day).await).unwrap_or_default() },
+            )
+        });
+        api_state = api_state.with_tls_reports(trigger);
+    }
     if let Some(cluster) = &raw.cluster {
         let cluster = Cluster::start(cluster.settings(), metrics.clone(), shutdown.clone())
             .context("invalid [cluster] settings")?;
@@ -387,9 +397,7 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, Listen
 }
 
 fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis()
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.

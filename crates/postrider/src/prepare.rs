@@ -15,7 +15,7 @@ use postrider_core::Domain;
 use postrider_core::bounce::BounceRules;
 use postrider_delivery::{
     BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, RelayTls, Relayhost, Route,
-    SmtpTimeouts, TlsMode,
+    SmtpTimeouts, TlsMode, TlsReportSettings,
 };
 use postrider_smtp::proxy_protocol::ProxyTrust;
 use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpSettings, SmtpUser};
@@ -76,6 +76,7 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
     let bounce_rules = load_bounce_rules(&config)?;
     delivery.verp = verp_signer(&config)?;
     let bounce_listener = bounce_listener(&config, &smtp, delivery.verp.as_ref())?;
+    delivery.tls_reports = tls_report_settings(&config)?;
     let dns = dns_settings(&config)?;
     Ok(Prepared {
         config,
@@ -140,6 +141,36 @@ fn bounce_listener(
         addr,
         smtp,
         verp: verp.clone(),
+    }))
+}
+
+/// `[tls_reports]`: `None` when off; `contact` is required and must be an address, as must
+/// `from`.
+fn tls_report_settings(config: &Config) -> Result<Option<TlsReportSettings>, ConfigError> {
+    let t = &config.raw.tls_reports;
+    if !t.enabled {
+        return Ok(None);
+    }
+    let contact = t.contact.clone().ok_or_else(|| {
+        invalid(
+            "tls_reports.contact",
+            "TLS reports need a contact address (tls_reports.contact)",
+        )
+    })?;
+    let contact_address = postrider_core::Address::parse(&contact)
+        .map_err(|e| invalid("tls_reports.contact", format!("{contact:?}: {e}")))?;
+    let from = match &t.from {
+        Some(from) => postrider_core::Address::parse(from)
+            .map_err(|e| invalid("tls_reports.from", format!("{from:?}: {e}")))?,
+        None => contact_address,
+    };
+    Ok(Some(TlsReportSettings {
+        organization: t
+            .organization
+            .clone()
+            .unwrap_or_else(|| config.hostname.clone()),
+        contact,
+        from,
     }))
 }
 
@@ -597,6 +628,19 @@ mod tests {
     fn refused(text: &str, key: &str) {
         let e = refusal(text).unwrap_or_else(|| panic!("accepted:\n{text}"));
         assert!(e.contains(key), "{key} not named in: {e}");
+    }
+
+    #[test]
+    fn tls_reports_need_a_contact_address() {
+        refused("[tls_reports]\nenabled = true", "tls_reports.contact");
+        refused(
+            "[tls_reports]\nenabled = true\ncontact = \"not an address\"",
+            "tls_reports.contact",
+        );
+        refused(
+            "[tls_reports]\nenabled = true\ncontact = \"tls@example.com\"\nfrom = \"x\"",
+            "tls_reports.from",
+        );
     }
 
     #[test]

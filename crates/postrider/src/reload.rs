@@ -106,8 +106,12 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (od, nd) = (&o.delivery, &n.delivery);
     let (os, ns) = (&o.smtp, &n.smtp);
     let (ol, nl) = (&os.limits, &ns.limits);
-    let changed: [(&'static str, bool); 38] = [
+    let changed: [(&'static str, bool); 39] = [
         ("hostname", old.hostname != new.hostname),
+        (
+            "tls_reports.enabled",
+            o.tls_reports.enabled != n.tls_reports.enabled,
+        ),
         ("data_dir", o.data_dir != n.data_dir),
         (
             "bounces.rules_file",

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use postrider_core::{NewMessage, Source, Timestamp};
@@ -962,18 +962,13 @@ fn loggable(username: &str) -> String {
 }
 
 fn now_timestamp() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    Timestamp::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 fn random_u64() -> u64 {
     getrandom::u64().unwrap_or_else(|_| {
         // No OS randomness: fall back to the clock; uniqueness also comes from the timestamp.
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos().into())
+        now_timestamp().as_millis()
     })
 }
 

@@ -59,6 +59,7 @@ mod suppress;
 #[cfg(test)]
 mod test_support;
 mod tls_policy;
+mod tls_report;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -94,6 +95,7 @@ pub use suppress::{
     suppression_key,
 };
 pub use tls_policy::CachedStsPolicy;
+pub use tls_report::TlsReportRun;
 
 use crate::codec::{DATA_FORMAT_VERSION, FORMAT_VERSION_KEY};
 use crate::commit::GroupCommit;
@@ -186,6 +188,10 @@ pub(crate) struct Inner {
     pub(crate) trees: Trees,
     /// Cached outbound TLS policies (not journaled: a cache, see [`tls_policy`]).
     pub(crate) tls_policies: sled::Tree,
+    /// TLS report session counts (not journaled, see [`tls_report`]).
+    pub(crate) tls_report_counts: sled::Tree,
+    /// TLS report runs per day.
+    pub(crate) tls_report_runs: sled::Tree,
     /// The lock every write runs under, and the records not yet synced.
     pub(crate) journal: Arc<journal::Journal>,
     pub(crate) commit: GroupCommit,
@@ -433,6 +439,8 @@ impl Store {
             inner: Arc::new(Inner {
                 trees,
                 tls_policies: db.open_tree(tls_policy::TREE)?,
+                tls_report_counts: db.open_tree(tls_report::COUNTS_TREE)?,
+                tls_report_runs: db.open_tree(tls_report::RUNS_TREE)?,
                 journal,
                 commit,
                 work: Notify::new(),
@@ -614,10 +622,7 @@ impl Store {
 
 /// The wall clock as a [`Timestamp`] (used only where the caller gives no time).
 pub(crate) fn clock_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp::from_millis(ms)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 /// Lease expiry for a message claimed at `now` from the entry at `due`: strictly later than

@@ -34,15 +34,7 @@ async fn assert_other_body_conflicts(store: &postrider_store::Store) {
 }
 
 fn wall_now() -> Timestamp {
-    Timestamp::from_millis(
-        u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-        )
-        .unwrap(),
-    )
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 #[tokio::test]

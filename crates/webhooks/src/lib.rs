@@ -373,7 +373,7 @@ async fn drop_entry(store: &Store, metrics: &Metrics, d: &WebhookDelivery) {
 }
 
 fn clock_now() -> Timestamp {
-    Timestamp::now()
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 #[cfg(test)]
