@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use postrider_core::{EnhancedStatus, MessageId, QueuedMessage, SmtpReply, Timestamp};
+use postrider_core::clock::{Clock as _, SystemClock};
+use postrider_core::{EnhancedStatus, MessageId, QueuedMessage, SmtpReply};
 use postrider_metrics::Metrics;
 use postrider_store::{InboxEffect, InboxOutcome, ReceivedReport, ReportSource, Store, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -127,7 +128,7 @@ impl ReportProcessor {
     /// Processes one report. Only storage failures are errors (the report then stays in the
     /// inbox); an unreadable report is dropped.
     pub async fn process(&self, id: MessageId) -> Result<(), StoreError> {
-        let now = postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock);
+        let now = SystemClock.now();
         let report = match self.store.received_report(id) {
             Ok(Some(report)) => report,
             Ok(None) => return Ok(()),
@@ -318,7 +319,7 @@ mod tests {
     use super::*;
     use crate::report::OriginalMessage;
     use postrider_core::{
-        Address, Domain, Envelope, NewMessage, RecipientRequest, ReversePath, Source,
+        Address, Domain, Envelope, NewMessage, RecipientRequest, ReversePath, Source, Timestamp,
     };
     use postrider_store::ReportEnvelope;
 
