@@ -10,14 +10,16 @@
   as non-root with a read-only root file system; terminationGracePeriodSeconds exceeds the
   preStop pause plus [shutdown] grace_period; the ServiceMonitor selects exactly one Service
   (headless, publishing not-ready pods), one of its ports, and yields job="postrider";
-  kustomization resources exist and list every manifest;
+  kustomization resources exist and list every manifest; the Valkey of cluster mode is one
+  StatefulSet with a volume behind a Service that the ConfigMap's [cluster] url names;
 - kubernetes/prometheusrule.yaml holds exactly the groups of prometheus/alerts.yml and
   prometheus/recording.yml (`--write-prometheusrule` regenerates it);
 - systemd: TimeoutStopSec exceeds the example config's grace period, the unit runs the binary
   with that config, data_dir is the StateDirectory; `systemd-analyze verify` (when present)
   reports nothing on the unit;
 - Docker: EXPOSEd ports are the example config's listen ports, files COPYed from the context
-  exist, STOPSIGNAL is SIGTERM;
+  exist, STOPSIGNAL is SIGTERM; compose.yaml's nodes each have their own host name (node id) and
+  queue volume, mount cluster.toml and wait for the Valkey that cluster.toml names;
 - HAProxy: no PROXY protocol (send-proxy), leastconn balancing, and health checks on /readyz for
   both backends (the SMTP one also expects the SMTP greeting);
 - every example configuration is valid TOML and, when a built `postrider` binary is found
@@ -117,6 +119,45 @@ def matches(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def app_name(d):
+    return d.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/name")
+
+
+def check_valkey(valkey, objects):
+    """The Valkey of cluster mode: one StatefulSet with a volume, a Service selecting its pods
+    on the container port, and the relay's [cluster] url pointing at that Service."""
+    sts = [d for d in valkey if d.get("kind") == "StatefulSet"]
+    svcs = [d for d in valkey if d.get("kind") == "Service"]
+    if not sts and not svcs:
+        return
+    if len(sts) != 1 or len(svcs) != 1:
+        problem(f"valkey: expected one StatefulSet and one Service, found {len(sts)} and {len(svcs)}")
+        return
+    pod = sts[0]["spec"]["template"]
+    labels = pod["metadata"].get("labels", {})
+    if not matches(svcs[0]["spec"].get("selector"), labels) or not matches(sts[0]["spec"]["selector"].get("matchLabels"), labels):
+        problem("valkey: Service or StatefulSet selector does not match the pod labels")
+    port_names = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    for p in svcs[0]["spec"].get("ports", []):
+        if p.get("targetPort") not in port_names:
+            problem(f"valkey: Service targetPort {p.get('targetPort')!r} is not a container port name")
+    if not sts[0]["spec"].get("volumeClaimTemplates"):
+        problem("valkey: no volumeClaimTemplates (its append-only file needs a volume)")
+    for c in pod["spec"]["containers"]:
+        if c.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
+            problem(f"valkey container {c['name']}: readOnlyRootFilesystem must be true")
+    service = svcs[0]["metadata"]["name"]
+    port = svcs[0]["spec"]["ports"][0]["port"]
+    for _, d in objects:
+        if d.get("kind") == "ConfigMap" and "postrider.toml" in d.get("data", {}):
+            try:
+                url = tomllib.loads(d["data"]["postrider.toml"]).get("cluster", {}).get("url", "")
+            except tomllib.TOMLDecodeError:
+                continue  # reported by the relay's own checks
+            if not re.match(rf"^rediss?://{re.escape(service)}:{port}(/|$)", url):
+                problem(f"configmap: [cluster] url {url!r} does not point at the valkey Service ({service}:{port})")
+
+
 def check_kubernetes(docs):
     objects = []
     for path, ds in docs.items():
@@ -130,9 +171,13 @@ def check_kubernetes(docs):
                 if not d.get("metadata", {}).get("name"):
                     problem(f"{path.name}: {d.get('kind')} without metadata.name")
                 objects.append((path, d))
+    # Valkey (cluster mode) is checked on its own; everything else belongs to the relay.
+    valkey = [d for _, d in objects if app_name(d) == "valkey"]
+    check_valkey(valkey, objects)
     by_kind = {}
     for path, d in objects:
-        by_kind.setdefault(d.get("kind"), []).append(d)
+        if app_name(d) != "valkey":
+            by_kind.setdefault(d.get("kind"), []).append(d)
 
     configmaps = {c["metadata"]["name"]: c for c in by_kind.get("ConfigMap", [])}
     services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
@@ -310,6 +355,39 @@ def check_docker():
         problem("docker: data_dir must be the VOLUME /var/lib/postrider")
 
 
+def check_compose(docs):
+    """compose.yaml: every Postrider node mounts cluster.toml, has its own stable host name (its
+    node id) and queue volume, waits for Valkey, and cluster.toml names the Valkey service."""
+    compose = (docs.get(DEPLOY / "docker/compose.yaml") or [None])[0]
+    if not compose:
+        return
+    services = compose.get("services", {})
+    valkey = [name for name, s in services.items() if "valkey" in str(s.get("image", ""))]
+    if len(valkey) != 1:
+        problem(f"compose: expected one Valkey service, found {valkey}")
+        return
+    nodes = {name: s for name, s in services.items() if name not in valkey}
+    hostnames, queues = [], []
+    for name, s in nodes.items():
+        mounts = s.get("volumes", [])
+        if "./cluster.toml:/etc/postrider/postrider.toml:ro" not in mounts:
+            problem(f"compose: {name} does not mount cluster.toml read-only as its configuration")
+        queue = [m.split(":", 1)[0] for m in mounts if m.split(":")[1:2] == ["/var/lib/postrider"]]
+        if len(queue) != 1:
+            problem(f"compose: {name} needs one volume at /var/lib/postrider for its queue")
+        queues += queue
+        hostnames.append(s.get("hostname"))
+        if valkey[0] not in s.get("depends_on", {}):
+            problem(f"compose: {name} does not depend on {valkey[0]}")
+    if None in hostnames or len(set(hostnames)) != len(hostnames):
+        problem(f"compose: every node needs its own hostname (its node id), got {hostnames}")
+    if len(set(queues)) != len(queues):
+        problem(f"compose: nodes share a queue volume: {queues}")
+    url = tomllib.loads((DEPLOY / "docker/cluster.toml").read_text(encoding="utf-8")).get("cluster", {}).get("url", "")
+    if not re.match(rf"^rediss?://{re.escape(valkey[0])}:6379(/|$)", url):
+        problem(f"docker/cluster.toml: [cluster] url {url!r} does not name the {valkey[0]} service")
+
+
 def check_haproxy():
     lines = [ln.split("#", 1)[0].strip() for ln in (DEPLOY / "haproxy/haproxy.cfg").read_text(encoding="utf-8").splitlines()]
     directives = [ln for ln in lines if ln]
@@ -351,6 +429,7 @@ def check_configs(docs):
     configs = {
         "systemd/postrider.toml": (DEPLOY / "systemd/postrider.toml").read_text(encoding="utf-8"),
         "docker/postrider.toml": (DEPLOY / "docker/postrider.toml").read_text(encoding="utf-8"),
+        "docker/cluster.toml": (DEPLOY / "docker/cluster.toml").read_text(encoding="utf-8"),
     }
     for d in docs.get(K8S / "configmap.yaml", []):
         configs["kubernetes/configmap.yaml"] = d["data"]["postrider.toml"]
@@ -383,6 +462,7 @@ def main():
     docs = load_yaml_files()
     if not problems:
         check_kubernetes(docs)
+        check_compose(docs)
         check_systemd()
         check_docker()
         check_haproxy()

@@ -25,6 +25,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq redis-server >/dev/null
 fi
+# The PROXY protocol test (tests/e2e/proxy_protocol.rs) puts a real HAProxy in front of the
+# relay, started by the test itself; the service is not started.
+if ! command -v haproxy >/dev/null 2>&1; then
+  echo "== installing haproxy"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq haproxy >/dev/null
+fi
 cargo test --workspace --locked --no-fail-fast
 
 for extra in tests/check-*.sh; do

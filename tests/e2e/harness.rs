@@ -41,11 +41,8 @@ pub fn free_port(ip: &str) -> u16 {
 /// A start point that differs between test processes (pid and clock), so parallel runs of
 /// the suite on one machine do not walk the same ports.
 fn random_start() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ std::process::id().wrapping_mul(2_654_435_761)
+    let millis = postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis();
+    (millis as u32) ^ std::process::id().wrapping_mul(2_654_435_761)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after [`PATIENCE`].

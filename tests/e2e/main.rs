@@ -29,4 +29,5 @@ mod sandbox;
 mod sendmail;
 mod startup;
 mod storage;
+mod tls_reports;
 mod unsubscribe;

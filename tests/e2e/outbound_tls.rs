@@ -27,18 +27,26 @@ const UNTRUSTED_POLICY_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 8, 11);
 
 const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
 
+/// The name of the TLS report collector (served by the policy server).
+pub(crate) const COLLECTOR: &str = "collector.reports.test";
+/// Where `enforced.test` wants its TLS reports by HTTPS.
+pub(crate) const COLLECTOR_PATH: &str = "/tlsrpt";
+/// Where `enforced.test` wants its TLS reports by mail (MX: the plain host).
+pub(crate) const REPORT_MAILBOX: &str = "tlsrpt@reports.test";
+
 /// Receiving domains with their MTA-STS policies, MX hosts and a policy server.
-struct StsWorld {
-    dns: DnsServer,
-    good: SmtpSink,
-    plain: SmtpSink,
-    wrong_name: SmtpSink,
-    untrusted: SmtpSink,
-    https: HttpsServer,
+pub(crate) struct StsWorld {
+    pub(crate) dns: DnsServer,
+    pub(crate) good: SmtpSink,
+    pub(crate) plain: SmtpSink,
+    pub(crate) wrong_name: SmtpSink,
+    pub(crate) untrusted: SmtpSink,
+    /// The policy server, also the TLS report collector ([`COLLECTOR`]).
+    pub(crate) https: HttpsServer,
     /// Serves `badpki.test`'s enforce policy with an untrusted certificate, on the same port.
-    untrusted_https: HttpsServer,
+    pub(crate) untrusted_https: HttpsServer,
     /// PEM file trusting the policy server and the `good` and `wrong_name` MX hosts.
-    ca: Arc<tempfile::TempDir>,
+    pub(crate) ca: Arc<tempfile::TempDir>,
 }
 
 /// The domains served, with their policy (`None`: no `_mta-sts` record).
@@ -59,7 +67,9 @@ impl StsWorld {
     /// - `cached.test`: MX 10 plain, 20 good (enforce)
     /// - `nopolicy.test`: MX 10 plain, no policy
     /// - `badpki.test`: MX 10 plain, an enforce policy on a server with an untrusted certificate
-    async fn start() -> StsWorld {
+    /// - `enforced.test` wants TLS reports at `https://collector.reports.test:<port>/tlsrpt`
+    ///   and `mailto:tlsrpt@reports.test` (MX 10 plain)
+    pub(crate) async fn start() -> StsWorld {
         let good_names = ["good.enforced.test", "good.cached.test", "good.other.test"];
         let good = SmtpSink::builder()
             .bind(IpAddr::V4(GOOD), 0)
@@ -93,6 +103,7 @@ impl StsWorld {
             POLICIES
                 .iter()
                 .map(|(d, _)| format!("mta-sts.{d}"))
+                .chain([COLLECTOR.to_owned()])
                 .collect(),
         )
         .await
@@ -135,7 +146,17 @@ impl StsWorld {
             .mx("badpki.test", 10, "plain.badpki.test")
             .a("plain.badpki.test", PLAIN)
             .txt("_mta-sts.badpki.test", "v=STSv1; id=1")
-            .a("mta-sts.badpki.test", UNTRUSTED_POLICY_SERVER);
+            .a("mta-sts.badpki.test", UNTRUSTED_POLICY_SERVER)
+            .txt(
+                "_smtp._tls.enforced.test",
+                &format!(
+                    "v=TLSRPTv1; rua=https://{COLLECTOR}:{}{COLLECTOR_PATH},mailto:{REPORT_MAILBOX}",
+                    https.addr().port()
+                ),
+            )
+            .a(COLLECTOR, POLICY_SERVER)
+            .mx("reports.test", 10, "plain.reports.test")
+            .a("plain.reports.test", PLAIN);
         for (domain, policy) in POLICIES {
             let Some((mode, mx)) = policy else {
                 continue;
@@ -174,7 +195,7 @@ impl StsWorld {
     }
 
     /// Relay configuration using this world, retrying every second.
-    fn config(&self) -> String {
+    pub(crate) fn config(&self) -> String {
         format!(
             "[dns]\nnameservers = [\"{dns}\"]\ntimeout = \"1s\"\n\n[delivery]\nport = {port}\n\
              connect_timeout = \"2s\"\ncommand_timeout = \"3s\"\ndata_timeout = \"3s\"\n\
@@ -189,7 +210,7 @@ impl StsWorld {
 }
 
 /// Submits one message to `rcpt` and returns its queue id.
-async fn send(relay: &TestRelay, rcpt: &str, subject: &str) -> String {
+pub(crate) async fn send(relay: &TestRelay, rcpt: &str, subject: &str) -> String {
     submit(
         relay.smtp,
         "app@sender.test",
@@ -200,7 +221,7 @@ async fn send(relay: &TestRelay, rcpt: &str, subject: &str) -> String {
 }
 
 /// The first recipient of message `id` once its state is `state`.
-async fn recipient_in(relay: &TestRelay, id: &str, state: &str) -> serde_json::Value {
+pub(crate) async fn recipient_in(relay: &TestRelay, id: &str, state: &str) -> serde_json::Value {
     wait_until(&format!("{id} {state}"), async || {
         let (status, body) = relay.get_json(&format!("/v1/messages/{id}")).await;
         assert_eq!(status, 200, "{body}");

@@ -191,3 +191,112 @@ async fn the_http_api_sees_the_client_the_proxy_announces() {
         .unwrap();
     assert_eq!(http_status(spoofing, "/v1/queue").await, 400);
 }
+
+/// A real HAProxy in TCP mode in front of the relay's SMTP listener, connecting from
+/// [`PROXY_IP`] with `send-proxy-v2`, as `deploy/haproxy/haproxy.cfg` does. Stopped on drop.
+struct Haproxy {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    /// Where clients connect.
+    front: SocketAddr,
+}
+
+impl Haproxy {
+    async fn start(backend: SocketAddr) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let front = SocketAddr::from((PROXY_IP, crate::harness::free_port("127.0.0.2")));
+        let config = format!(
+            "global\n    maxconn 100\n\
+             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend smtp\n    bind {front}\n    default_backend relay\n\
+             backend relay\n    server relay1 {backend} send-proxy-v2 source {PROXY_IP}\n"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        // tests/run.sh installs Debian's haproxy when it is missing.
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy must be installed (tests/run.sh installs it)");
+        let haproxy = Haproxy {
+            child,
+            _dir: dir,
+            front,
+        };
+        wait_until("haproxy listening", async || {
+            TcpStream::connect(front).await.ok().map(|_| ())
+        })
+        .await;
+        haproxy
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one message through HAProxy from the local address `from`; the first refusal (a
+/// client that may not relay gets `530` at MAIL) or the reply to the end of data.
+async fn submit_through_haproxy(haproxy: &Haproxy, from: Ipv4Addr) -> u16 {
+    let tcp = connect_from(from, haproxy.front).await;
+    let (mut client, greeting) = SmtpClient::over(tcp).await;
+    assert_eq!(greeting.code, 220, "{greeting:?}");
+    assert_eq!(client.cmd("EHLO client.example").await.code, 250);
+    for line in [
+        "MAIL FROM:<app@example.com>",
+        "RCPT TO:<user@example.net>",
+        "DATA",
+    ] {
+        let reply = client.cmd(line).await;
+        if reply.code >= 400 {
+            return reply.code;
+        }
+    }
+    client
+        .send_raw(b"Subject: through haproxy\r\n\r\nhello\r\n.\r\n")
+        .await;
+    let reply = client.read_reply().await;
+    let _ = client.cmd("QUIT").await;
+    reply.code
+}
+
+#[tokio::test]
+async fn haproxy_with_send_proxy_v2_hands_the_relay_each_clients_own_address() {
+    // Only 127.0.0.9 may relay without AUTH; HAProxy itself (127.0.0.2) may not.
+    let relay = TestRelay::start(
+        "[proxy]\ntrusted = [\"127.0.0.2/32\"]\n\n[smtp]\ntrusted_networks = [\"127.0.0.9/32\"]\n",
+    )
+    .await;
+    let haproxy = Haproxy::start(relay.smtp).await;
+
+    assert_eq!(
+        submit_through_haproxy(&haproxy, Ipv4Addr::new(127, 0, 0, 9)).await,
+        250,
+        "the trusted application, seen through the proxy, may relay"
+    );
+    let other = submit_through_haproxy(&haproxy, Ipv4Addr::new(127, 0, 0, 10)).await;
+    assert!(
+        other >= 500,
+        "another client behind the same proxy relayed: {other}"
+    );
+    wait_until("the application's address in the log", async || {
+        let log = relay.log_text();
+        log.lines()
+            .any(|l| l.contains("smtp message accepted") && l.contains("client_ip=127.0.0.9"))
+            .then_some(())
+    })
+    .await;
+    let log = relay.log_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("smtp message accepted") && l.contains("client_ip=127.0.0.2")),
+        "{log}"
+    );
+}

@@ -173,10 +173,7 @@ async fn mailq_of_an_empty_queue_and_with_a_key() {
 /// Submits `count` messages scheduled an hour ahead (never attempted during the test) to
 /// `user-N@domain`, tagged `tag`, through the batch API; returns their ids.
 async fn schedule(relay: &TestRelay, domain: &str, count: usize, tag: &str) -> Vec<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now = postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis();
     let send_at = postrider_core::Timestamp::from_millis(now + 3_600_000).to_rfc3339();
     let mut ids = Vec::new();
     let mut n = 0;

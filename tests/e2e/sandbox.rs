@@ -245,14 +245,7 @@ async fn a_sandbox_key_captures_while_another_key_delivers_even_across_a_crash()
 
     // A sandbox message scheduled a few seconds ahead: the relay crashes before its attempt.
     let send_at = postrider_core::Timestamp::from_millis(
-        u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_millis(),
-        )
-        .expect("ms")
-            + 3000,
+        postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis() + 3000,
     );
     let captured = send(
         relay.http,

@@ -1,13 +1,14 @@
 //! Bearer API keys (stored as SHA-256 hashes), scopes, the loopback-only mode and per-key rate limits.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use postrider_core::token_bucket::{BucketRate, TokenBucket};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -263,32 +264,21 @@ impl Access {
 /// Per-principal token buckets. Bounded: one bucket per configured key, plus one for loopback.
 #[derive(Debug, Default)]
 pub(crate) struct RateLimiter {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<HashMap<String, TokenBucket<Instant>>>,
 }
 
 impl RateLimiter {
     /// Takes one token for `who`; on refusal returns the seconds until one is available.
     pub(crate) fn check(&self, who: &str, limit: RateLimit, now: Instant) -> Result<(), u64> {
-        let burst = f64::from(limit.burst.max(1));
-        let rate = if limit.per_second.is_finite() && limit.per_second > 0.0 {
-            limit.per_second
-        } else {
+        let Some(rate) = BucketRate::new(limit.burst, limit.per_second) else {
             return Ok(());
         };
-        let mut buckets = match self.buckets.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let (tokens, last) = buckets.entry(who.to_owned()).or_insert((burst, now));
-        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
-        *tokens = (*tokens + elapsed * rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
-        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets
+            .entry(who.to_owned())
+            .or_insert_with(|| TokenBucket::full(rate, now))
+            .try_take(rate, now)
+            .map_err(|wait| wait.as_secs_f64().ceil().max(1.0) as u64)
     }
 }
 

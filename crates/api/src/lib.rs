@@ -47,6 +47,7 @@ mod queue;
 mod routes;
 mod shared_idempotency;
 mod suppressions;
+mod tls_reports;
 mod trust_routes;
 mod unsubscribe;
 
@@ -66,6 +67,7 @@ pub use compose::{
     MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS, MAX_TAG_CHARS, MAX_TAGS,
 };
 pub use error::{ApiError, ErrorBody};
+pub use tls_reports::{TlsReportSource, TlsReportTrigger};
 
 /// Limits and identity of the HTTP API. `Default` gives the documented values.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +219,9 @@ pub struct ApiState {
     /// ones; `None` (the default, a single node) uses the local keys only. Set with
     /// [`ApiState::with_idempotency_ledger`].
     pub idempotency_ledger: Option<Arc<dyn postrider_core::shared::IdempotencyLedger>>,
+    /// Sends a day's TLS reports on request (`POST /v1/tls-reports/send`); `None` (the
+    /// default, reports off) answers 501. Set with [`ApiState::with_tls_reports`].
+    pub tls_reports: Option<TlsReportSource>,
 }
 
 /// One destination the delivery side's circuit breaker has suspended.
@@ -262,6 +267,7 @@ impl ApiState {
             trust: None,
             suspended: None,
             idempotency_ledger: None,
+            tls_reports: None,
         }
     }
 
@@ -297,6 +303,12 @@ impl ApiState {
         ledger: Arc<dyn postrider_core::shared::IdempotencyLedger>,
     ) -> Self {
         self.idempotency_ledger = Some(ledger);
+        self
+    }
+
+    /// Enables `POST /v1/tls-reports/send` with this trigger.
+    pub fn with_tls_reports(mut self, trigger: TlsReportTrigger) -> Self {
+        self.tls_reports = Some(TlsReportSource(trigger));
         self
     }
 
@@ -400,8 +412,5 @@ async fn count_requests(State(state): State<ApiState>, req: Request, next: Next)
 
 /// Wall-clock now as a [`postrider_core::Timestamp`].
 pub(crate) fn now() -> postrider_core::Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    postrider_core::Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }

@@ -9,7 +9,9 @@ use axum::Json;
 use axum::routing::{MethodRouter, delete, get, post};
 use serde_json::{Value, json};
 
-use crate::{ApiState, Scope, content, events, queue, routes, suppressions, unsubscribe};
+use crate::{
+    ApiState, Scope, content, events, queue, routes, suppressions, tls_reports, unsubscribe,
+};
 
 /// A path or query parameter.
 #[derive(Debug, Clone, Copy)]
@@ -433,6 +435,29 @@ pub(crate) const ROUTES: &[Route] = &[
         handler: || post(queue::bulk),
     },
     Route {
+        method: "post",
+        path: "/v1/tls-reports/send",
+        scope: Some(Scope::Admin),
+        operation_id: "sendTlsReports",
+        summary: "Send the SMTP TLS reports (RFC 8460) of one UTC day now, outside the daily schedule: `day` (`YYYY-MM-DD`, default yesterday). Counts in memory are flushed first; counts of a domain whose report went out are removed, so a second call sends nothing for it.",
+        params: &[],
+        request: Some(("Object", r#"{"day": "2026-12-02"}"#, 200)),
+        responses: &[
+            r(
+                200,
+                "`{day, domains: [{domain, sent: [address], failed: [reason]}]}`.",
+                Some("Object"),
+            ),
+            E400,
+            r(
+                501,
+                "TLS reports are not enabled on this relay.",
+                Some("Error"),
+            ),
+        ],
+        handler: || post(tls_reports::send),
+    },
+    Route {
         method: "get",
         path: "/v1/queue/{id}",
         scope: Some(Scope::Admin),
@@ -654,7 +679,8 @@ fn schemas() -> Value {
             "mx_host": s("string"), "last_attempt_at": {"type": "string", "format": "date-time"},
             "tls": {"type": "object", "description": "Transport of the last attempt that reached a server.",
                 "properties": {"encrypted": s("boolean"), "version": {"type": "string", "example": "TLSv1.3"},
-                    "verified": s("boolean")}}}},
+                    "verified": s("boolean")}},
+            "async": {"type": "boolean", "description": "Present (true) when the recipient was delivered and then bounced by a DSN that came back to the bounce domain."}}},
         "Message": {"type": "object", "properties": {
             "id": s("string"),
             "state": {"type": "string", "enum": ["queued", "scheduled", "deferred", "held", "delivered", "bounced", "partially_bounced"]},
@@ -693,15 +719,20 @@ fn schemas() -> Value {
             "source": {"type": "string", "enum": ["smtp", "http", "dsn"]},
             "tags": {"type": "array", "items": s("string")},
             "metadata": {"type": "object", "additionalProperties": s("string")},
-            "at": {"type": "string", "format": "date-time"}}},
+            "at": {"type": "string", "format": "date-time"},
+            "async": {"type": "boolean", "description": "Present (true) on a bounced event reported by a DSN after delivery."}}},
         "EventPage": {"type": "object", "properties": {
             "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
             "next_cursor": s("integer")}},
         "Suppression": {"type": "object", "properties": {
-            "address": s("string"), "reason": {"type": "string", "enum": ["hard_bounce", "manual", "unsubscribed"]},
+            "address": s("string"), "reason": {"type": "string", "enum": ["hard_bounce", "manual", "complaint", "unsubscribed"]},
             "scope": {"type": "string", "description": "Present when the entry suppresses only messages from this sender domain (one-click unsubscribes); absent: all messages."},
             "created_at": {"type": "string", "format": "date-time"},
-            "source_message": s("string"), "reply": {"$ref": "#/components/schemas/Reply"}}},
+            "source_message": s("string"), "reply": {"$ref": "#/components/schemas/Reply"},
+            "source_report": {"type": "object", "description": "The report received at the bounce domain that listed the address (asynchronous bounces, complaints).",
+                "properties": {"report_id": s("string"), "received_at": {"type": "string", "format": "date-time"},
+                    "status": {"type": "string", "description": "The DSN's status (5.1.1) or the complaint's feedback type (abuse)."},
+                    "diagnostic": s("string")}}}},
         "SuppressionPage": {"type": "object", "properties": {
             "suppressions": {"type": "array", "items": {"$ref": "#/components/schemas/Suppression"}},
             "next_after": {"type": "string", "nullable": true}}},

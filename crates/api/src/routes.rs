@@ -468,6 +468,9 @@ pub(crate) struct RecipientView {
     /// The transport of the last attempt that reached a server: encrypted, TLS version,
     /// certificate verified.
     tls: Option<TlsInfo>,
+    /// Bounced by a DSN that came back after delivery (present only when true).
+    #[serde(rename = "async", skip_serializing_if = "std::ops::Not::not")]
+    async_bounce: bool,
 }
 
 impl From<&RecipientStatus> for RecipientView {
@@ -485,6 +488,7 @@ impl From<&RecipientStatus> for RecipientView {
             mx_host: r.mx_host.clone(),
             last_attempt_at: r.last_attempt_at.map(Timestamp::to_rfc3339),
             tls: r.tls.clone(),
+            async_bounce: r.async_bounce,
         }
     }
 }

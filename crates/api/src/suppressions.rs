@@ -30,6 +30,22 @@ pub(crate) struct SuppressionView {
     reply: Option<ReplyView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// The report received at the bounce domain that listed the address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_report: Option<serde_json::Value>,
+}
+
+/// `{report_id, received_at (RFC 3339), status, diagnostic?}`.
+fn report_json(r: &postrider_store::ReportSource) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "report_id": r.report_id.to_string(),
+        "received_at": r.received_at.to_rfc3339(),
+        "status": r.status,
+    });
+    if let (Some(d), Some(obj)) = (&r.diagnostic, v.as_object_mut()) {
+        obj.insert("diagnostic".into(), d.clone().into());
+    }
+    v
 }
 
 impl From<&Suppression> for SuppressionView {
@@ -41,6 +57,7 @@ impl From<&Suppression> for SuppressionView {
             source_message: s.source_message.map(|id| id.to_string()),
             reply: s.reply.as_ref().map(ReplyView::from),
             scope: s.scope.clone(),
+            source_report: s.source_report.as_ref().map(report_json),
         }
     }
 }
@@ -175,6 +192,7 @@ pub(crate) async fn add(
         source_message: None,
         reply: None,
         scope: scope.clone(),
+        source_report: None,
     };
     let added = state
         .store

@@ -156,10 +156,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis()
 }
 
 fn simple(to: &str) -> Value {
@@ -1743,6 +1740,7 @@ async fn bounce_now_also_reports_suppressed_recipients_still_owed_to_an_smtp_sen
                 source_message: None,
                 reply: None,
                 scope: None,
+                source_report: None,
             })
             .await
             .unwrap()

@@ -49,8 +49,10 @@ pub enum ClusterError {
     #[error("invalid Valkey/Redis URL: {0}")]
     Url(String),
     /// The node id is empty, too long or has characters other than letters, digits, `-_.`.
-    #[error("node_id must be 1 to {MAX_NODE_ID_LEN} letters, digits, '-', '_' or '.'")]
-    NodeId,
+    #[error(
+        "node_id {0:?} must be 1 to {MAX_NODE_ID_LEN} letters, digits, '-', '_' or '.' (without node_id, the host name is used)"
+    )]
+    NodeId(String),
     /// The timeout is zero.
     #[error("timeout must be positive")]
     Timeout,
@@ -61,7 +63,7 @@ impl ClusterSettings {
     pub fn validate(&self) -> Result<(), ClusterError> {
         redis::Client::open(self.url.as_str()).map_err(|e| ClusterError::Url(e.to_string()))?;
         if !is_valid_node_id(&self.node_id) {
-            return Err(ClusterError::NodeId);
+            return Err(ClusterError::NodeId(self.node_id.clone()));
         }
         if self.timeout.is_zero() {
             return Err(ClusterError::Timeout);
@@ -252,7 +254,7 @@ mod tests {
         for bad in ["", "node a", "node/a", &"x".repeat(65)] {
             assert!(matches!(
                 settings("redis://127.0.0.1", bad).validate(),
-                Err(ClusterError::NodeId)
+                Err(ClusterError::NodeId(_))
             ));
         }
     }

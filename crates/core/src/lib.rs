@@ -1,4 +1,4 @@
-//! Pure domain core of Postrider: no clock, no sockets, no disk.
+//! Pure domain core of Postrider: no sockets, no disk; the wall clock is read in [`clock`] only.
 //!
 //! # Brief overview
 //! - [`Address`], [`Domain`], [`ReversePath`] and [`Envelope`]: who a message is from and for.
@@ -10,6 +10,8 @@
 //! - [`mx`]: MX ordering, implicit MX and null MX (RFC 5321 §5.1, RFC 7505).
 //! - [`dsn`]: RFC 3464 delivery status notifications rendered to bytes.
 //! - [`mta_sts`]: RFC 8461 policy files and MX pattern matching.
+//! - [`clock`]: the one place the wall clock is read.
+//! - [`token_bucket`]: the one rate-limit rule, with time passed in.
 //! - [`signed_token`]: short HMAC-signed tokens (VERP return paths, unsubscribe links).
 //! - [`unsubscribe`]: RFC 8058 one-click unsubscribe links and their header fields.
 //! - [`shared`]: the traits through which nodes of a cluster share state (idempotency keys).
@@ -19,6 +21,7 @@
 
 mod address;
 pub mod bounce;
+pub mod clock;
 pub mod dsn;
 mod envelope;
 mod id;
@@ -30,6 +33,8 @@ mod retry;
 pub mod shared;
 pub mod signed_token;
 mod time;
+pub mod tls_report;
+pub mod token_bucket;
 pub mod unsubscribe;
 
 pub use address::{Address, AddressError, Domain, ReversePath};

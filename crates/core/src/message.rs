@@ -93,6 +93,10 @@ pub struct RecipientStatus {
     /// How the session of the last attempt was protected, when a server was reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsInfo>,
+    /// The recipient was delivered and then bounced asynchronously: a DSN came back to the
+    /// return path after the next hop had said `250` (`last_reply` is the DSN's status).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub async_bounce: bool,
 }
 
 /// The transport protection of one delivery session, recorded per recipient and attempt.
@@ -124,6 +128,7 @@ impl RecipientStatus {
             mx_host: None,
             last_attempt_at: None,
             tls: None,
+            async_bounce: false,
         }
     }
 }

@@ -42,13 +42,17 @@ mod settings;
 mod smtp;
 mod stream;
 mod tls;
+mod tls_report;
 mod tls_version;
 mod worker;
 
 pub use health::SuspendedDestination;
 pub use mx::{BoxFuture, HickoryMxResolver, MxError, MxHost, MxResolver, ResolverBuildError};
-pub use scheduler::{DeliveryHandle, DeliveryReloader, DestinationHealth, spawn_delivery};
+pub use scheduler::{
+    DeliveryHandle, DeliveryReloader, DestinationHealth, TlsReporter, spawn_delivery,
+};
 pub use settings::{
     BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, InvalidSettings, RelayTls,
-    Relayhost, Route, SmtpTimeouts, TlsMode,
+    Relayhost, Route, SmtpTimeouts, TlsMode, TlsReportSettings,
 };
+pub use tls_report::{DayReport, DomainReport};

@@ -141,9 +141,12 @@ pub(crate) async fn policy_for(shared: &Shared, domain: &str) -> Option<StsPolic
     let valid = cached.filter(|c| c.is_valid_at(now));
     let policy = match discovery {
         Discovery::Record(id) if valid.as_ref().is_some_and(|c| c.id == id) => {
+            if valid.as_ref().is_some_and(|c| c.needs_renewal_at(now)) {
+                renew_in_background(shared, domain, id);
+            }
             valid.map(|c| c.policy)
         }
-        Discovery::Record(id) => match refresh(shared, domain, &id).await {
+        Discovery::Record(id) => match refresh(shared, domain, &id, Freshness::Valid).await {
             Some(fresh) => Some(fresh),
             None => valid.map(|c| c.policy),
         },
@@ -152,14 +155,52 @@ pub(crate) async fn policy_for(shared: &Shared, domain: &str) -> Option<StsPolic
     policy.filter(|p| p.mode != StsMode::None)
 }
 
-/// Fetches the policy of `domain` announced under `id` and caches it; `None` when the fetch
-/// failed (counted and logged) or failed recently.
-async fn refresh(shared: &Shared, domain: &str, id: &str) -> Option<StsPolicy> {
+/// What makes a cached policy good enough to skip a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// Still valid (a delivery waits for the fetch).
+    Valid,
+    /// Valid and not yet due for renewal (a background refresh).
+    NotDueForRenewal,
+}
+
+impl Freshness {
+    /// Whether `cached` is good enough at `now`.
+    fn satisfied_by(self, cached: &CachedStsPolicy, now: postrider_core::Timestamp) -> bool {
+        match self {
+            Freshness::Valid => cached.is_valid_at(now),
+            Freshness::NotDueForRenewal => cached.is_valid_at(now) && !cached.needs_renewal_at(now),
+        }
+    }
+}
+
+/// Refreshes the cached policy of `domain` (close to its expiry, see
+/// [`CachedStsPolicy::needs_renewal_at`]) in a task of its own, so that the delivery that
+/// noticed does not wait. Nothing starts while a fetch of the domain runs or failed recently;
+/// a failed refresh keeps the cached policy.
+fn renew_in_background(shared: &Shared, domain: &str, id: String) {
+    if recently_failed(shared, domain) || shared.sts_fetch_locks.of(domain).try_lock().is_err() {
+        return;
+    }
+    let Some(shared) = shared.me.upgrade() else {
+        return;
+    };
+    let domain = domain.to_owned();
+    tokio::spawn(async move {
+        tracing::debug!(domain = %domain, "refreshing the MTA-STS policy before it expires");
+        refresh(&shared, &domain, &id, Freshness::NotDueForRenewal).await;
+    });
+}
+
+/// Fetches the policy of `domain` announced under `id` and caches it, unless the cached one is
+/// `fresh` enough by the time the fetch lock is taken; `None` when the fetch failed (counted
+/// and logged) or failed recently.
+async fn refresh(shared: &Shared, domain: &str, id: &str, fresh: Freshness) -> Option<StsPolicy> {
     let _fetching = shared.sts_fetch_locks.of(domain).lock().await;
     // Another attempt may have fetched it while this one waited.
     if let Ok(Some(cached)) = shared.store.sts_policy(domain)
         && cached.id == id
-        && cached.is_valid_at(clock_now())
+        && fresh.satisfied_by(&cached, clock_now())
     {
         return Some(cached.policy);
     }
@@ -181,7 +222,12 @@ async fn refresh(shared: &Shared, domain: &str, id: &str) -> Option<StsPolicy> {
         }
         Err(e) => {
             tracing::warn!(domain = %domain, id = %id, result = %e.result_type(), error = %e, "MTA-STS policy fetch failed");
-            shared.policy_result("mta-sts", e.result_type());
+            shared.sts_result(crate::tls_report::counter::SessionResult {
+                domain,
+                result: e.result_type(),
+                mx_host: None,
+                receiving_ip: None,
+            });
             remember_failure(shared, domain);
             None
         }
@@ -229,6 +275,37 @@ async fn fetch(shared: &Shared, domain: &str) -> Result<StsPolicy, FetchError> {
 
 /// The body of the policy file on `host`: resolve, connect, TLS with verification, one GET.
 async fn fetch_body(shared: &Shared, host: &str) -> Result<Vec<u8>, FetchError> {
+    let port = shared.settings().mta_sts_https_port;
+    let mut conn = connect_https::<Empty<Bytes>>(shared, host, port).await?;
+    request(&mut conn.sender, host).await
+}
+
+/// An HTTP/1.1 connection over verified TLS; the connection task ends when it is dropped.
+pub(crate) struct HttpsConnection<B> {
+    /// Sends requests on the connection.
+    pub(crate) sender: hyper::client::conn::http1::SendRequest<B>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl<B> Drop for HttpsConnection<B> {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Opens an HTTPS connection to `host:port`: resolve, connect (first address that answers,
+/// bounded by `max_addresses_per_host`), TLS verified against the web roots and `ca_file`.
+/// A certificate that does not validate is [`FetchError::Webpki`].
+pub(crate) async fn connect_https<B>(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+) -> Result<HttpsConnection<B>, FetchError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let settings = shared.settings();
     let addresses = shared
         .resolver
@@ -237,21 +314,26 @@ async fn fetch_body(shared: &Shared, host: &str) -> Result<Vec<u8>, FetchError> 
         .map_err(|e| FetchError::Fetch(format!("{host}: {e}")))?;
     let mut last = FetchError::Fetch(format!("{host} has no address"));
     for ip in addresses.into_iter().take(settings.max_addresses_per_host) {
-        let addr = SocketAddr::new(ip, settings.mta_sts_https_port);
+        let addr = SocketAddr::new(ip, port);
         match connect_tcp(addr, settings.source_ip, settings.timeouts.connect).await {
-            Ok(tcp) => return get_policy(shared, host, tcp).await,
+            Ok(tcp) => return https_handshake(shared, host, tcp).await,
             Err(e) => last = FetchError::Fetch(format!("cannot connect to {host} [{addr}]: {e}")),
         }
     }
     Err(last)
 }
 
-/// Runs the TLS handshake and the GET on an open connection to `host`.
-async fn get_policy(
+/// Runs the TLS and HTTP/1.1 handshakes on an open connection to `host`.
+async fn https_handshake<B>(
     shared: &Shared,
     host: &str,
     tcp: tokio::net::TcpStream,
-) -> Result<Vec<u8>, FetchError> {
+) -> Result<HttpsConnection<B>, FetchError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let config = shared.tls.verifying_config().map_err(FetchError::Fetch)?;
     let name = ServerName::try_from(host.to_owned())
         .map_err(|_| FetchError::Fetch(format!("{host:?} is not a host name")))?;
@@ -259,17 +341,15 @@ async fn get_policy(
         .connect(name, tcp)
         .await
         .map_err(|e| handshake_error(host, &e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| FetchError::Fetch(format!("{host}: {e}")))?;
     let driver = tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "MTA-STS policy connection ended with an error");
+            tracing::debug!(error = %e, "HTTPS connection ended with an error");
         }
     });
-    let result = request(&mut sender, host).await;
-    driver.abort();
-    result
+    Ok(HttpsConnection { sender, driver })
 }
 
 /// A failed handshake: a certificate problem is `sts-webpki-invalid`, anything else a fetch

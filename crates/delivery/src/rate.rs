@@ -4,22 +4,13 @@
 use std::collections::HashMap;
 
 use postrider_core::Timestamp;
-
-/// Milliseconds in a minute.
-const MINUTE_MS: u64 = 60_000;
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// Tokens in thousandths, to refill smoothly with integer maths.
-    milli_tokens: u64,
-    last: Timestamp,
-}
+use postrider_core::token_bucket::{BucketRate, TokenBucket};
 
 /// The buckets of every rate-limited domain (only configured domains get one, so the map is
 /// bounded by the configuration).
 #[derive(Debug, Default)]
 pub(crate) struct RateLimiter {
-    buckets: HashMap<String, Bucket>,
+    buckets: HashMap<String, TokenBucket<Timestamp>>,
 }
 
 impl RateLimiter {
@@ -31,25 +22,12 @@ impl RateLimiter {
         per_minute: u32,
         now: Timestamp,
     ) -> Result<(), Timestamp> {
-        let capacity = u64::from(per_minute.max(1)) * 1000;
-        let b = self.buckets.entry(domain.to_owned()).or_insert(Bucket {
-            milli_tokens: capacity,
-            last: now,
-        });
-        let elapsed = now.as_millis().saturating_sub(b.last.as_millis());
-        // per_minute tokens per 60 000 ms = per_minute milli-tokens per 60 ms
-        let refill = elapsed.saturating_mul(u64::from(per_minute)) * 1000 / MINUTE_MS;
-        b.milli_tokens = b.milli_tokens.saturating_add(refill).min(capacity);
-        b.last = now;
-        if b.milli_tokens >= 1000 {
-            b.milli_tokens -= 1000;
-            return Ok(());
-        }
-        let missing = 1000 - b.milli_tokens;
-        let wait_ms = (missing * MINUTE_MS).div_ceil(u64::from(per_minute.max(1)) * 1000);
-        Err(Timestamp::from_millis(
-            now.as_millis().saturating_add(wait_ms.max(1)),
-        ))
+        let rate = BucketRate::per_minute(per_minute);
+        self.buckets
+            .entry(domain.to_owned())
+            .or_insert_with(|| TokenBucket::full(rate, now))
+            .try_take(rate, now)
+            .map_err(|wait| now.saturating_add(wait))
     }
 }
 

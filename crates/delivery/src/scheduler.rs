@@ -30,6 +30,7 @@ const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 pub struct DeliveryHandle {
     scheduler: JoinHandle<()>,
     reaper: JoinHandle<()>,
+    tls_reports: JoinHandle<()>,
     workers: TaskTracker,
     shared: Arc<Shared>,
 }
@@ -46,6 +47,13 @@ impl DeliveryHandle {
         self.workers.wait().await;
         if let Err(e) = self.reaper.await {
             tracing::error!(error = %e, "connection reaper task failed");
+        }
+        if let Err(e) = self.tls_reports.await {
+            tracing::error!(error = %e, "TLS report task failed");
+        }
+        // Counts of the sessions since the last flush (TLS reports).
+        if let Some(counter) = &self.shared.tls_counter {
+            counter.flush(&self.shared.store).await;
         }
         // Idle pooled connections get a polite QUIT.
         let idle = self.shared.pool.drain();
@@ -80,6 +88,32 @@ impl DeliveryHandle {
     pub fn in_flight(&self) -> usize {
         self.shared.inflight_count()
     }
+
+    /// A handle that sends TLS reports on request (the admin trigger); it outlives this handle.
+    pub fn tls_reports(&self) -> TlsReporter {
+        TlsReporter {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Sends the SMTP TLS reports of a day on request (admin trigger), outside the daily schedule.
+#[derive(Debug, Clone)]
+pub struct TlsReporter {
+    shared: Arc<Shared>,
+}
+
+impl TlsReporter {
+    /// Whether TLS reporting is on (`[tls_reports] enabled`).
+    pub fn enabled(&self) -> bool {
+        self.shared.tls_counter.is_some()
+    }
+
+    /// Flushes the counts and sends the report of every domain with counts on `day` now;
+    /// counts whose report went out are removed.
+    pub async fn send(&self, day: postrider_core::tls_report::UtcDay) -> crate::DayReport {
+        crate::tls_report::send_day(&self.shared, day).await
+    }
 }
 
 /// Replaces the settings of the running delivery side (configuration reload).
@@ -90,14 +124,21 @@ pub struct DeliveryReloader {
 
 impl DeliveryReloader {
     /// Routes, the relay host, per-domain policies, timeouts, the lease, the retry schedule, the
-    /// VERP return paths and the DKIM signer apply from the next attempt on; what was sized at start (delivery slots,
-    /// the connection pool, the circuit breaker, TLS trust) stays until a restart. Refused, with
-    /// nothing changed, when `settings` do not pass [`DeliverySettings::validate`]. Capture of
+    /// VERP return paths and the DKIM signer apply from the next attempt on, the TLS report
+    /// settings from the next report; what was sized at start (delivery slots, the connection
+    /// pool, the circuit breaker, TLS trust, whether TLS reports are on) stays until a restart.
+    /// Refused, with nothing changed, when `settings` do not pass
+    /// [`DeliverySettings::validate`]. Capture of
     /// every message (`capture_all`) also stays as started: submission marks messages by the
     /// same setting, and both sides must change together, at a restart.
     pub fn reload(&self, mut settings: DeliverySettings) -> Result<(), InvalidSettings> {
         settings.validate()?;
         settings.capture_all = self.shared.settings().capture_all;
+        // Turning TLS reports on or off takes a restart (counting starts with the relay); the
+        // report settings themselves apply from the next report.
+        if settings.tls_reports.is_some() != self.shared.tls_counter.is_some() {
+            settings.tls_reports = self.shared.settings().tls_reports.clone();
+        }
         self.shared.current.store(Arc::new(settings));
         Ok(())
     }
@@ -140,7 +181,8 @@ pub fn spawn_delivery(
         settings.connection_idle_timeout,
         metrics.outbound_connections.clone(),
     );
-    let shared = Arc::new(Shared {
+    let shared = Arc::new_cyclic(|me| Shared {
+        me: me.clone(),
         store,
         resolver,
         pool,
@@ -151,11 +193,20 @@ pub fn spawn_delivery(
         metric_domains: Mutex::new(HashSet::new()),
         sts_fetch_failures: Mutex::new(HashMap::new()),
         sts_fetch_locks: crate::mta_sts::FetchLocks::default(),
+        tls_counter: settings
+            .tls_reports
+            .as_ref()
+            .map(|_| crate::tls_report::counter::SessionCounter::default()),
+        tls_report_sending: tokio::sync::Mutex::new(()),
         current: ArcSwap::from_pointee(settings),
         metrics,
         inflight: Mutex::new(HashMap::new()),
     });
     let reaper = tokio::spawn(reaper_loop(Arc::clone(&shared), shutdown.clone()));
+    let tls_reports = tokio::spawn(crate::tls_report::run(
+        Arc::clone(&shared),
+        shutdown.clone(),
+    ));
     let workers = TaskTracker::new();
     let scheduler = tokio::spawn(scheduler_loop(
         Arc::clone(&shared),
@@ -165,6 +216,7 @@ pub fn spawn_delivery(
     Ok(DeliveryHandle {
         scheduler,
         reaper,
+        tls_reports,
         workers,
         shared,
     })

@@ -293,6 +293,21 @@ pub struct DeliverySettings {
     /// `List-Unsubscribe` / `List-Unsubscribe-Post` fields, added before DKIM signing. `None`
     /// sends such messages without links.
     pub unsubscribe: Option<postrider_core::unsubscribe::UnsubscribeLinks>,
+    /// SMTP TLS reporting (RFC 8460, `[tls_reports]`): count the sessions held to MTA-STS
+    /// policies and send each policy domain a daily report. `None` (the default) neither
+    /// counts nor sends.
+    pub tls_reports: Option<TlsReportSettings>,
+}
+
+/// Who the daily TLS reports come from (`[tls_reports]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsReportSettings {
+    /// `organization-name` of the reports.
+    pub organization: String,
+    /// `contact-info` of the reports (an address to write to about them).
+    pub contact: String,
+    /// The sender (header and envelope) of reports sent by mail.
+    pub from: postrider_core::Address,
 }
 
 impl Default for DeliverySettings {
@@ -332,6 +347,7 @@ impl Default for DeliverySettings {
             verp: None,
             unsubscribe: None,
             capture_all: false,
+            tls_reports: None,
         }
     }
 }

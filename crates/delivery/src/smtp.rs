@@ -31,6 +31,7 @@ use crate::mx::MxError;
 use crate::pool::{Capabilities, Checkout, ConnectionSlot, PoolKey, Session, SessionMode};
 use crate::settings::{DeliverySettings, RelayTls, Relayhost, TlsMode};
 use crate::stream::{EstablishedTls, SeenVersion, SmtpStream, connect_tcp};
+use crate::tls_report::counter::SessionResult;
 use crate::worker::{Shared, clock_now};
 
 /// What to send to one domain.
@@ -216,7 +217,12 @@ async fn targets<'s>(
             allowed.push(h);
             continue;
         }
-        shared.policy_result("mta-sts", "validation-failure");
+        shared.sts_result(SessionResult {
+            domain: name,
+            result: "validation-failure",
+            mx_host: Some(&h.name),
+            receiving_ip: None,
+        });
         tracing::warn!(domain = %name, mx = %h.name, policy = %crate::mta_sts::policy_label(policy.mode), "MX host not listed in the MTA-STS policy");
         if !enforce {
             allowed.push(h);
@@ -621,7 +627,7 @@ async fn open_session(
     let encrypted = established.is_some();
     let policy_check = match &target.sts {
         Some(sts) => {
-            let checked = policy_check(shared, sts, target, established.as_ref(), &sni);
+            let checked = policy_check(shared, sts, target, ip, established.as_ref(), &sni);
             if let Err(reply) = &checked
                 && sts.mode == StsMode::Enforce
             {
@@ -758,6 +764,7 @@ fn policy_check(
     shared: &Shared,
     sts: &StsTarget,
     target: &Target<'_>,
+    ip: IpAddr,
     established: Option<&EstablishedTls>,
     name: &str,
 ) -> Result<(), SmtpReply> {
@@ -770,13 +777,15 @@ fn policy_check(
             .map(|f| (f.result_type(), f.describe())),
     };
     let label = crate::mta_sts::policy_label(sts.mode);
+    shared.sts_result(SessionResult {
+        domain: &sts.domain,
+        result: failure.map_or("success", |(result, _)| result),
+        mx_host: Some(&target.name),
+        receiving_ip: Some(ip),
+    });
     match failure {
-        None => {
-            shared.policy_result("mta-sts", "success");
-            Ok(())
-        }
+        None => Ok(()),
         Some((result, what)) => {
-            shared.policy_result("mta-sts", result);
             tracing::warn!(domain = %sts.domain, mx = %target.name, policy = %label, result = %result, "MX host fails the MTA-STS policy");
             Err(sts.refusal(&target.name, what))
         }
@@ -835,7 +844,12 @@ async fn new_session(
         Err(OpenError::TlsFailed(reply)) => {
             let reply = match &target.sts {
                 Some(sts) if sts.mode == StsMode::Enforce => {
-                    shared.policy_result("mta-sts", "validation-failure");
+                    shared.sts_result(SessionResult {
+                        domain: &sts.domain,
+                        result: "validation-failure",
+                        mx_host: Some(&target.name),
+                        receiving_ip: Some(ip),
+                    });
                     sts.refusal(
                         &target.name,
                         &format!("the TLS handshake failed ({})", reply.text),

@@ -31,6 +31,9 @@ use arc_swap::ArcSwap;
 
 /// State shared by the scheduler and its workers.
 pub(crate) struct Shared {
+    /// This state itself, for tasks that outlive the call that starts them (background
+    /// policy refreshes).
+    pub(crate) me: std::sync::Weak<Shared>,
     pub(crate) store: Store,
     pub(crate) resolver: Arc<dyn MxResolver>,
     /// The settings in force; a reload replaces them (see [`Shared::settings`]).
@@ -57,6 +60,10 @@ pub(crate) struct Shared {
     /// Serialises MTA-STS policy fetches per domain (striped by domain hash, so bounded): a
     /// burst of messages to a domain with a new policy fetches it once.
     pub(crate) sts_fetch_locks: crate::mta_sts::FetchLocks,
+    /// Session counts for TLS reports; `None` when `[tls_reports]` is off (set at start).
+    pub(crate) tls_counter: Option<crate::tls_report::counter::SessionCounter>,
+    /// Held while TLS reports are being sent (one run at a time).
+    pub(crate) tls_report_sending: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -195,6 +202,16 @@ impl Shared {
         }
     }
 
+    /// Counts one session (or policy fetch) held to `session.domain`'s MTA-STS policy: in
+    /// `postrider_tls_policy_results_total` and, when TLS reports are on, for the domain's
+    /// daily report.
+    pub(crate) fn sts_result(&self, session: crate::tls_report::counter::SessionResult<'_>) {
+        self.policy_result("mta-sts", session.result);
+        if let Some(counter) = &self.tls_counter {
+            counter.record(clock_now(), session);
+        }
+    }
+
     /// Attempts currently running.
     pub(crate) fn inflight_count(&self) -> usize {
         self.inflight
@@ -222,10 +239,7 @@ impl Drop for InflightGuard<'_> {
 
 /// The wall clock as a [`Timestamp`].
 pub(crate) fn clock_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp::from_millis(ms)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 /// Runs one attempt of message `id`, which must have been registered with [`Shared::begin`].

@@ -452,6 +452,7 @@ async fn suppressed_recipients_of_smtp_submissions_get_a_failure_notice() {
             source_message: None,
             reply: None,
             scope: None,
+            source_report: None,
         })
         .await
         .unwrap();

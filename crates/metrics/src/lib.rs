@@ -42,6 +42,16 @@ pub const BOUNCE_CATEGORIES: [&str; 11] = [
 /// expiry), `soft` (deferred, will be retried), `async` (reported later by a returned DSN).
 pub const BOUNCE_KINDS: [&str; 3] = ["hard", "soft", "async"];
 
+/// The `type` labels of `postrider_inbound_reports_total`: what a message received at the
+/// bounce domain was, or `unmatched` when a DSN or complaint named no message of the queue.
+pub const INBOUND_REPORT_TYPES: [&str; 5] = [
+    "dsn",
+    "complaint",
+    "auto_reply",
+    "unrecognised",
+    "unmatched",
+];
+
 /// The `result` labels of `postrider_tls_policy_results_total` for MTA-STS: `success` and the
 /// RFC 8460 result types a sender can observe.
 pub const TLS_POLICY_RESULTS: [&str; 9] = [
@@ -166,6 +176,10 @@ pub struct Metrics {
     /// lookups held to a TLS policy (`policy` = `mta-sts`), by RFC 8460 result type
     /// (`success`, `starttls-not-supported`, `certificate-host-mismatch`, ...).
     pub tls_policy_results: IntCounterVec,
+    /// `postrider_tls_reports_total{transport,result}`: SMTP TLS reports (RFC 8460) handed to
+    /// a domain's report address, by `transport` (`https`, `mailto`) and `result` (`sent`,
+    /// `failed`).
+    pub tls_reports: IntCounterVec,
     // ---- end of delivery engine metrics ----
 
     // ---- webhook metrics ----
@@ -191,6 +205,12 @@ pub struct Metrics {
     /// `postrider_cluster_up`: 1 while this node reaches the cluster's Valkey/Redis, 0 while it
     /// runs degraded on local state (and always 0 on a single node).
     pub cluster_up: IntGauge,
+    /// `postrider_inbound_reports_total{type}`: messages received at the bounce domain by what
+    /// they were ([`INBOUND_REPORT_TYPES`]: `dsn`, `complaint`, `auto_reply`, `unrecognised`, or
+    /// `unmatched` when a report named no message of the queue).
+    pub inbound_reports: IntCounterVec,
+    /// `postrider_complaints_total`: complaints (ARF feedback reports) recorded for messages.
+    pub complaints: IntCounter,
 }
 
 impl Metrics {
@@ -509,6 +529,16 @@ impl Metrics {
         for r in TLS_POLICY_RESULTS {
             tls_policy_results.with_label_values(&["mta-sts", r]);
         }
+        let tls_reports = counter_vec(
+            "postrider_tls_reports_total",
+            "SMTP TLS reports handed to report addresses, by transport and result.",
+            &["transport", "result"],
+        );
+        for transport in ["https", "mailto"] {
+            for result in ["sent", "failed"] {
+                tls_reports.with_label_values(&[transport, result]);
+            }
+        }
         // ---- end of delivery engine metrics ----
 
         // ---- webhook metrics ----
@@ -562,6 +592,22 @@ impl Metrics {
         registry
             .register(Box::new(cluster_up.clone()))
             .expect("metric registered once");
+        let inbound_reports = counter_vec(
+            "postrider_inbound_reports_total",
+            "Messages received at the bounce domain, by type (dsn, complaint, auto_reply, unrecognised, unmatched).",
+            &["type"],
+        );
+        for t in INBOUND_REPORT_TYPES {
+            inbound_reports.with_label_values(&[t]);
+        }
+        let complaints = IntCounter::new(
+            "postrider_complaints_total",
+            "Complaints (ARF feedback reports) recorded for messages.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(complaints.clone()))
+            .expect("metric registered once");
         Metrics {
             registry,
             messages_accepted,
@@ -600,12 +646,15 @@ impl Metrics {
             delivery_queue_time,
             outbound_tls,
             tls_policy_results,
+            tls_reports,
             webhook_deliveries,
             webhook_dropped,
             config_reloads,
             config_last_reload_success,
             webhook_outbox,
             cluster_up,
+            inbound_reports,
+            complaints,
         }
     }
 

@@ -656,10 +656,7 @@ fn short_duration(d: std::time::Duration) -> String {
 
 /// The wall clock now.
 pub(crate) fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp::from_millis(ms)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 /// A JSON value as a table cell (`-` for null).

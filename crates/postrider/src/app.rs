@@ -61,6 +61,7 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
         webhooks: webhook_settings,
         bounce_rules,
         dns,
+        bounce_listener,
     } = prepared;
     postrider_core::bounce::install_rules(bounce_rules);
     let metrics = Metrics::new();
@@ -95,6 +96,10 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
         smtp_listeners.push((bind(*addr, "smtp.tls_listen").await?, true));
     }
     let http_listener = bind(raw.http.listen, "http.listen").await?;
+    let bounce_socket = match &bounce_listener {
+        Some(b) => Some(bind(b.addr, "bounces.listen").await?),
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -122,6 +127,13 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
         });
     }
 
+    let bounce_smtp = match (bounce_listener, bounce_socket) {
+        (Some(b), Some(socket)) => Some(spawn_bounce_listener(
+            b, socket, &store, &metrics, &tasks, &shutdown,
+        )?),
+        _ => None,
+    };
+
     let signer = delivery_settings.signer.clone();
     let delivery = postrider_delivery::spawn_delivery(
         store.clone(),
@@ -147,6 +159,16 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
     let mut api_state = ApiState::new(store.clone(), metrics.clone(), api_settings)
         .with_trust(Arc::new(trust))
         .with_suspended(suspended);
+    let reporter = delivery.tls_reports();
+    if reporter.enabled() {
+        let trigger: postrider_api::TlsReportTrigger = Arc::new(move |day| {
+            let reporter = reporter.clone();
+            Box::pin(
+                async move { serde_json::to_value(reporter.send(day).await).unwrap_or_default() },
+            )
+        });
+        api_state = api_state.with_tls_reports(trigger);
+    }
     if let Some(cluster) = &raw.cluster {
         let cluster = Cluster::start(cluster.settings(), metrics.clone(), shutdown.clone())
             .context("invalid [cluster] settings")?;
@@ -239,6 +261,9 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
     let drained = tokio::time::timeout(grace, async {
         tasks.wait().await;
         smtp.wait_sessions().await;
+        if let Some(bounce_smtp) = &bounce_smtp {
+            bounce_smtp.wait_sessions().await;
+        }
         delivery.join().await;
         let _ = http.await;
         let _ = webhooks.await;
@@ -257,6 +282,34 @@ pub(crate) async fn serve(prepared: Prepared, start: StartOptions) -> anyhow::Re
         .context("final flush of the queue failed")?;
     tracing::info!(queued = store.pending_count(), "postrider stopped");
     Ok(())
+}
+
+/// Serves the receive-only listener of the bounce domain and starts the processor of what it
+/// receives (which first drains what a previous run left in the inbox).
+fn spawn_bounce_listener(
+    listener: crate::prepare::BounceListener,
+    socket: TcpListener,
+    store: &Store,
+    metrics: &Metrics,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<SmtpServer>> {
+    let server = Arc::new(
+        SmtpServer::new(listener.smtp, store.clone(), metrics.clone())
+            .context("invalid bounce listener settings")?,
+    );
+    let (serving, token) = (Arc::clone(&server), shutdown.clone());
+    let addr = listener.addr;
+    tasks.spawn(async move {
+        if let Err(e) = serving.serve(socket, false, token).await {
+            tracing::error!(error = %e, listener = %addr, "bounce listener failed");
+        }
+    });
+    let processor =
+        postrider_bounces::ReportProcessor::new(store.clone(), listener.verp, metrics.clone());
+    tasks.spawn(processor.run(shutdown.clone()));
+    tracing::info!(listener = %addr, "bounce listener ready");
+    Ok(server)
 }
 
 /// Watches the queue's storage from its own OS thread. After an I/O error such as a full disk,
@@ -344,9 +397,7 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, Listen
 }
 
 fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis()
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.

@@ -60,6 +60,13 @@ enum Command {
         #[command(subcommand)]
         action: crate::admin::QueueAction,
     },
+    /// SMTP TLS reports (RFC 8460) of the running relay (through its HTTP API).
+    TlsReports {
+        #[command(flatten)]
+        target: crate::api_client::ApiTarget,
+        #[command(subcommand)]
+        action: crate::tls_reports::TlsReportsAction,
+    },
     /// The pending queue in the layout of Postfix's `mailq` (through the relay's HTTP API).
     Mailq {
         #[command(flatten)]
@@ -308,6 +315,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queue { target, action } => {
             crate::admin::run(&target, action)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TlsReports { target, action } => {
+            crate::tls_reports::run(&target, action)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Mailq { target } => {

@@ -174,6 +174,9 @@ pub(crate) struct RawConfig {
     /// RFC 8058 one-click unsubscribe links.
     #[serde(default)]
     pub(crate) unsubscribe: RawUnsubscribe,
+    /// SMTP TLS reporting (RFC 8460): daily reports to domains with an MTA-STS policy.
+    #[serde(default)]
+    pub(crate) tls_reports: RawTlsReports,
 }
 
 /// `[unsubscribe]`.
@@ -189,6 +192,25 @@ pub(crate) struct RawUnsubscribe {
     /// A file holding the secret (surrounding whitespace ignored).
     #[serde(default)]
     pub(crate) secret_file: Option<PathBuf>,
+}
+
+/// `[tls_reports]`.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTlsReports {
+    /// Count MTA-STS sessions and send the daily reports (off by default).
+    #[serde(default)]
+    pub(crate) enabled: bool,
+    /// The report's `organization-name`; default: the host name.
+    #[serde(default)]
+    pub(crate) organization: Option<String>,
+    /// The report's `contact-info`: an address to write to about the reports (required when
+    /// enabled).
+    #[serde(default)]
+    pub(crate) contact: Option<String>,
+    /// Sender of the reports sent by mail; default: `contact`.
+    #[serde(default)]
+    pub(crate) from: Option<String>,
 }
 
 /// `[bounces]`.
@@ -207,6 +229,12 @@ pub(crate) struct RawBounces {
     /// A file holding the secret (surrounding whitespace ignored).
     #[serde(default)]
     pub(crate) secret_file: Option<PathBuf>,
+    /// A receive-only SMTP listener for the bounce domain (reports come back there).
+    #[serde(default)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Largest report the bounce listener accepts (default 10 MiB).
+    #[serde(default)]
+    pub(crate) max_report_size: Option<ByteSize>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -934,8 +962,10 @@ fn default_proxy_header_timeout() -> HumanDuration {
 pub(crate) struct RawCluster {
     /// `redis://host:port/db`, or `rediss://` for TLS; Valkey or Redis.
     pub(crate) url: String,
-    /// This node's unique, stable name.
-    pub(crate) node_id: String,
+    /// This node's unique, stable name; absent: the machine's host name (a StatefulSet pod's
+    /// name in Kubernetes), so one configuration file can serve every node.
+    #[serde(default)]
+    pub(crate) node_id: Option<String>,
     /// Bound on each call to Valkey on the submission path; then the node uses local state.
     #[serde(default = "default_cluster_timeout")]
     pub(crate) timeout: HumanDuration,
@@ -946,10 +976,20 @@ impl RawCluster {
     pub(crate) fn settings(&self) -> postrider_cluster::ClusterSettings {
         postrider_cluster::ClusterSettings {
             url: self.url.clone(),
-            node_id: self.node_id.clone(),
+            node_id: self.node_id.clone().unwrap_or_else(system_host_name),
             timeout: self.timeout.0,
         }
     }
+}
+
+/// The kernel's host name (`uname -n`); empty when it is not valid UTF-8, which the cluster
+/// settings then refuse with a message asking for `node_id`.
+fn system_host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_str()
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 fn default_cluster_timeout() -> HumanDuration {
@@ -1404,6 +1444,16 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_node_without_node_id_is_named_after_its_host() {
+        let c = Config::from_toml("[cluster]\nurl = \"redis://127.0.0.1:6379/0\"\n").unwrap();
+        let settings = c.raw.cluster.as_ref().unwrap().settings();
+        assert_eq!(settings.node_id, system_host_name());
+        assert!(!settings.node_id.is_empty());
+        let named = Config::from_toml("[cluster]\nurl = \"redis://127.0.0.1/\"\nnode_id = \"a\"\n");
+        assert_eq!(named.unwrap().raw.cluster.unwrap().settings().node_id, "a");
+    }
+
+    #[test]
     fn documented_example_parses() {
         let c = Config::from_toml(
             r#"
@@ -1539,6 +1589,11 @@ warn_after = "0s"
         assert!(!c.raw.http.metrics_auth);
         assert_eq!(c.raw.smtp.users.len(), 1);
         assert_eq!(c.raw.smtp.users[0].from_policy, RawFromPolicy::Reject);
+        assert!(c.raw.bounces.listen.is_some());
+        assert_eq!(
+            c.raw.bounces.max_report_size,
+            Some(ByteSize(10 * 1024 * 1024))
+        );
     }
 
     #[test]

@@ -66,11 +66,7 @@ async fn refresh(store: &Store, metrics: &Metrics, data_dir: &std::path::Path) {
 }
 
 fn now() -> Timestamp {
-    Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    )
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 #[cfg(test)]

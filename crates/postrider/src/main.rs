@@ -17,6 +17,7 @@ mod proxied_listener;
 mod reload;
 mod sendmail;
 mod storage;
+mod tls_reports;
 
 use std::process::ExitCode;
 

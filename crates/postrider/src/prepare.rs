@@ -16,7 +16,7 @@ use postrider_core::bounce::BounceRules;
 use postrider_core::unsubscribe::{UnsubscribeError, UnsubscribeLinks};
 use postrider_delivery::{
     BreakerSettings, DeliverySettings, DnsSettings, DomainPolicy, RelayTls, Relayhost, Route,
-    SmtpTimeouts, TlsMode,
+    SmtpTimeouts, TlsMode, TlsReportSettings,
 };
 use postrider_smtp::proxy_protocol::ProxyTrust;
 use postrider_smtp::{BareNewlinePolicy, FromPolicy, SmtpSettings, SmtpUser};
@@ -44,6 +44,18 @@ pub(crate) struct Prepared {
     pub(crate) bounce_rules: BounceRules,
     /// The resolver's timeouts and caches.
     pub(crate) dns: DnsSettings,
+    /// The receive-only listener of the bounce domain (`bounces.listen`), when configured.
+    pub(crate) bounce_listener: Option<BounceListener>,
+}
+
+/// The receive-only SMTP listener where reports come back to the bounce domain.
+pub(crate) struct BounceListener {
+    /// Where it listens.
+    pub(crate) addr: std::net::SocketAddr,
+    /// Submission's limits, timeouts and TLS, in the receive-only role for the bounce domain.
+    pub(crate) smtp: SmtpSettings,
+    /// Checks the return paths reports arrive at.
+    pub(crate) verp: VerpSigner,
 }
 
 /// Reads, checks and loads the configuration at `path` (the embedded defaults without one).
@@ -73,6 +85,8 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
     let bounce_rules = load_bounce_rules(&config)?;
     delivery.verp = verp_signer(&config)?;
     delivery.unsubscribe = unsubscribe;
+    let bounce_listener = bounce_listener(&config, &smtp, delivery.verp.as_ref())?;
+    delivery.tls_reports = tls_report_settings(&config)?;
     let dns = dns_settings(&config)?;
     Ok(Prepared {
         config,
@@ -83,7 +97,91 @@ pub(crate) fn prepare_config(config: Config) -> Result<Prepared, ConfigError> {
         webhooks,
         bounce_rules,
         dns,
+        bounce_listener,
     })
+}
+
+/// Default of `bounces.max_report_size`: 10 MiB.
+const DEFAULT_MAX_REPORT_SIZE: u64 = 10 * 1024 * 1024;
+
+/// The bounce-domain listener of `bounces.listen`: the submission server's limits, timeouts
+/// and TLS, receive-only for the bounce domain (no users, no trusted networks, reports up to
+/// `bounces.max_report_size`).
+fn bounce_listener(
+    config: &Config,
+    smtp: &SmtpSettings,
+    verp: Option<&VerpSigner>,
+) -> Result<Option<BounceListener>, ConfigError> {
+    let b = &config.raw.bounces;
+    let Some(addr) = b.listen else {
+        if b.max_report_size.is_some() {
+            return Err(invalid(
+                "bounces.max_report_size",
+                "set without bounces.listen; set bounces.listen or remove it",
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(verp) = verp else {
+        return Err(invalid(
+            "bounces.listen",
+            "the bounce listener needs bounces.domain (and its secret)",
+        ));
+    };
+    let size = b.max_report_size.map_or(DEFAULT_MAX_REPORT_SIZE, |s| s.0);
+    let max = postrider_store::MAX_INBOX_REPORT as u64;
+    if !(1024..=max).contains(&size) {
+        return Err(invalid(
+            "bounces.max_report_size",
+            format!("must be between 1KiB and {max} bytes"),
+        ));
+    }
+    let smtp = SmtpSettings {
+        role: postrider_smtp::proto::SessionRole::ReceiveOnly {
+            domain: verp.domain().as_str().to_owned(),
+        },
+        max_message_size: usize::try_from(size).unwrap_or(usize::MAX),
+        users: Vec::new(),
+        trusted_networks: Vec::new(),
+        messages_per_minute_per_user: None,
+        capture_all: false,
+        ..smtp.clone()
+    };
+    Ok(Some(BounceListener {
+        addr,
+        smtp,
+        verp: verp.clone(),
+    }))
+}
+
+/// `[tls_reports]`: `None` when off; `contact` is required and must be an address, as must
+/// `from`.
+fn tls_report_settings(config: &Config) -> Result<Option<TlsReportSettings>, ConfigError> {
+    let t = &config.raw.tls_reports;
+    if !t.enabled {
+        return Ok(None);
+    }
+    let contact = t.contact.clone().ok_or_else(|| {
+        invalid(
+            "tls_reports.contact",
+            "TLS reports need a contact address (tls_reports.contact)",
+        )
+    })?;
+    let contact_address = postrider_core::Address::parse(&contact)
+        .map_err(|e| invalid("tls_reports.contact", format!("{contact:?}: {e}")))?;
+    let from = match &t.from {
+        Some(from) => postrider_core::Address::parse(from)
+            .map_err(|e| invalid("tls_reports.from", format!("{from:?}: {e}")))?,
+        None => contact_address,
+    };
+    Ok(Some(TlsReportSettings {
+        organization: t
+            .organization
+            .clone()
+            .unwrap_or_else(|| config.hostname.clone()),
+        contact,
+        from,
+    }))
 }
 
 /// Largest `bounces.secret_file` accepted.
@@ -300,6 +398,7 @@ fn smtp_settings(config: &Config) -> Result<SmtpSettings, ConfigError> {
         overload_percent: raw.limits.overload_percent,
         overload_timeout: raw.limits.overload_timeout.0,
         capture_all: captures_all(config),
+        role: postrider_smtp::proto::SessionRole::Submission,
     };
     settings
         .validate()
@@ -613,6 +712,19 @@ mod tests {
     }
 
     #[test]
+    fn tls_reports_need_a_contact_address() {
+        refused("[tls_reports]\nenabled = true", "tls_reports.contact");
+        refused(
+            "[tls_reports]\nenabled = true\ncontact = \"not an address\"",
+            "tls_reports.contact",
+        );
+        refused(
+            "[tls_reports]\nenabled = true\ncontact = \"tls@example.com\"\nfrom = \"x\"",
+            "tls_reports.from",
+        );
+    }
+
+    #[test]
     fn missing_tls_files_are_refused() {
         refused(
             "[smtp.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"",
@@ -663,6 +775,34 @@ mod tests {
             p.delivery.verp.map(|v| v.domain().as_str().to_owned()),
             Some("bounces.example.com".to_owned())
         );
+    }
+
+    #[test]
+    fn the_bounce_listener_is_receive_only_and_needs_a_bounce_domain() {
+        refused("[bounces]\nlisten = \"127.0.0.1:2526\"\n", "bounces.listen");
+        refused(
+            "[bounces]\nmax_report_size = \"1MB\"\n",
+            "bounces.max_report_size",
+        );
+        let domain = "[bounces]\ndomain = \"bounces.example.com\"\nsecret = \"0123456789abcdef\"\n";
+        refused(
+            &format!("{domain}listen = \"127.0.0.1:2526\"\nmax_report_size = \"1GB\"\n"),
+            "bounces.max_report_size",
+        );
+        let text = format!("{domain}listen = \"127.0.0.1:2526\"\nmax_report_size = \"2MiB\"\n");
+        let p = prepare_config(Config::from_toml(&text).unwrap()).unwrap();
+        let listener = p.bounce_listener.expect("a bounce listener");
+        assert_eq!(listener.addr, "127.0.0.1:2526".parse().unwrap());
+        assert_eq!(listener.smtp.max_message_size, 2 * 1024 * 1024);
+        assert!(listener.smtp.trusted_networks.is_empty());
+        assert!(listener.smtp.users.is_empty());
+        assert_eq!(
+            listener.smtp.role,
+            postrider_smtp::proto::SessionRole::ReceiveOnly {
+                domain: "bounces.example.com".into()
+            }
+        );
+        assert!(p.smtp.role == postrider_smtp::proto::SessionRole::Submission);
     }
 
     #[test]

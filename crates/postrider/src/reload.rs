@@ -106,12 +106,21 @@ pub(crate) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (od, nd) = (&o.delivery, &n.delivery);
     let (os, ns) = (&o.smtp, &n.smtp);
     let (ol, nl) = (&os.limits, &ns.limits);
-    let changed: [(&'static str, bool); 37] = [
+    let changed: [(&'static str, bool); 40] = [
         ("hostname", old.hostname != new.hostname),
+        (
+            "tls_reports.enabled",
+            o.tls_reports.enabled != n.tls_reports.enabled,
+        ),
         ("data_dir", o.data_dir != n.data_dir),
         (
             "bounces.rules_file",
             o.bounces.rules_file != n.bounces.rules_file,
+        ),
+        ("bounces.listen", o.bounces.listen != n.bounces.listen),
+        (
+            "bounces.max_report_size",
+            o.bounces.max_report_size != n.bounces.max_report_size,
         ),
         ("smtp.listen", os.listen != ns.listen),
         ("smtp.tls_listen", os.tls_listen != ns.tls_listen),

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use postrider_core::token_bucket::{BucketRate, TokenBucket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 /// A permit of `slots` if one frees within `wait`; `None` otherwise, so that a crowd of
@@ -139,20 +140,16 @@ impl Drop for IpPermit {
 #[derive(Debug)]
 pub(crate) struct RateLimiter<K> {
     per_minute: u32,
-    buckets: HashMap<K, Bucket>,
+    rate: BucketRate,
+    buckets: HashMap<K, TokenBucket<Instant>>,
     last_prune: Option<Instant>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
 }
 
 impl<K: Eq + Hash + Clone> RateLimiter<K> {
     pub(crate) fn new(per_minute: u32) -> Self {
         RateLimiter {
             per_minute,
+            rate: BucketRate::per_minute(per_minute),
             buckets: HashMap::new(),
             last_prune: None,
         }
@@ -163,38 +160,15 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         self.per_minute
     }
 
-    fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
-        let capacity = f64::from(self.per_minute);
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        (bucket.tokens + elapsed * capacity / 60.0).min(capacity)
-    }
-
     /// Takes one token for `key` at time `now`; false when the bucket is empty.
     pub(crate) fn try_take(&mut self, key: &K, now: Instant) -> bool {
         self.prune(now);
-        let capacity = f64::from(self.per_minute);
-        let tokens = match self.buckets.get(key) {
-            Some(bucket) => self.refilled(*bucket, now),
-            None => capacity,
-        };
-        if tokens < 1.0 {
-            self.buckets.insert(
-                key.clone(),
-                Bucket {
-                    tokens,
-                    updated: now,
-                },
-            );
-            return false;
-        }
-        self.buckets.insert(
-            key.clone(),
-            Bucket {
-                tokens: tokens - 1.0,
-                updated: now,
-            },
-        );
-        true
+        let rate = self.rate;
+        self.buckets
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::full(rate, now))
+            .try_take(rate, now)
+            .is_ok()
     }
 
     fn prune(&mut self, now: Instant) {
@@ -205,14 +179,9 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
             return;
         }
         self.last_prune = Some(now);
-        let capacity = f64::from(self.per_minute);
-        let snapshot: Vec<(K, Bucket)> =
-            self.buckets.iter().map(|(k, b)| (k.clone(), *b)).collect();
-        for (key, bucket) in snapshot {
-            if self.refilled(bucket, now) >= capacity {
-                self.buckets.remove(&key);
-            }
-        }
+        let rate = self.rate;
+        self.buckets
+            .retain(|_, bucket| !bucket.is_full_at(rate, now));
     }
 
     #[cfg(test)]

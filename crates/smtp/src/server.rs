@@ -6,12 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use postrider_core::{NewMessage, Source, Timestamp};
 use postrider_metrics::Metrics;
-use postrider_store::Store;
+use postrider_store::{ReportEnvelope, Store};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -30,7 +30,7 @@ use crate::overload::{
 use crate::password::verify_password;
 use crate::proto::{
     Admission, AuthOutcome, AuthorizedUser, Credentials, Event, Protocol, ProtocolConfig,
-    Rejection, Reply, Submission, SubmitOutcome,
+    Rejection, Reply, SessionRole, Submission, SubmitOutcome,
 };
 use crate::proxy_protocol::ProxyTrust;
 use crate::settings::{SmtpSettings, SmtpUser};
@@ -125,6 +125,7 @@ impl SmtpServer {
             max_errors: settings.max_errors,
             bare_newlines: settings.bare_newlines,
             tls_available: settings.tls.is_some(),
+            role: settings.role.clone(),
         });
         let inner = Inner {
             protocol,
@@ -839,6 +840,9 @@ impl Session {
     }
 
     async fn submit(&mut self, submission: Submission) -> SubmitOutcome {
+        if self.inner.protocol.role != SessionRole::Submission {
+            return self.receive_report(submission).await;
+        }
         let now = now_timestamp();
         let unique = format!("{:x}.{:016x}", now.as_millis(), random_u64());
         let trace = TraceInfo {
@@ -903,6 +907,43 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Stores a message received by a receive-only server in the report inbox, durably,
+    /// before its `250`.
+    async fn receive_report(&mut self, submission: Submission) -> SubmitOutcome {
+        let envelope = ReportEnvelope {
+            mail_from: submission.envelope.sender().to_string(),
+            rcpt_to: submission
+                .envelope
+                .recipients()
+                .iter()
+                .map(|r| r.address.to_string())
+                .collect(),
+            client_ip: Some(self.client_ip.to_string()),
+        };
+        let size = submission.body.len();
+        let transactions = &self.inner.metrics.smtp_transactions;
+        match self
+            .inner
+            .store
+            .receive_report(envelope, &submission.body, now_timestamp())
+            .await
+        {
+            Ok(id) => {
+                self.messages += 1;
+                transactions.with_label_values(&["accepted"]).inc();
+                tracing::info!(report = %id, size, client_ip = %self.client_ip, "report received at the bounce domain");
+                SubmitOutcome::Queued(id)
+            }
+            Err(error) => {
+                transactions.with_label_values(&["failed"]).inc();
+                tracing::error!(%error, client_ip = %self.client_ip, "received report could not be stored");
+                SubmitOutcome::Failed
+            }
+        }
+    }
+}
+
 /// Longest user name written to the log, in characters.
 const MAX_LOGGED_NAME: usize = 64;
 
@@ -921,18 +962,13 @@ fn loggable(username: &str) -> String {
 }
 
 fn now_timestamp() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    Timestamp::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 fn random_u64() -> u64 {
     getrandom::u64().unwrap_or_else(|_| {
         // No OS randomness: fall back to the clock; uniqueness also comes from the timestamp.
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos().into())
+        now_timestamp().as_millis()
     })
 }
 

@@ -109,6 +109,9 @@ pub struct SmtpSettings {
     /// Capture every accepted message instead of sending it (`delivery.mode = "capture"`): each
     /// is marked [`postrider_core::NewMessage::sandbox`]. Default `false`.
     pub capture_all: bool,
+    /// What the server is for: submission (default), or receive-only for the bounce domain,
+    /// where accepted messages are stored in the report inbox instead of the queue.
+    pub role: crate::proto::SessionRole,
 }
 
 impl Default for SmtpSettings {
@@ -143,6 +146,7 @@ impl Default for SmtpSettings {
             overload_percent: 80,
             overload_timeout: Duration::from_secs(10),
             capture_all: false,
+            role: crate::proto::SessionRole::Submission,
         }
     }
 }

@@ -162,10 +162,7 @@ fn main() {
         .collect();
     checkpoints.push(max);
 
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis();
     let base = now_ms + 3_600_000; // deferred: due an hour from now, 1 ms apart
     let body = {
         let mut b = b"Subject: scale\r\nFrom: sender@bench.example\r\n\r\n".to_vec();

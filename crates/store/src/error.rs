@@ -78,6 +78,14 @@ pub enum StoreError {
     /// was being prepared; nothing was written. Retrying is safe.
     #[error("message {0} changed concurrently; try again")]
     Conflict(MessageId),
+    /// A received report is larger than the inbox takes ([`crate::MAX_INBOX_REPORT`]).
+    #[error("the report has {size} bytes, more than the {max} the inbox takes")]
+    ReportTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl StoreError {
@@ -87,7 +95,10 @@ impl StoreError {
     pub fn is_storage_failure(&self) -> bool {
         !matches!(
             self,
-            StoreError::NotFound(_) | StoreError::InvalidState { .. } | StoreError::Conflict(_)
+            StoreError::NotFound(_)
+                | StoreError::InvalidState { .. }
+                | StoreError::Conflict(_)
+                | StoreError::ReportTooLarge { .. }
         )
     }
 }

@@ -47,8 +47,9 @@ pub enum EventKind {
     Suppressed,
     /// A recipient was given up after the maximum queue lifetime (its last reply was transient).
     Expired,
-    /// A recipient reported a delivered message as unwanted (spam complaint), recorded by
-    /// [`Store::record_complaint`]; today only simulated by sandbox messages.
+    /// A recipient reported a delivered message as unwanted (spam complaint): an ARF report
+    /// received at the bounce domain ([`Store::finish_report`]), or simulated for sandbox
+    /// messages ([`Store::record_complaint`]).
     Complained,
     /// A recipient used the message's one-click unsubscribe link
     /// ([`Store::record_unsubscribe`]).
@@ -106,6 +107,9 @@ pub(crate) struct EventRecord {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) metadata: BTreeMap<String, String>,
     pub(crate) at: Timestamp,
+    /// A bounce reported by a DSN after the recipient was delivered.
+    #[serde(default, rename = "async", skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) async_bounce: bool,
 }
 
 /// One event of the log.
@@ -131,6 +135,8 @@ pub struct Event {
     pub metadata: BTreeMap<String, String>,
     /// When it happened.
     pub at: Timestamp,
+    /// A `bounced` event of a recipient that had been delivered: a DSN came back later.
+    pub async_bounce: bool,
 }
 
 impl Event {
@@ -146,13 +152,14 @@ impl Event {
             tags: r.tags,
             metadata: r.metadata,
             at: r.at,
+            async_bounce: r.async_bounce,
         }
     }
 
     /// The JSON shown by `GET /v1/events` and POSTed to webhooks:
     /// `{seq, type, id, recipient?, reply?: {code, enhanced?, text}, category?, mx_host?, source,
-    /// tags, metadata, at (RFC 3339)}`; `category` (why it failed) is there when the reply is a
-    /// failure. `id` is the queue id, as everywhere in the API (`message_id`
+    /// tags, metadata, at (RFC 3339), async?}`; `category` (why it failed) is there when the
+    /// reply is a failure, `async: true` on a bounce reported by a DSN after delivery. `id` is the queue id, as everywhere in the API (`message_id`
     /// names only the `Message-ID` header).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
@@ -180,6 +187,9 @@ impl Event {
             }
             if let Some(h) = &self.mx_host {
                 obj.insert("mx_host".into(), h.clone().into());
+            }
+            if self.async_bounce {
+                obj.insert("async".into(), true.into());
             }
         }
         v
@@ -270,6 +280,7 @@ pub(crate) fn record_for(
         tags: m.tags.clone(),
         metadata: m.metadata.clone(),
         at,
+        async_bounce: kind == EventKind::Bounced && r.is_some_and(|r| r.async_bounce),
     }
 }
 
@@ -566,6 +577,7 @@ mod tests {
             tags: vec!["newsletter".into()],
             metadata: BTreeMap::from([("campaign".to_string(), "c-7".to_string())]),
             at: Timestamp::from_millis(1_795_411_200_000),
+            async_bounce: false,
         }
     }
 
@@ -577,6 +589,7 @@ mod tests {
             source_message: Some(MessageId::from_u64(0x1234)),
             reply: Some(SmtpReply::new(550, "5.1.1 no such user")),
             scope: None,
+            source_report: None,
         }
     }
 

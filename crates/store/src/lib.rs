@@ -14,7 +14,9 @@
 //! - `webhook_outbox`: pending webhook deliveries of events, see [`WebhookDelivery`],
 //! - `suppressions`: lowercased address (plus ` domain` when scoped) → [`Suppression`],
 //! - `idempotency` / `idempotency_expiry`: idempotency keys of submissions, see
-//!   [`Store::enqueue_idempotent`].
+//!   [`Store::enqueue_idempotent`],
+//! - `bounce_inbox`: reports (DSNs, complaints) received at the bounce domain until they are
+//!   processed, see [`Store::receive_report`].
 //!
 //! Every unfinished message that is not held has exactly one `schedule` entry: its next
 //! attempt, or while an attempt is in flight, its lease expiry. Every state change is one
@@ -46,6 +48,7 @@ mod damage;
 mod error;
 mod events;
 mod idempotency;
+mod inbox;
 mod journal;
 mod keys;
 mod outbox;
@@ -56,6 +59,7 @@ mod suppress;
 #[cfg(test)]
 mod test_support;
 mod tls_policy;
+mod tls_report;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -77,16 +81,21 @@ pub use events::{
     Event, EventFilter, EventKind, EventPage, MAX_EVENTS_PAGE, MAX_EVENTS_SCAN, WebhookSubscription,
 };
 pub use idempotency::{EnqueueResult, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
+pub use inbox::{
+    InboxEffect, InboxOutcome, MAX_INBOX_REPORT, ReceivedReport, ReportEnvelope,
+    is_hard_async_bounce,
+};
 pub use journal::{DamageKind, JournalDamage, JournalReport, inspect_journal};
 pub use outbox::{MAX_OUTBOX_LEASE, WebhookDelivery};
 pub use repair::{
     CheckVerdict, DataDirCheck, RebuildReport, RepairError, SalvagedTree, check_data_dir, rebuild,
 };
 pub use suppress::{
-    MAX_SUPPRESSIONS_PAGE, Suppression, SuppressionReason, UnsubscribeOutcome, is_hard_bounce,
-    scoped_key, suppression_key,
+    MAX_SUPPRESSIONS_PAGE, ReportSource, Suppression, SuppressionReason, UnsubscribeOutcome,
+    is_hard_bounce, scoped_key, suppression_key,
 };
 pub use tls_policy::CachedStsPolicy;
+pub use tls_report::TlsReportRun;
 
 use crate::codec::{DATA_FORMAT_VERSION, FORMAT_VERSION_KEY};
 use crate::commit::GroupCommit;
@@ -170,6 +179,8 @@ pub(crate) struct Trees {
     pub(crate) suppressions: sled::Tree,
     pub(crate) idempotency: sled::Tree,
     pub(crate) idempotency_expiry: sled::Tree,
+    /// Reports received at the bounce domain, waiting to be processed (see `inbox.rs`).
+    pub(crate) inbox: sled::Tree,
 }
 
 #[derive(Debug)]
@@ -177,11 +188,17 @@ pub(crate) struct Inner {
     pub(crate) trees: Trees,
     /// Cached outbound TLS policies (not journaled: a cache, see [`tls_policy`]).
     pub(crate) tls_policies: sled::Tree,
+    /// TLS report session counts (not journaled, see [`tls_report`]).
+    pub(crate) tls_report_counts: sled::Tree,
+    /// TLS report runs per day.
+    pub(crate) tls_report_runs: sled::Tree,
     /// The lock every write runs under, and the records not yet synced.
     pub(crate) journal: Arc<journal::Journal>,
     pub(crate) commit: GroupCommit,
     pub(crate) work: Notify,
     pub(crate) webhook_work: Notify,
+    /// Wakes the processor of received reports ([`Store::wait_for_reports`]).
+    pub(crate) inbox_work: Notify,
     pub(crate) webhooks: RwLock<Arc<Vec<WebhookSubscription>>>,
     pub(crate) pending: AtomicI64,
     pub(crate) fail_writes: AtomicBool,
@@ -376,6 +393,7 @@ impl Store {
             suppressions: db.open_tree("suppressions")?,
             idempotency: db.open_tree("idempotency")?,
             idempotency_expiry: db.open_tree("idempotency_expiry")?,
+            inbox: db.open_tree(inbox::TREE)?,
         };
         // sled's flush writes its log with sync_file_range on Linux, which neither flushes the
         // drive's write cache nor persists the file's size; checkpoints add an fdatasync.
@@ -421,10 +439,13 @@ impl Store {
             inner: Arc::new(Inner {
                 trees,
                 tls_policies: db.open_tree(tls_policy::TREE)?,
+                tls_report_counts: db.open_tree(tls_report::COUNTS_TREE)?,
+                tls_report_runs: db.open_tree(tls_report::RUNS_TREE)?,
                 journal,
                 commit,
                 work: Notify::new(),
                 webhook_work: Notify::new(),
+                inbox_work: Notify::new(),
                 webhooks: RwLock::new(Arc::new(Vec::new())),
                 pending: AtomicI64::new(pending),
                 fail_writes: AtomicBool::new(false),
@@ -601,10 +622,7 @@ impl Store {
 
 /// The wall clock as a [`Timestamp`] (used only where the caller gives no time).
 pub(crate) fn clock_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp::from_millis(ms)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 /// Lease expiry for a message claimed at `now` from the entry at `due`: strictly later than

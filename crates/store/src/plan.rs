@@ -68,6 +68,7 @@ pub(crate) struct Plan {
     pub(crate) schedule: Batch,
     pub(crate) finished: Batch,
     pub(crate) held: Batch,
+    pub(crate) inbox: Batch,
     /// Events to append (sequence numbers are assigned inside the transaction).
     pub(crate) events: Vec<PendingEvent>,
     /// Suppressions `(key, value)` to add unless the address is already listed.
@@ -183,6 +184,7 @@ pub(crate) fn apply(
         plan.schedule.apply(tx, TreeId::Schedule)?;
         plan.finished.apply(tx, TreeId::Finished)?;
         plan.held.apply(tx, TreeId::Held)?;
+        plan.inbox.apply(tx, TreeId::Inbox)?;
         for (key, value) in &plan.suppress_if_absent {
             if tx.get(TreeId::Suppressions, key)?.is_none() {
                 tx.insert(TreeId::Suppressions, key.clone(), value.clone())?;

@@ -449,7 +449,7 @@ fn salvage_tree(
         entries: 0,
         stopped: None,
     };
-    let has_ids = matches!(out.name.as_str(), "messages" | "bodies");
+    let has_ids = matches!(out.name.as_str(), "messages" | "bodies" | "bounce_inbox");
     let mut max_id = 0;
     let tree = match contain(|| from.open_tree(name)) {
         Ok(Ok(tree)) => tree,

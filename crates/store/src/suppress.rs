@@ -33,17 +33,20 @@ pub enum SuppressionReason {
     HardBounce,
     /// Added by an operator or application.
     Manual,
+    /// The recipient complained about a message (an ARF feedback report came back).
+    Complaint,
     /// The recipient used a message's one-click unsubscribe link (RFC 8058); scoped to the
     /// message's sender domain.
     Unsubscribed,
 }
 
 impl SuppressionReason {
-    /// Stable label (`hard_bounce`, `manual`, `unsubscribed`).
+    /// Stable label (`hard_bounce`, `manual`, `complaint`, `unsubscribed`).
     pub fn as_str(self) -> &'static str {
         match self {
             SuppressionReason::HardBounce => "hard_bounce",
             SuppressionReason::Manual => "manual",
+            SuppressionReason::Complaint => "complaint",
             SuppressionReason::Unsubscribed => "unsubscribed",
         }
     }
@@ -68,6 +71,9 @@ pub struct Suppression {
     /// messages (the address is listed globally). Absent in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The received report that listed it (asynchronous bounces and complaints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_report: Option<ReportSource>,
 }
 
 impl Suppression {
@@ -76,6 +82,21 @@ impl Suppression {
     pub fn key(&self) -> String {
         scoped_key(&self.address, self.scope.as_deref())
     }
+}
+
+/// A short record of the report (DSN or complaint) received at the bounce domain that listed
+/// an address, kept with its suppression so operators can see why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportSource {
+    /// The report's id in the inbox (16 hex digits, like queue ids).
+    pub report_id: MessageId,
+    /// When the report was received.
+    pub received_at: Timestamp,
+    /// The DSN's status (`5.1.1`), or the complaint's feedback type (`abuse`).
+    pub status: String,
+    /// The DSN's diagnostic text, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostic: Option<String>,
 }
 
 /// The key of an address: its text lowercased.
@@ -258,6 +279,7 @@ impl Store {
             source_message: Some(id),
             reply: None,
             scope: Some(sender.domain().as_str().to_lowercase()),
+            source_report: None,
         };
         let key = entry.key();
         let kind = EventKind::Unsubscribed;
@@ -306,6 +328,7 @@ pub(crate) fn plan_hard_bounces(
             source_message: Some(after.id),
             reply: Some(reply.clone()),
             scope: None,
+            source_report: None,
         };
         plan.suppress_if_absent
             .push((entry.address.as_bytes().into(), encode_suppression(&entry)?));

@@ -15,6 +15,8 @@ use crate::error::Result;
 
 /// The tree's name.
 pub(crate) const TREE: &str = "tls_policies";
+/// The longest window before expiry in which a cached policy is refreshed (one day).
+const RENEWAL_WINDOW_MAX_SECS: u64 = 86_400;
 /// The newest record version this build writes and reads.
 const RECORD_VERSION: u8 = 1;
 
@@ -42,6 +44,21 @@ impl CachedStsPolicy {
     /// Whether the policy may still be used at `now`.
     pub fn is_valid_at(&self, now: Timestamp) -> bool {
         now < self.expires_at()
+    }
+
+    /// When a refresh in the background should start: a quarter of `max_age`, at most a day,
+    /// before the policy expires, so that a domain's policy is renewed while it still protects
+    /// it (RFC 8461 §5.1).
+    pub fn renew_from(&self) -> Timestamp {
+        let window_ms = (self.policy.max_age_secs / 4)
+            .min(RENEWAL_WINDOW_MAX_SECS)
+            .saturating_mul(1000);
+        Timestamp::from_millis(self.expires_at().as_millis().saturating_sub(window_ms))
+    }
+
+    /// Whether the policy is still valid at `now` but due for a refresh.
+    pub fn needs_renewal_at(&self, now: Timestamp) -> bool {
+        self.is_valid_at(now) && now >= self.renew_from()
     }
 }
 
@@ -99,5 +116,32 @@ mod tests {
         assert_eq!(got.expires_at(), Timestamp::from_millis(61_000));
         assert!(got.is_valid_at(Timestamp::from_millis(60_999)));
         assert!(!got.is_valid_at(Timestamp::from_millis(61_000)));
+    }
+
+    #[test]
+    fn policies_are_renewed_in_their_last_quarter_or_day() {
+        let cached = |max_age_secs| CachedStsPolicy {
+            id: "1".into(),
+            policy: StsPolicy {
+                mode: StsMode::Enforce,
+                mx: vec!["mx.example.test".into()],
+                max_age_secs,
+            },
+            fetched_at: Timestamp::from_millis(1_000_000),
+        };
+        // A short policy: its last quarter (100 s of 400 s).
+        let short = cached(400);
+        assert_eq!(short.renew_from(), Timestamp::from_millis(1_300_000));
+        assert!(!short.needs_renewal_at(Timestamp::from_millis(1_299_999)));
+        assert!(short.needs_renewal_at(Timestamp::from_millis(1_300_000)));
+        assert!(short.needs_renewal_at(Timestamp::from_millis(1_399_999)));
+        // Expired: no longer a renewal, a new fetch.
+        assert!(!short.needs_renewal_at(Timestamp::from_millis(1_400_000)));
+        // A week-long policy: its last day.
+        let week = cached(7 * 86_400);
+        assert_eq!(
+            week.expires_at().as_millis() - week.renew_from().as_millis(),
+            86_400_000
+        );
     }
 }

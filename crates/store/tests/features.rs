@@ -34,15 +34,7 @@ async fn assert_other_body_conflicts(store: &postrider_store::Store) {
 }
 
 fn wall_now() -> Timestamp {
-    Timestamp::from_millis(
-        u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-        )
-        .unwrap(),
-    )
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 #[tokio::test]
@@ -390,6 +382,7 @@ async fn hard_bounces_are_suppressed_and_suppressed_recipients_skipped() {
         source_message: None,
         reply: None,
         scope: None,
+        source_report: None,
     };
     assert!(store.add_suppression(manual("B@y.test")).await.unwrap());
     assert!(!store.add_suppression(manual("b@y.test")).await.unwrap());
@@ -439,6 +432,7 @@ fn manual_suppression(address: &str) -> Suppression {
         source_message: None,
         reply: None,
         scope: None,
+        source_report: None,
     }
 }
 

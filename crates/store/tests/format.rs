@@ -87,6 +87,7 @@ async fn kept_pending_count_matches_a_recount_after_every_kind_of_change() {
                 source_message: None,
                 reply: None,
                 scope: None,
+                source_report: None,
             })
             .await
             .unwrap();

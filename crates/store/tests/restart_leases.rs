@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use postrider_core::{MessageId, MessageState, RecipientState, Timestamp};
@@ -12,11 +12,7 @@ use postrider_metrics::Metrics;
 use postrider_store::{RecordOutcome, Store};
 
 fn wall_now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    Timestamp::from_millis(u64::try_from(ms).unwrap())
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 fn minutes(n: u64) -> Duration {

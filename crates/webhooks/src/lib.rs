@@ -373,10 +373,7 @@ async fn drop_entry(store: &Store, metrics: &Metrics, d: &WebhookDelivery) {
 }
 
 fn clock_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp::from_millis(ms)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 #[cfg(test)]

@@ -60,13 +60,7 @@ fn message(to: &str) -> NewMessage {
         vec![RecipientRequest::new(Address::parse(to).unwrap())],
     )
     .unwrap();
-    let now = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let now = postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock).as_millis();
     NewMessage::new(
         env,
         b"Subject: x\r\n\r\nhi\r\n".to_vec(),

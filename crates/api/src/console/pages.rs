@@ -1299,6 +1299,7 @@ pub(super) async fn add_suppression(
         source_message: None,
         reply: None,
         scope: None,
+        source_report: None,
     };
     if let Err(e) = state.store.add_suppression(entry).await {
         return error_page(&crate::routes::store_error(e, "console add suppression"));

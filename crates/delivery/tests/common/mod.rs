@@ -28,11 +28,7 @@ pub(crate) fn ip(last: u8) -> Ipv4Addr {
 
 /// The wall clock as a [`Timestamp`].
 pub(crate) fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    Timestamp::from_millis(ms as u64)
+    postrider_core::clock::Clock::now(&postrider_core::clock::SystemClock)
 }
 
 /// Settings for tests: short timeouts, an hour between retries, a fast idle loop.

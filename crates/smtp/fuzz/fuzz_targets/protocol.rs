@@ -11,7 +11,7 @@ use postrider_core::MessageId;
 use postrider_smtp::{BareNewlinePolicy, FromPolicy};
 use postrider_smtp::proto::{
     Admission, AuthOutcome, AuthorizedUser, Event, MAX_AUTH_LINE, Protocol, ProtocolConfig,
-    SubmitOutcome,
+    SessionRole, SubmitOutcome,
 };
 
 const MAX_SIZE: usize = 4096;
@@ -39,6 +39,13 @@ fuzz_target!(|data: &[u8]| {
             BareNewlinePolicy::Normalize
         },
         tls_available: flags & 2 != 0,
+        role: if flags & 64 == 0 {
+            SessionRole::Submission
+        } else {
+            SessionRole::ReceiveOnly {
+                domain: "bounces.fuzz.test".into(),
+            }
+        },
     };
     let mut protocol = Protocol::new(Arc::new(config), flags & 4 != 0, false);
     let step = 1 + usize::from(flags >> 3);

@@ -14,7 +14,7 @@ pub use command::{
 pub use reply::{Rejection, Reply};
 pub use session::{
     Admission, AuthOutcome, AuthorizedUser, Credentials, Event, MAX_AUTH_LINE, MAX_COMMAND_LINE,
-    Protocol, ProtocolConfig, Submission, SubmitOutcome,
+    Protocol, ProtocolConfig, SessionRole, Submission, SubmitOutcome,
 };
 
 #[cfg(test)]

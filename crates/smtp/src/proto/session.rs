@@ -44,6 +44,34 @@ pub struct ProtocolConfig {
     pub bare_newlines: BareNewlinePolicy,
     /// Whether STARTTLS can be offered (a certificate is configured).
     pub tls_available: bool,
+    /// What the server is for: submission, or receiving reports for the bounce domain.
+    pub role: SessionRole,
+}
+
+/// What an SMTP server is for. Both roles share the whole protocol; they differ in who may
+/// send and to whom.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SessionRole {
+    /// Mail submission: trusted networks and authenticated users may relay anywhere.
+    #[default]
+    Submission,
+    /// Receive-only for the bounce domain (where reports come back to VERP return paths):
+    /// anyone may send, any reverse-path including `<>`, but only to addresses at `domain`
+    /// (others get `550 5.7.1`); no AUTH is offered or accepted, and nothing is relayed.
+    ReceiveOnly {
+        /// The bounce domain.
+        domain: String,
+    },
+}
+
+impl SessionRole {
+    /// The only domain recipients may be at, for a receive-only server.
+    fn local_domain(&self) -> Option<&str> {
+        match self {
+            SessionRole::Submission => None,
+            SessionRole::ReceiveOnly { domain } => Some(domain),
+        }
+    }
 }
 
 /// Credentials from AUTH PLAIN or LOGIN, to be verified by the shell.
@@ -575,12 +603,14 @@ impl Protocol {
         }
     }
 
+    /// Whether the client may start a mail transaction (a receive-only server takes mail from
+    /// anyone, for its own domain only).
     fn may_relay(&self) -> bool {
-        self.trusted || self.user.is_some()
+        self.trusted || self.user.is_some() || self.config.role.local_domain().is_some()
     }
 
     fn auth_offered(&self) -> bool {
-        self.tls || self.trusted
+        (self.tls || self.trusted) && self.config.role == SessionRole::Submission
     }
 
     fn sequence_error(&mut self, text: &str) {
@@ -759,6 +789,8 @@ impl Protocol {
     fn rcpt(&mut self, path: &str, params: super::command::RcptParams) {
         let may_relay = self.may_relay();
         let max = self.config.max_recipients;
+        let config = Arc::clone(&self.config);
+        let local_domain = config.role.local_domain();
         let Some(transaction) = self.transaction.as_mut() else {
             return self.sequence_error("Need MAIL command");
         };
@@ -781,6 +813,20 @@ impl Protocol {
                 Rejection::Syntax,
             ));
         };
+        if let Some(domain) = local_domain
+            && !address
+                .domain()
+                .as_str()
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(domain.trim_end_matches('.'))
+        {
+            return self.reply(Reply::reject(
+                550,
+                "5.7.1",
+                "Relaying denied",
+                Rejection::RelayDenied,
+            ));
+        }
         if address.needs_smtputf8() && !transaction.params.smtputf8 {
             return self.reply(Reply::reject(
                 553,
@@ -1038,6 +1084,14 @@ impl Protocol {
     }
 
     fn auth(&mut self, mechanism: AuthMechanism, initial: Option<String>) {
+        if self.config.role != SessionRole::Submission {
+            return self.reply(Reply::reject(
+                502,
+                "5.5.1",
+                "Command not implemented",
+                Rejection::NotImplemented,
+            ));
+        }
         if !self.helo.as_ref().is_some_and(|h| h.extended) {
             return self.sequence_error("Send EHLO first");
         }

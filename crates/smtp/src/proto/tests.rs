@@ -16,6 +16,7 @@ fn config() -> ProtocolConfig {
         max_errors: 10,
         bare_newlines: BareNewlinePolicy::Reject,
         tls_available: true,
+        role: SessionRole::Submission,
     }
 }
 
@@ -882,4 +883,45 @@ fn nul_octets_in_content_are_refused() {
     // In a command line, a NUL is a syntax error.
     let d = run_all_splits(config(), true, b"EHLO c\r\nMAIL FROM:<s@a.test>\0\r\n");
     assert!(d.last().starts_with("501"), "{}", d.last());
+}
+
+fn receive_only() -> ProtocolConfig {
+    ProtocolConfig {
+        role: SessionRole::ReceiveOnly {
+            domain: "bounces.test".into(),
+        },
+        ..config()
+    }
+}
+
+#[test]
+fn a_receive_only_server_takes_reports_for_its_domain_from_anyone() {
+    // Not a trusted client, no AUTH, the null reverse-path.
+    let input = b"EHLO mx.remote.test\r\nMAIL FROM:<>\r\nRCPT TO:<b+token@Bounces.Test>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\nSubject: failure\r\n\r\nreport\r\n.\r\n";
+    let driver = run_all_splits(receive_only(), false, input);
+    let lines = driver.lines();
+    assert!(!lines.iter().any(|l| l.contains("AUTH")), "{lines:?}");
+    assert!(lines.contains(&"250 2.1.0 Ok"), "{lines:?}");
+    assert!(lines.contains(&"250 2.1.5 Ok"), "{lines:?}");
+    assert!(lines.contains(&"550 5.7.1 Relaying denied"), "{lines:?}");
+    assert_eq!(driver.last(), "250 2.0.0 Ok: queued as 0000000000000001");
+    let submission = &driver.submissions[0];
+    assert_eq!(submission.envelope.sender().to_string(), "");
+    assert_eq!(submission.envelope.recipients().len(), 1);
+    assert_eq!(submission.body, b"Subject: failure\r\n\r\nreport\r\n");
+}
+
+#[test]
+fn a_receive_only_server_never_relays_nor_authenticates() {
+    // Even a trusted client may not relay through it.
+    let mut d = Driver::new(receive_only(), true);
+    d.send(b"EHLO c\r\n");
+    assert!(!d.lines().iter().any(|l| l.contains("AUTH")));
+    d.send(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(d.last(), "502 5.5.1 Command not implemented");
+    d.send(b"MAIL FROM:<s@a.test>\r\nRCPT TO:<r@b.test>\r\n");
+    assert_eq!(d.last(), "550 5.7.1 Relaying denied");
+    d.send(b"DATA\r\n");
+    assert_eq!(d.last(), "503 5.5.1 Need RCPT command");
+    assert!(d.submissions.is_empty());
 }

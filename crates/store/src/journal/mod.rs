@@ -63,10 +63,11 @@ pub(crate) enum TreeId {
     Suppressions = 8,
     Idempotency = 9,
     IdempotencyExpiry = 10,
+    Inbox = 11,
 }
 
 /// Number of trees a transaction spans.
-const TREE_COUNT: usize = 11;
+const TREE_COUNT: usize = 12;
 
 impl TreeId {
     pub(crate) fn from_u8(b: u8) -> Option<TreeId> {
@@ -83,6 +84,7 @@ impl TreeId {
             Suppressions,
             Idempotency,
             IdempotencyExpiry,
+            Inbox,
         ]
         .get(usize::from(b))
         .copied()
@@ -104,6 +106,7 @@ impl Trees {
             &self.suppressions,
             &self.idempotency,
             &self.idempotency_expiry,
+            &self.inbox,
         ]
     }
 }
