@@ -383,3 +383,70 @@ async fn keyed_console_needs_a_login() {
     .await;
     assert_eq!(r.location(), "/ui/login", "the session ended");
 }
+
+/// A suppression scoped to one sender domain (a one-click unsubscribe) is shown as such and its
+/// remove button removes that entry, not the global one of the same address.
+#[tokio::test]
+async fn scoped_suppressions_are_shown_and_removed_on_their_own() {
+    use postrider_store::{Suppression, SuppressionReason};
+    let (app, store) = app(settings());
+    let entry = |scope: Option<&str>, reason| Suppression {
+        address: "reader@example.test".into(),
+        reason,
+        created_at: postrider_core::Timestamp::from_millis(1_795_411_270_000),
+        source_message: None,
+        reply: None,
+        scope: scope.map(str::to_owned),
+        source_report: None,
+    };
+    assert!(
+        store
+            .add_suppression(entry(Some("news.test"), SuppressionReason::Unsubscribed))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .add_suppression(entry(None, SuppressionReason::Manual))
+            .await
+            .unwrap()
+    );
+
+    let page = fetch(&app, Method::GET, "/ui/suppressions", LOOPBACK, None, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("from news.test"), "{}", page.body);
+    assert!(page.body.contains("unsubscribed"), "{}", page.body);
+    assert!(
+        page.body.contains("name=\"scope\" value=\"news.test\""),
+        "{}",
+        page.body
+    );
+    let cookie = cookie_pair(&page.set_cookie("postrider_console").unwrap());
+    let token = page.csrf();
+    let r = fetch(
+        &app,
+        Method::POST,
+        "/ui/suppressions/remove",
+        LOOPBACK,
+        Some(&cookie),
+        Some(&format!(
+            "csrf={token}&address=reader%40example.test&scope=news.test"
+        )),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(
+        store
+            .suppression("reader@example.test", Some("news.test"))
+            .unwrap()
+            .is_none(),
+        "the scoped entry is removed"
+    );
+    assert!(
+        store
+            .suppression("reader@example.test", None)
+            .unwrap()
+            .is_some(),
+        "the global entry stays"
+    );
+}

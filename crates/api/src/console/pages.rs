@@ -1217,20 +1217,28 @@ pub(super) async fn suppressions(
                 @if list.is_empty() { p.muted { "No address is suppressed." } }
                 @else {
                     table.list id="suppressions" {
-                        thead { tr { th { "Address" } th { "Reason" } th { "Since" } th { "Message" } th { "Reply" } @if admin { th {} } } }
+                        thead { tr { th { "Address" } th { "Senders" } th { "Reason" } th { "Since" } th { "Message" } th { "Reply" } @if admin { th {} } } }
                         tbody {
                             @for s in &list {
                                 tr {
                                     td.address { (s.address) }
+                                    td.scope { @if let Some(domain) = &s.scope { "from " (domain) } @else { span.muted { "all" } } }
                                     td { (s.reason.as_str()) }
                                     td { (time_cell(Some(s.created_at))) }
                                     td { @if let Some(id) = s.source_message { a.id href={ "/ui/messages/" (id) } { (id) } } }
-                                    td.reply { @if let Some(r) = &s.reply { (r.code) " " (r.text) } }
+                                    td.reply {
+                                        @if let Some(r) = &s.reply { (r.code) " " (r.text) }
+                                        @else if let Some(report) = &s.source_report {
+                                            "report " (report.status)
+                                            @if let Some(d) = &report.diagnostic { ": " (d) }
+                                        }
+                                    }
                                     @if admin {
                                         td {
                                             form.inline method="post" action="/ui/suppressions/remove" {
                                                 input type="hidden" name="csrf" value=(viewer.csrf);
                                                 input type="hidden" name="address" value=(s.address);
+                                                @if let Some(domain) = &s.scope { input type="hidden" name="scope" value=(domain); }
                                                 button type="submit" class="action delete" { "Remove" }
                                             }
                                         }
@@ -1241,7 +1249,7 @@ pub(super) async fn suppressions(
                     }
                     @if list.len() == SUPPRESSIONS_PAGE {
                         @if let Some(last) = list.last() {
-                            p { a.next href={ "/ui/suppressions?after=" (url_encode(&last.address)) } { "Next page →" } }
+                            p { a.next href={ "/ui/suppressions?after=" (url_encode(&last.key())) } { "Next page →" } }
                         }
                     }
                 }
@@ -1252,12 +1260,15 @@ pub(super) async fn suppressions(
 }
 
 /// The add and remove forms of the suppression page.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(super) struct AddressForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
     address: String,
+    /// The sender domain of a scoped entry (remove form only); empty: the global entry.
+    #[serde(default)]
+    scope: String,
 }
 
 /// Admits an admin and checks the form token of a suppression form.
@@ -1265,11 +1276,9 @@ fn admit_suppression_form(
     viewer: Viewer,
     headers: &HeaderMap,
     form: Result<Form<AddressForm>, FormRejection>,
-) -> Result<(Viewer, Address), Response> {
-    let form = form.map(|Form(f)| f).unwrap_or(AddressForm {
-        csrf: String::new(),
-        address: String::new(),
-    });
+) -> Result<(Viewer, Address, Option<String>), Response> {
+    let form = form.map(|Form(f)| f).unwrap_or_default();
+    let scope = Some(form.scope.trim().to_owned()).filter(|s| !s.is_empty());
     check_csrf(&viewer, &form.csrf, headers)?;
     let address = Address::parse(form.address.trim()).map_err(|e| {
         error_page(&ApiError::invalid(
@@ -1278,7 +1287,7 @@ fn admit_suppression_form(
             format!("invalid address: {e}"),
         ))
     })?;
-    Ok((viewer, address))
+    Ok((viewer, address, scope))
 }
 
 /// `POST /ui/suppressions`: suppress an address (reason `manual`).
@@ -1288,7 +1297,7 @@ pub(super) async fn add_suppression(
     headers: HeaderMap,
     form: Result<Form<AddressForm>, FormRejection>,
 ) -> Response {
-    let (viewer, address) = match admit_suppression_form(viewer, &headers, form) {
+    let (viewer, address, _) = match admit_suppression_form(viewer, &headers, form) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -1308,25 +1317,26 @@ pub(super) async fn add_suppression(
     see_other("/ui/suppressions?done=added")
 }
 
-/// `POST /ui/suppressions/remove`: remove an address from the list.
+/// `POST /ui/suppressions/remove`: remove an entry from the list (global, or for the sender
+/// domain of its `scope`).
 pub(super) async fn remove_suppression(
     State(state): State<ApiState>,
     Admin(viewer): Admin,
     headers: HeaderMap,
     form: Result<Form<AddressForm>, FormRejection>,
 ) -> Response {
-    let (viewer, address) = match admit_suppression_form(viewer, &headers, form) {
+    let (viewer, address, scope) = match admit_suppression_form(viewer, &headers, form) {
         Ok(v) => v,
         Err(r) => return r,
     };
     if let Err(e) = state
         .store
-        .remove_suppression(&address.to_string(), None)
+        .remove_suppression(&address.to_string(), scope.as_deref())
         .await
     {
         return error_page(&crate::routes::store_error(e, "console remove suppression"));
     }
-    tracing::info!(%address, viewer = %viewer.name, "console suppression removed");
+    tracing::info!(%address, scope = scope.as_deref().unwrap_or("all"), viewer = %viewer.name, "console suppression removed");
     see_other("/ui/suppressions?done=removed")
 }
 
